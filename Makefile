@@ -1,0 +1,44 @@
+# Fresh machine: `make demo` (set up + main job) and `make test` (set up + whole test suite).
+# Everything lives in the virtual environment .venv in the project root.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEPS := $(VENV)/.deps-stamp
+export MAX_JOBS ?= 2
+
+.PHONY: setup build demo test lint cmake-build wheel bench clean
+
+$(DEPS): requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+# Incremental (ninja) in-place build of infer_fast._C, then the editable install for the `infer-fast` script.
+build: $(DEPS)
+	$(BIN)/python setup.py -q build_ext --inplace
+	test -x $(BIN)/infer-fast || INFER_FAST_SKIP_EXT=1 $(BIN)/pip install -q -e . --no-build-isolation --no-deps
+
+setup: build
+
+demo: build
+	$(BIN)/python bench/bench_ops.py --quick
+
+lint: $(DEPS)
+	$(BIN)/ruff check infer_fast tests bench setup.py
+
+cmake-build: $(DEPS)
+	$(BIN)/cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	$(BIN)/cmake --build build/cmake -j $(MAX_JOBS)
+
+test: build lint
+	$(BIN)/python -m pytest -q tests
+
+wheel: $(DEPS)
+	$(BIN)/pip wheel . --no-build-isolation --no-deps -w wheelhouse
+
+bench: build
+	$(BIN)/python bench/bench_ops.py
+
+clean:
+	rm -rf build dist wheelhouse *.egg-info infer_fast/_C*.so

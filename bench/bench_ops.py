@@ -1,0 +1,24 @@
+"""Benchmark every fused op against the eager reference and torch.compile of the reference, in one run.
+
+    python bench/bench_ops.py [--quick] [--json PATH]
+
+Per op the shapes live in bench/bench_<op>.py (each runnable alone); this script runs them all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_bn_stat_loss  # noqa: E402
+import bench_compensator_broadcast  # noqa: E402
+import bench_mixed_soft_xent  # noqa: E402
+from common import run_cases_main  # noqa: E402
+
+if __name__ == "__main__":
+    run_cases_main(
+        [bench_bn_stat_loss.cases, bench_compensator_broadcast.cases, bench_mixed_soft_xent.cases],
+        __doc__.strip().splitlines()[0],
+    )
