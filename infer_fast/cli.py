@@ -1,2 +1,46 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""The one infer_fast command line: ``infer-fast <command> ...`` (also ``python -m infer_fast``).
+
+Each stage module contributes its subcommands through ``register(subparsers)``; every subcommand maps
+1:1 onto that stage's config dataclass and sets ``func`` to the function that runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Stage modules that add subcommands (each defines register(subparsers)).
+COMMAND_MODULES = [
+    "infer_fast.data.commands",
+    "infer_fast.synth.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from infer_fast import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="infer-fast", description="INFER dataset distillation with fused CPU/CUDA kernels."
+    )
+    parser.add_argument("--version", action="version", version=f"infer_fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("infer-fast: interrupted; finished work is saved (rerun with --resume where the command has it)",
+              file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
