@@ -13,6 +13,7 @@ import sys
 # Stage modules that add subcommands (each defines register(subparsers)).
 COMMAND_MODULES = [
     "infer_fast.data.commands",
+    "infer_fast.models.commands",
     "infer_fast.synth.commands",
 ]
 
