@@ -89,8 +89,7 @@ def _extensions():
             import nvidia
 
             for base in nvidia.__path__:
-                for inc in glob.glob(os.path.join(base, "cu*", "include")) + glob.glob(os.path.join(base, "*", "include")):
-                    include_dirs.append(inc)
+                include_dirs.extend(sorted(glob.glob(os.path.join(base, "*", "include"))))
         except ImportError:
             pass
         define_macros.append(("INFER_FAST_WITH_CUDA", "1"))

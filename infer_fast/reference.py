@@ -74,7 +74,8 @@ def mixed_soft_xent(
 ) -> torch.Tensor:
     """Mixup-aware distillation loss, batch mean of ``KL(p_b || softmax(z_b / T))``.
 
-    Soft targets (floating ``[B, K]`` teacher logits): ``p = softmax(mix(y) / T)``, ``mix(y) = lam * y + (1 - lam) * y[perm]``.
+    Soft targets (floating ``[B, K]`` teacher logits): ``p = softmax(mix(y) / T)`` with
+    ``mix(y) = lam * y + (1 - lam) * y[perm]``.
     Hard targets (integer ``[B]`` class indices): ``p = lam * onehot(y) + (1 - lam) * onehot(y[perm])``.
     ``perm`` None means no mixing. Returns a scalar in float32 (float64 for float64 logits).
     """
