@@ -23,6 +23,27 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
 
+
+def _resolve_cuda_home() -> None:
+    """Set CUDA_HOME before torch.utils.cpp_extension reads it at import.
+
+    torch derives it from `which nvcc`, which breaks when nvcc on PATH is a wrapper script (here /usr/local/bin/nvcc
+    execs /usr/local/cuda-13.0/bin/nvcc: torch would pick /usr/local and the link fails with -lcudart not found).
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.isdir(os.path.join(home, "lib64")) or os.path.isdir(os.path.join(home, "lib")):
+            os.environ["CUDA_HOME"] = home
+
+
+_resolve_cuda_home()
+
 INSTALL_REQUIRES = [
     "torch==2.14.1",
     "torchvision==0.29.1",

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch._functorch.config
 import torch.utils.benchmark as tbench
+
+# The "backward" mode reuses one graph (retain_graph=True); compiled graphs donate their saved buffers by default,
+# which makes a second backward over the same graph fail.
+torch._functorch.config.donated_buffer = False
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
