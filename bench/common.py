@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch._dynamo.config
 import torch._functorch.config
 import torch.utils.benchmark as tbench
 
 # The "backward" mode reuses one graph (retain_graph=True); compiled graphs donate their saved buffers by default,
 # which makes a second backward over the same graph fail.
 torch._functorch.config.donated_buffer = False
+# Each case compiles its own reference closure; past the default limit dynamo silently falls back to eager.
+torch._dynamo.config.recompile_limit = 64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -63,7 +66,9 @@ def time_fn(fn: Callable[[], object], min_run_time: float = 0.5, warmup: int = 3
     """Median and quantiles (ms) of ``fn`` via torch.utils.benchmark (synchronizes CUDA)."""
     for _ in range(warmup):
         fn()
-    m = tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    # Timer runs on ONE thread unless told otherwise: time every provider on all the threads it would use.
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
     times = sorted(m.times)
 
     def q(f: float) -> float:
