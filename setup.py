@@ -110,7 +110,7 @@ def _extensions():
             import nvidia
 
             for base in nvidia.__path__:
-                include_dirs.extend(sorted(glob.glob(os.path.join(base, "*", "include"))))
+                include_dirs.extend(sorted(glob.glob(os.path.join(base, "cu[0-9]*", "include"))))
         except ImportError:
             pass
         define_macros.append(("INFER_FAST_WITH_CUDA", "1"))
