@@ -62,12 +62,14 @@ def test_forward_backward_match_reference_float64(shape, groups, layout):
     x.requires_grad_(True)
     out = bn_stat_loss(x, rm, rv, groups)
     ref = reference.bn_stat_loss(x, rm, rv, groups)
-    for name, a, e in zip(("loss", "mean", "var"), out, ref):
+    for name, a, e in zip(("loss", "mean", "var"), out, ref, strict=True):
         assert a.dtype == torch.float64
         assert_close(a, e, atol=1e-12, rtol=1e-10, what=name)
     c = shape[1]
-    gl, gm, gv = torch.randn(groups, dtype=torch.float64), torch.randn(groups, c, dtype=torch.float64), torch.randn(
-        groups, c, dtype=torch.float64
+    gl, gm, gv = (
+        torch.randn(groups, dtype=torch.float64),
+        torch.randn(groups, c, dtype=torch.float64),
+        torch.randn(groups, c, dtype=torch.float64),
     )
     (dx,) = torch.autograd.grad(_weighted(out, gl, gm, gv), x)
     (dx_ref,) = torch.autograd.grad(_weighted(ref, gl, gm, gv), x)
@@ -206,7 +208,7 @@ def test_cpu_cuda_agree(layout, dtype):
     out = bn_stat_loss(x, rm, rv, 3)
     outc = bn_stat_loss(xc, rm.cuda(), rv.cuda(), 3)
     tol = 1e-3 if dtype == torch.float16 else 1e-5
-    for name, a, b in zip(("loss", "mean", "var"), out, outc):
+    for name, a, b in zip(("loss", "mean", "var"), out, outc, strict=True):
         assert_close(b, a, atol=tol, rtol=tol, what=name)
     (dx,) = torch.autograd.grad(out[0].sum() + out[2].sum(), x)
     (dxc,) = torch.autograd.grad(outc[0].sum() + outc[2].sum(), xc)
