@@ -13,6 +13,7 @@ import os
 import sys
 
 import torch
+import torch._dynamo.config
 import torch._functorch.config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,10 @@ from infer_fast.ops.bn_stat_loss import bn_stat_loss  # noqa: E402
 
 # The harness times backward alone over a graph kept with retain_graph=True, which compiled backwards with donated
 # buffers refuse.
-torch._functorch.config.donated_buffer = False  # noqa: E402
+torch._functorch.config.donated_buffer = False
+# Every case compiles the same `eager` code object (per shape, grad mode and thread count): keep dynamo from
+# falling back to eager after its default 8 recompiles, which would make the compile baseline meaningless.
+torch._dynamo.config.recompile_limit = 64
 
 # (shape, groups, channels_last)
 FULL = [
