@@ -47,8 +47,11 @@ def _inputs(n_base: int, n_ufc: int, batch: int, size: int, device: str):
 
 
 def cases(quick: bool, device: str) -> list[Case]:
-    shapes = [(10, 9, 90, 32), (100, 10, 100, 224)] if quick else [(10, 9, 90, 32), (100, 10, 100, 224),
-                                                                    (100, 10, 1000, 224)]
+    shapes = (
+        [(10, 9, 90, 32), (100, 10, 100, 224)]
+        if quick
+        else [(10, 9, 90, 32), (100, 10, 100, 224), (100, 10, 1000, 224)]
+    )
     compiled = torch.compile(reference.compensator_broadcast)
     out = []
     for n_base, n_ufc, batch, size in shapes:

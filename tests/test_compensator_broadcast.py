@@ -190,8 +190,11 @@ def test_low_precision_within_twice_pytorch_error(dtype):
     ufc_t = ufc.clone().requires_grad_()
     xt = base.index_select(0, bidx).to(dtype) / 255
     xt = (xt - mean.to(dtype).view(c)) / std.to(dtype).view(c)
-    yt = torch.clamp(xt + ufc_t.index_select(0, uidx.clamp(min=0)) * (uidx >= 0).to(dtype).view(-1, 1, 1, 1),
-                     lo.to(dtype).view(c), hi.to(dtype).view(c))
+    yt = torch.clamp(
+        xt + ufc_t.index_select(0, uidx.clamp(min=0)) * (uidx >= 0).to(dtype).view(-1, 1, 1, 1),
+        lo.to(dtype).view(c),
+        hi.to(dtype).view(c),
+    )
     (torch_g,) = torch.autograd.grad(yt, ufc_t, grad.to(dtype))
     ours_g = BWD(grad.to(dtype), *inputs)
     assert max_rel_err(ours_g, exact_g) <= 2 * max_rel_err(torch_g, exact_g) + 1e-7
@@ -220,9 +223,14 @@ BAD_INPUTS = {
     "size mismatch": (dict(ufc=torch.zeros(3, 3, 5, 6)), "base and ufc must share"),
     "index dtype": (dict(base_index=torch.zeros(7, dtype=torch.int32)), "base_index must be a 1-D int64"),
     "index rank": (dict(ufc_index=torch.zeros(7, 1, dtype=torch.long)), "ufc_index must be a 1-D int64"),
-    "length mismatch": (dict(ufc_index=torch.zeros(6, dtype=torch.long)), "must have the same length, got 7 and 6"),
-    "empty batch": (dict(base_index=torch.zeros(0, dtype=torch.long), ufc_index=torch.zeros(0, dtype=torch.long)),
-                    "empty batch"),
+    "length mismatch": (
+        dict(ufc_index=torch.zeros(6, dtype=torch.long)),
+        "base_index and ufc_index must have the same length, got 7 and 6",
+    ),
+    "empty batch": (
+        dict(base_index=torch.zeros(0, dtype=torch.long), ufc_index=torch.zeros(0, dtype=torch.long)),
+        "empty batch",
+    ),
     "base_index range": (dict(base_index=torch.full((7,), 4)), r"base_index values must lie in \[0, 3\], got .*max 4"),
     "negative base_index": (dict(base_index=torch.full((7,), -1)), r"base_index values must lie in \[0, 3\]"),
     "ufc_index above": (dict(ufc_index=torch.full((7,), 3)), r"ufc_index values must lie in \[-1, 2\]"),

@@ -79,8 +79,9 @@ def _check_meta(base, ufc, base_index, ufc_index, mean, std, lo, hi) -> None:
     torch._check(ufc.dtype in _FLOAT, lambda: f"compensator_broadcast: ufc must be floating, got {ufc.dtype}")
     torch._check(
         base.shape[1:] == ufc.shape[1:],
-        lambda: "compensator_broadcast: base and ufc must share [C, H, W], got "
-        f"{tuple(base.shape)} and {tuple(ufc.shape)}",
+        lambda: (
+            f"compensator_broadcast: base and ufc must share [C, H, W], got {tuple(base.shape)} and {tuple(ufc.shape)}"
+        ),
     )
     for name, t in (("base_index", base_index), ("ufc_index", ufc_index)):
         torch._check(
