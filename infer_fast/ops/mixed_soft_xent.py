@@ -57,6 +57,13 @@ def _backward(ctx, grad_loss, _grad_of_grad_logits):
     (grad_logits,) = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:
+        if torch.is_grad_enabled():
+            # create_graph=True: the saved dL/dz is a constant here, so a second derivative would come out
+            # silently zero instead of softmax's Hessian.
+            raise RuntimeError(
+                "mixed_soft_xent: double backward (create_graph=True through logits) is not supported; "
+                "use infer_fast.reference.mixed_soft_xent for higher-order derivatives"
+            )
         grad = torch.ops.infer_fast._mixed_soft_xent_backward(grad_loss, grad_logits)
     return grad, None, None, None, None
 
