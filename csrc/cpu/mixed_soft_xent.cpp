@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_soft_xent_cpu(const at::Tensor& logits,
     }
     double total = 0.0;
     for (const acc_t v : row_loss) total += static_cast<double>(v);
-    loss.fill_(total / static_cast<double>(nb));
+    *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total / static_cast<double>(nb));
   });
   return {loss, grad};
 }
