@@ -32,6 +32,8 @@ def mixed_soft_xent(
     loss in float32 (float64 for float64 logits). Gradient flows to ``logits`` only:
     ``dloss/dz = (softmax(z / T) - p) / (T * B)``, computed by the forward in the same pass per row.
     """
+    if torch.compiler.is_compiling():  # traced through the op's registered fake and autograd kernels
+        return _FORWARD(logits, target, perm, float(lam), float(temperature))[0]
     return _MixedSoftXent.apply(logits, target, perm, float(lam), float(temperature))
 
 
@@ -74,18 +76,25 @@ torch.library.register_autograd("infer_fast::mixed_soft_xent", _backward, setup_
 
 
 class _MixedSoftXent(torch.autograd.Function):
-    """The public function's autograd: the same forward op and backward as the registration above, without the
-    generic register_autograd wrapper's per-call Python work (it dominates at CIFAR sizes, e.g. 64x10 logits)."""
+    """The public function's autograd: the same forward op and backward as the registration above, calling the
+    kernels below the Autograd key so that the ops' Python autograd kernels are skipped (that per-call Python work
+    dominates at CIFAR sizes, e.g. 64x10 logits)."""
 
     @staticmethod
     def forward(ctx, logits, target, perm, lam, temperature):
-        loss, grad_logits = _FORWARD(logits, target, perm, lam, temperature)
+        with torch._C._AutoDispatchBelowAutograd():
+            loss, grad_logits = _FORWARD(logits, target, perm, lam, temperature)
         ctx.save_for_backward(grad_logits)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss, None)
+        if torch.is_grad_enabled():
+            return _backward(ctx, grad_loss, None)  # raises: no double backward
+        (grad_logits,) = ctx.saved_tensors
+        with torch._C._AutoDispatchBelowAutograd():
+            grad = _BACKWARD(grad_loss, grad_logits) if ctx.needs_input_grad[0] else None
+        return grad, None, None, None, None
 
 
 def _no_double_backward(ctx, grad):
