@@ -131,8 +131,9 @@ def test_non_finite_logits_give_nan(hard):
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_gradcheck(hard):
-    logits, target, perm = _inputs(4, 7, hard=hard, target_dtype=torch.int64 if hard else torch.float64,
-                                   dtype=torch.float64, scale=1.0)
+    logits, target, perm = _inputs(
+        4, 7, hard=hard, target_dtype=torch.int64 if hard else torch.float64, dtype=torch.float64, scale=1.0
+    )
     z = logits.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: mixed_soft_xent(x, target, perm, 0.7, 1.7), (z,))
 
