@@ -232,7 +232,11 @@ def test_torch_loader_skips_bad_files_and_is_seeded(folder):
     ld = make_loader(root, "train", batch_size=4, loader="torch", num_workers=0, seed=7, device="cpu")
     assert ld.skipped == len(bad) and ld.classes == sorted(CLASSES) and len(ld) == 3
     ld.set_epoch(2)
+    torch.manual_seed(11)
     a = list(ld)
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(3))  # the caller's global RNG is untouched by the seeded augmentation
     assert all(x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 for x, _ in a)
     ld2 = make_loader(root, "train", batch_size=4, loader="torch", num_workers=2, seed=7, device="cpu")
     ld2.set_epoch(2)
