@@ -113,12 +113,12 @@ def measure(root: str, split: str, provider: str, workers: int, batch_size: int,
 def main(argv=None) -> list[dict]:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--cache-dir", default=default_cache(), help="prepared datasets go here (default: %(default)s)")
-    p.add_argument("--images", type=int, default=None, help="ImageNet-sized train images (default 1000, quick 400)")
+    p.add_argument("--images", type=int, default=1000, help="ImageNet-sized train images (default %(default)s)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    n_big = args.images or (400 if quick else 1000)
+    n_big = args.images
     epochs = 1 if quick else 3
     cifar = prepare_cifar(args.cache_dir)
     big = prepare_imagenet_sized(args.cache_dir, n_big)
