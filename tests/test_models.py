@@ -231,6 +231,7 @@ def test_non_checkpoints_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
+@pytest.mark.slow  # ~35 s on 2 shared cores: the one real training run (convnet w0.25, 3 epochs)
 def test_train_teacher_cli_on_digits(tmp_path, capsys):
     out = str(tmp_path / "digits.safetensors")
     parser = argparse.ArgumentParser()
