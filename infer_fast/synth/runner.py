@@ -94,7 +94,8 @@ def resolve(cfg: DistillConfig, small: bool) -> DistillConfig:
     )
 
 
-def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, device: torch.device, dist: _Dist):
+def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_std: tuple, device: torch.device,
+                  dist: _Dist):
     """(models in eval mode with frozen weights, metadata dicts) of the M teachers."""
     from infer_fast import models
 
@@ -117,6 +118,9 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, device:
         if int(meta.num_classes) != num_classes:
             raise ValueError(f"distill: teacher {path!r} ({meta.arch}) has {meta.num_classes} classes but the data "
                              f"has {num_classes}; teachers must be trained on the same classes")
+        if any(abs(a - b) > 1e-3 for a, b in zip(tuple(meta.mean) + tuple(meta.std), mean_std, strict=True)):
+            print(f"distill: warning: teacher {path!r} was trained with mean/std {tuple(meta.mean)}/{tuple(meta.std)}"
+                  f" but the data is normalised with {mean_std[:3]}/{mean_std[3:]}", file=sys.stderr)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -214,7 +218,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small)
     classes, s = list(info.classes), int(info.image_size)
     c = len(classes)
-    teachers, tmeta = load_teachers(cfg, c, s, device, dist)
+    teachers, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
     m_count = len(teachers)
     st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
     mean = torch.tensor(info.mean, dtype=torch.float32)
