@@ -47,13 +47,15 @@ def _tmp_path(path: str) -> str:
     return tmp
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
+    """Write via a temporary file + os.replace (readers never see a partial file); ``fsync`` for durability."""
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
