@@ -254,10 +254,10 @@ def test_train_teacher_cli_on_digits(tmp_path, capsys):
 def test_default_teachers_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher, "DEFAULT_ENSEMBLE", (("convnet", 0.125, 1),))
     monkeypatch.setenv("INFER_FAST_CACHE", str(tmp_path))
-    first = default_teachers(image_size=16, progress=False)
+    first = default_teachers(image_size=8, progress=False)
     assert len(first) == 1 and first[0].startswith(str(tmp_path / "teachers"))
     stamp = os.stat(first[0]).st_mtime_ns
-    assert default_teachers(image_size=16, progress=False) == first and os.stat(first[0]).st_mtime_ns == stamp
-    other = default_teachers(image_size=16, seed=1, cache_dir=str(tmp_path / "elsewhere"), progress=False)
+    assert default_teachers(image_size=8, progress=False) == first and os.stat(first[0]).st_mtime_ns == stamp
+    other = default_teachers(image_size=8, seed=1, cache_dir=str(tmp_path / "elsewhere"), progress=False)
     assert other[0].startswith(str(tmp_path / "elsewhere")) and os.path.dirname(other[0]) != os.path.dirname(first[0])
     assert load_teacher(other[0])[1].fingerprint != load_teacher(first[0])[1].fingerprint  # another seed

@@ -1,7 +1,8 @@
 // bn_stat_loss, CPU traversal. x [N, C, *spatial] (S = prod(spatial)), G groups of N/G samples.
-//   forward : mean/var [G, C] and loss [G] in one pass over x. Contiguous x: each (n, c) row of S values is reduced
-//             twice while it sits in cache (mean, then centred M2), rows are Chan-merged per (g, c).
-//             Channels-last x ([N, S, C] in memory): chunks of rows are reduced the same way over a C-vector.
+//   forward : mean/var [G, C] and loss [G] in one pass over x. Contiguous x: per (g, c), blocks of S-long rows are
+//             summed (shifted by the first row's mean) in vector registers and Chan-merged. Channels-last x
+//             ([N, S, C] in memory): chunks of rows are reduced twice while in cache (mean, then centred M2) over a
+//             C-vector and Chan-merged per group.
 //   backward: dx = p[g,c] * (x - mean[g,c]) + q[g,c] in one read of x and one write of dx (x's dtype and layout).
 // dtypes: x fp32/fp64/fp16/bf16, accumulation and statistics in at::opmath_type (fp32, fp64 for fp64 x).
 #include <ATen/Dispatch.h>

@@ -48,7 +48,8 @@ __global__ void forward_kernel(const bT* __restrict__ base, const oT* __restrict
     for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
       const int64_t c = channels_last ? e % C : e / HW;
       const acc shift = pixel_shift(sh[C + c], uf ? static_cast<acc>(uf[e]) : acc(0));
-      y[e] = static_cast<oT>(clamp_value(pre_value(static_cast<acc>(x[e]), sh[c], shift), sh[2 * C + c], sh[3 * C + c]));
+      const acc v = pre_value(static_cast<acc>(x[e]), sh[c], shift);
+      y[e] = static_cast<oT>(clamp_value(v, sh[2 * C + c], sh[3 * C + c]));
     }
   }
 }
@@ -115,9 +116,10 @@ at::Tensor compensator_broadcast_cuda(const at::Tensor& base, const at::Tensor& 
     forward_kernel<bT, oT, acc><<<grid_for(C * HW, B), kThreads, 4 * C * sizeof(acc),
                                   at::cuda::getCurrentCUDAStream()>>>(
         p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(), out.mutable_data_ptr<oT>(),
-        p.base_index.const_data_ptr<int64_t>(), p.ufc_index.const_data_ptr<int64_t>(), m.const_data_ptr<acc>(),
-        s.const_data_ptr<acc>(), l.const_data_ptr<acc>(), h.const_data_ptr<acc>(), B, C, HW,
-        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), scale);
+        p.base_index.const_data_ptr<int64_t>(), p.ufc_index.const_data_ptr<int64_t>(),
+        m.template const_data_ptr<acc>(), s.template const_data_ptr<acc>(), l.template const_data_ptr<acc>(),
+        h.template const_data_ptr<acc>(), B, C, HW, p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0),
+        p.ufc.stride(0), scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -148,9 +150,10 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
                                    at::cuda::getCurrentCUDAStream()>>>(
         p.grad.const_data_ptr<oT>(), p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(),
         grad_ufc.mutable_data_ptr<oT>(), p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), m.const_data_ptr<acc>(), s.const_data_ptr<acc>(),
-        l.const_data_ptr<acc>(), h.const_data_ptr<acc>(), U, C, HW, p.fmt == at::MemoryFormat::ChannelsLast,
-        p.base.stride(0), p.ufc.stride(0), p.grad.stride(0), p.grad_broadcast, scale);
+        offsets.const_data_ptr<int64_t>(), m.template const_data_ptr<acc>(), s.template const_data_ptr<acc>(),
+        l.template const_data_ptr<acc>(), h.template const_data_ptr<acc>(), U, C, HW,
+        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), p.grad.stride(0),
+        p.grad_broadcast, scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_ufc;

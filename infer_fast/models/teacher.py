@@ -147,6 +147,8 @@ DEFAULT_ENSEMBLE: tuple[tuple[str, float, int], ...] = (
     ("resnet18_cifar", 0.125, 3),
     ("cifar_resnet20", 0.5, 3),
 )
+# Small batches: more updates for the same compute, which is what few-epoch training needs.
+DEFAULT_BATCH_SIZE, DEFAULT_LR = 32, 0.05
 
 
 def cache_root() -> str:
@@ -158,13 +160,15 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
                      progress: bool = True) -> list[str]:
     """Train (seeded) or reuse the default ensemble :data:`DEFAULT_ENSEMBLE` on ``source`` and return the
     checkpoint paths. Cached under ``cache_dir`` (default ``<cache_root()>/teachers``) in a folder keyed by
-    (source, ensemble, image_size, seed, package version); a cached file is reused when it loads."""
+    (source, ensemble and its recipe, image_size, seed, package version); a cached file is reused when it
+    loads. Concurrent callers may both train, but each file is written atomically."""
     from infer_fast import __version__
     from infer_fast.models.checkpoint import CheckpointError, load_teacher
 
     src = source if source == "digits" else os.path.abspath(source)
-    key = json.dumps({"source": src, "ensemble": DEFAULT_ENSEMBLE, "image_size": image_size, "seed": seed,
-                      "version": __version__}, sort_keys=True)
+    key = json.dumps({"source": src, "ensemble": DEFAULT_ENSEMBLE, "batch_size": DEFAULT_BATCH_SIZE,
+                      "lr": DEFAULT_LR, "image_size": image_size, "seed": seed, "version": __version__},
+                     sort_keys=True)
     folder = os.path.join(cache_dir or os.path.join(cache_root(), "teachers"),
                           hashlib.sha256(key.encode()).hexdigest()[:16])
     paths = []
@@ -174,7 +178,7 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
             load_teacher(path)
         except (FileNotFoundError, CheckpointError):
             train_teacher(TeacherConfig(source=source, arch=arch, out=path, epochs=epochs, width=width,
-                                        image_size=image_size, seed=seed, batch_size=64, lr=0.05,
+                                        image_size=image_size, seed=seed, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR,
                                         progress=progress))
         paths.append(path)
     tmp = os.path.join(folder, f".key-{os.getpid()}.json")
