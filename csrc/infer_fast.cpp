@@ -12,7 +12,7 @@ TORCH_LIBRARY(infer_fast, m) {
         {at::Tag::pt2_compliant_tag});
   m.def(
       "_bn_stat_loss_backward(Tensor grad_loss, Tensor grad_mean, Tensor grad_var, Tensor x, Tensor running_mean, "
-      "Tensor running_var, Tensor loss, Tensor mean, Tensor var, int groups) -> Tensor",
+      "Tensor running_var, Tensor mean, Tensor var, int groups) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 
   // ---- compensator_broadcast -----------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""The public data API: ``dataset_info``, ``sample_naturals``, ``make_loader`` over "digits" or an ImageFolder root."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from infer_fast.data import digits
+from infer_fast.data.folder import DataError, SplitScan, resolve_split, scan_split
+from infer_fast.data.sampling import mix_seed, resolve_shard
+from infer_fast.data.torch_loader import BaseLoader, TensorLoader, TorchFolderLoader, open_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
+LARGE_DEFAULT_SIZE = 224
+LOADERS = ("auto", "dali", "torch")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    source: str
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    small: bool  # CIFAR-style (pad + random crop) vs ImageNet-style (random resized crop) training reads
+    num_train: int
+    train_bytes: int  # num_train * 3 * S * S (uint8 size of the train split at image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def is_digits(source: str) -> bool:
+    return str(source) == digits.DIGITS
+
+
+def _check_size(image_size: int | None) -> int | None:
+    if image_size is None:
+        return None
+    if int(image_size) != image_size or int(image_size) < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    return int(image_size)
+
+
+def dataset_info(source: str, image_size: int | None = None) -> DatasetInfo:
+    """Classes, normalization, default image size and train-split size of ``source`` ("digits" or a folder)."""
+    image_size = _check_size(image_size)
+    if is_digits(source):
+        s = image_size or digits.DEFAULT_SIZE
+        mean, std = digits.mean_std(s)
+        n = len(digits.split_indices("train"))
+        return DatasetInfo(digits.DIGITS, list(digits.CLASSES), mean, std, s, True, n, n * 3 * s * s)
+    scan = scan_split(source, "train")
+    return _folder_info(scan, image_size)
+
+
+def _folder_info(scan: SplitScan, image_size: int | None) -> DatasetInfo:
+    small = scan.median_side <= SMALL_MAX_SIDE
+    s = image_size or (scan.median_side if small else LARGE_DEFAULT_SIZE)
+    n = len(scan.files)
+    return DatasetInfo(scan.root, list(scan.classes), IMAGENET_MEAN, IMAGENET_STD, s, small, n, n * 3 * s * s)
+
+
+@dataclass
+class NaturalSample:
+    images: torch.Tensor  # uint8 [C, per_class, 3, S, S]
+    classes: list[str]
+    files: list[list[str]]  # per class, the files picked ("digits:<index>" for the digits)
+
+
+def _pick(n_avail: int, per_class: int, seed: int, c: int, name: str, where: str) -> list[int]:
+    if per_class > n_avail:
+        raise DataError(f"sample_naturals: class {name!r} has {n_avail} valid images in {where}, "
+                        f"fewer than per_class={per_class}")
+    g = torch.Generator().manual_seed(mix_seed(seed, c))
+    return torch.randperm(n_avail, generator=g)[:per_class].tolist()
+
+
+def sample_naturals(source: str, per_class: int, seed: int, image_size: int | None = None,
+                    split: str = "train") -> NaturalSample:
+    """``per_class`` natural images of every class (seeded, valid files only), resized + center-cropped to S."""
+    if int(per_class) < 1:
+        raise ValueError(f"sample_naturals: per_class must be >= 1, got {per_class}")
+    image_size = _check_size(image_size)
+    if is_digits(source):
+        s = image_size or digits.DEFAULT_SIZE
+        x, y, idx = digits.load(split, s)
+        out, files = [], []
+        for c, name in enumerate(digits.CLASSES):
+            members = torch.nonzero(y == c).flatten()
+            pick = members[_pick(len(members), per_class, seed, c, name, f"digits {split}")]
+            out.append(x[pick])
+            files.append([f"digits:{int(idx[i])}" for i in pick])
+        return NaturalSample(torch.stack(out), list(digits.CLASSES), files)
+    info = dataset_info(source, image_size)
+    scan = scan_split(source, split)
+    s = info.image_size
+    by_class: list[list[str]] = [[] for _ in scan.classes]
+    for f, lab in zip(scan.files, scan.labels, strict=True):
+        by_class[lab].append(f)
+    files = [[fs[i] for i in _pick(len(fs), per_class, seed, c, scan.classes[c], scan.split_dir)]
+             for c, fs in enumerate(by_class)]
+    tf = v2.Compose([v2.Resize(s, antialias=True), v2.CenterCrop(s), v2.PILToTensor()])
+    flat = [f for fs in files for f in fs]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        imgs = list(pool.map(lambda f: tf(open_rgb(f, s)), flat))
+    images = torch.stack(imgs).view(len(scan.classes), per_class, 3, s, s)
+    return NaturalSample(images, list(scan.classes), files)
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def make_loader(source: str, split: str = "train", batch_size: int = 128, loader: str = "auto",
+                image_size: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
+                num_workers: int = 2, device: str | torch.device | None = None, drop_last: bool | None = None,
+                mean: tuple[float, float, float] | None = None,
+                std: tuple[float, float, float] | None = None) -> BaseLoader:
+    """Batches ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])`` of ``source``.
+
+    ``split``: "train" (shuffled, augmented: random resized crop + flip, or pad-4 random crop + flip for small
+    images; drops the last partial batch and gives every rank the same batch count) or "eval" (resize + center
+    crop, every file of the shard exactly once). ``loader``: "dali" (NVIDIA DALI; GPU decoding when ``device`` is
+    CUDA), "torch" (DataLoader + PIL), or "auto" (DALI when importable; the digits are in memory and use the
+    tensor loader). ``shard=(rank, world)`` defaults to the torch.distributed environment. Only files that passed
+    validation are read (``loader.skipped`` counts the rest).
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"make_loader: split must be 'train' or 'eval', got {split!r}")
+    if loader not in LOADERS:
+        raise ValueError(f"make_loader: loader must be one of {LOADERS}, got {loader!r}")
+    train = split == "train"
+    rank, world = resolve_shard(shard)
+    dev = torch.device(device) if device is not None else default_device()
+    info = dataset_info(source, image_size)
+    common = dict(
+        classes=info.classes, mean=tuple(mean or info.mean), std=tuple(std or info.std),
+        image_size=info.image_size, small=info.small, train=train, batch_size=batch_size, seed=seed,
+        rank=rank, world=world, device=dev, drop_last=train if drop_last is None else bool(drop_last),
+    )
+    for name, v in (("mean", common["mean"]), ("std", common["std"])):
+        if len(v) != 3:
+            raise ValueError(f"make_loader: {name} must have 3 values (RGB), got {v!r}")
+    if is_digits(source):
+        if loader == "dali":
+            from infer_fast.data.dali import DaliTensorLoader
+
+            x, y, _ = digits.load(split, info.image_size)
+            return DaliTensorLoader(x, y, num_workers=num_workers, **common)
+        x, y, _ = digits.load(split, info.image_size)
+        return TensorLoader(x, y, **common)
+    scan = scan_split(source, split)
+    if scan.classes != info.classes:
+        train_dir = os.path.join(info.source, resolve_split(info.source, "train"))
+        raise DataError(f"class folders of {scan.split_dir!r} ({len(scan.classes)}) differ from those of "
+                        f"{train_dir!r} ({len(info.classes)}); both splits need the same classes")
+    use_dali = loader == "dali" or (loader == "auto" and dali_available())
+    if loader == "dali" and not dali_available():
+        raise ImportError("make_loader(loader='dali'): NVIDIA DALI is not installed "
+                          "(pip install nvidia-dali-cuda130, or pass loader='torch')")
+    if use_dali:
+        from infer_fast.data.dali import DaliFolderLoader
+
+        return DaliFolderLoader(scan.files, scan.labels, num_workers=num_workers, skipped=len(scan.bad), **common)
+    return TorchFolderLoader(scan.files, scan.labels, num_workers=num_workers, skipped=len(scan.bad), **common)

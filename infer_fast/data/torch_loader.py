@@ -1,0 +1,203 @@
+"""Plain PyTorch loaders: DataLoader + PIL/torchvision v2 for folders (the fallback when DALI is absent) and an
+in-memory tensor loader for the digits. Same interface as the DALI loader (see :class:`BaseLoader`).
+
+Augmentation is seeded per sample from ``(seed, epoch, index)``, so a run is reproducible and does not depend on
+``num_workers``; the global torch RNG of the caller is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from infer_fast.data.sampling import mix_seed, num_batches, shard_indices, train_batches
+
+# ImageNet-style eval reads resize the short side to S * 256 / 224, then center-crop S.
+EVAL_RESIZE_RATIO = 256 / 224
+PAD = 4  # small-image training: zero-pad 4 pixels, random S x S crop
+
+
+def eval_resize_size(image_size: int, small: bool) -> int:
+    return image_size if small else int(round(image_size * EVAL_RESIZE_RATIO))
+
+
+class BaseLoader:
+    """Iterable of ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])``.
+
+    ``len()`` is the number of batches of this rank; ``set_epoch(e)`` selects the epoch (order and augmentation);
+    without it, each new iteration advances the epoch by one.
+    """
+
+    provider = "base"
+
+    def __init__(self, *, classes, mean, std, image_size, small, train, batch_size, seed, rank, world, device,
+                 drop_last, num_files, skipped=0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.classes = list(classes)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.image_size = int(image_size)
+        self.small = bool(small)
+        self.train = bool(train)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank, self.world = rank, world
+        self.device = torch.device(device)
+        self.drop_last = bool(drop_last)
+        self.num_files = int(num_files)  # files of the whole split (all shards)
+        self.skipped = int(skipped)  # bad files left out by validation
+        self._epoch = 0
+        self._scale = torch.tensor([255.0 * s for s in self.std]).view(1, 3, 1, 1)
+        self._shift = torch.tensor([255.0 * m for m in self.mean]).view(1, 3, 1, 1)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """Dataset indices this rank reads in ``epoch``, in order (train: equal length on every rank)."""
+        idx = shard_indices(self.num_files, self.seed, epoch, self.train, self.rank, self.world)
+        if self.train and self.drop_last:
+            idx = idx[: train_batches(self.num_files, self.world, self.batch_size) * self.batch_size]
+        return idx
+
+    def __len__(self) -> int:
+        if self.train and self.drop_last:
+            return train_batches(self.num_files, self.world, self.batch_size)
+        return num_batches(len(self.indices(0)), self.batch_size, self.drop_last)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> float32 normalized on ``self.device``."""
+        x = x.to(self.device, non_blocking=True).float()
+        return (x - self._shift.to(x.device)) / self._scale.to(x.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self._epoch
+        self._epoch += 1
+        return self._iter_epoch(epoch)
+
+    def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(provider={self.provider}, classes={len(self.classes)}, files={self.num_files}, "
+                f"shard={self.rank}/{self.world}, batch_size={self.batch_size}, batches={len(self)}, "
+                f"train={self.train}, image_size={self.image_size}, device={self.device})")
+
+
+def build_transform(image_size: int, small: bool, train: bool) -> v2.Compose:
+    """PIL RGB image -> uint8 tensor [3, S, S]."""
+    s = image_size
+    if small:
+        ops = [v2.Resize(s, antialias=True), v2.CenterCrop(s)]
+        if train:
+            ops += [v2.RandomCrop(s, padding=PAD), v2.RandomHorizontalFlip()]
+    elif train:
+        ops = [v2.RandomResizedCrop(s, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        ops = [v2.Resize(eval_resize_size(s, small), antialias=True), v2.CenterCrop(s)]
+    return v2.Compose([*ops, v2.PILToTensor()])
+
+
+def open_rgb(path: str, draft_side: int | None = None) -> Image.Image:
+    """Decode ``path`` to RGB; JPEGs are downscaled during decoding (by 1/2, 1/4 or 1/8, libjpeg draft mode)
+    as long as the short side stays >= ``draft_side``."""
+    with Image.open(path) as im:
+        if draft_side and im.format == "JPEG":
+            w, h = im.size
+            scale = draft_side / min(w, h)
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+        return im.convert("RGB")
+
+
+class FolderDataset(Dataset):
+    """Validated files of a split; item ``(index, sample_seed)`` -> ``(uint8 [3, S, S], label)``."""
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int], transform, draft_side: int | None):
+        self.files = list(files)
+        self.labels = list(labels)
+        self.transform = transform
+        self.draft_side = draft_side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item):
+        index, sample_seed = item
+        img = open_rgb(self.files[index], self.draft_side)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            x = self.transform(img)
+        return x, self.labels[index]
+
+
+class TorchFolderLoader(BaseLoader):
+    provider = "torch"
+
+    def __init__(self, files, labels, *, num_workers: int = 2, draft: bool = True, **kw):
+        super().__init__(num_files=len(files), **kw)
+        self.num_workers = int(num_workers)
+        # Draft decoding keeps the short side >= the eval resize (S * 256/224): eval reads lose nothing, and
+        # training crops of huge images are read from a 1/2..1/8 downscale, like a resize-on-load cache would.
+        draft_side = eval_resize_size(self.image_size, self.small) if draft else None
+        self.dataset = FolderDataset(files, labels, build_transform(self.image_size, self.small, self.train),
+                                     draft_side)
+
+    def _iter_epoch(self, epoch):
+        idx = self.indices(epoch).tolist()
+        items = [(i, mix_seed(self.seed, epoch, i)) for i in idx]
+        dl = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
+            drop_last=self.drop_last, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+        )
+        for x, y in dl:
+            yield self.normalize(x), y.to(self.device, torch.int64)
+
+
+class TensorLoader(BaseLoader):
+    """In-memory uint8 images (the digits): batched gather + vectorized augmentation on the target device."""
+
+    provider = "tensor"
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, **kw):
+        super().__init__(num_files=len(images), **kw)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+
+    def _iter_epoch(self, epoch):
+        idx = self.indices(epoch)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank))
+        n = len(idx)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for lo in range(0, stop, self.batch_size):
+            b = idx[lo:lo + self.batch_size].to(self.device)
+            x = self.images[b]
+            if self.train:
+                x = random_crop_flip(x, PAD, g)
+            yield self.normalize(x), self.labels[b]
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop a random S x S window per image, flip half of them horizontally."""
+    b, _, h, w = x.shape
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]

@@ -1,0 +1,80 @@
+"""Fused mixup-aware distillation loss: ``torch.ops.infer_fast.mixed_soft_xent`` with fake and autograd kernels."""
+
+from __future__ import annotations
+
+import torch
+
+from infer_fast import _C  # noqa: F401  (loads the extension that defines the ops)
+
+__all__ = ["mixed_soft_xent"]
+
+
+def mixed_soft_xent(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    perm: torch.Tensor | None = None,
+    lam: float = 1.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Batch mean of ``KL(p_b || softmax(z_b / T))`` over the rows of ``logits``, fused with its gradient.
+
+    ``logits`` z ``[B, K]`` (float32/float64/float16/bfloat16), ``T = temperature > 0``, ``lam`` in ``[0, 1]``.
+
+    * soft targets, ``target`` floating ``[B, K]`` (teacher logits, any float dtype):
+      ``p_b = softmax(mix_b / T)`` with ``mix_b = lam * y_b + (1 - lam) * y_perm[b]``;
+    * hard targets, ``target`` integer ``[B]`` (class indices):
+      ``p_b = lam * onehot(y_b) + (1 - lam) * onehot(y_perm[b])`` (``0 * log 0 = 0``).
+
+    ``perm`` is an int64 ``[B]`` index vector (the mixup permutation) or None for no mixing. Returns a 0-dim
+    loss in float32 (float64 for float64 logits). Gradient flows to ``logits`` only:
+    ``dloss/dz = (softmax(z / T) - p) / (T * B)``, computed by the forward in the same pass per row.
+    """
+    loss, _ = torch.ops.infer_fast.mixed_soft_xent(logits, target, perm, float(lam), float(temperature))
+    return loss
+
+
+@torch.library.register_fake("infer_fast::mixed_soft_xent")
+def _mixed_soft_xent_fake(logits, target, perm, lam, temperature):
+    torch._check(logits.dim() == 2, lambda: f"mixed_soft_xent: logits must be 2-D [B, K], got {logits.dim()}-D")
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss = logits.new_empty((), dtype=acc)
+    grad_logits = logits.new_empty(logits.shape)
+    return loss, grad_logits
+
+
+@torch.library.register_fake("infer_fast::_mixed_soft_xent_backward")
+def _mixed_soft_xent_backward_fake(grad_loss, grad_logits):
+    return grad_logits.new_empty(grad_logits.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    _, grad_logits = output
+    ctx.mark_non_differentiable(grad_logits)
+    ctx.save_for_backward(grad_logits)
+
+
+def _backward(ctx, grad_loss, _grad_of_grad_logits):
+    (grad_logits,) = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = torch.ops.infer_fast._mixed_soft_xent_backward(grad_loss, grad_logits)
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("infer_fast::mixed_soft_xent", _backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError(
+        "infer_fast::_mixed_soft_xent_backward is not differentiable: mixed_soft_xent supports first-order "
+        "gradients only (use infer_fast.reference.mixed_soft_xent for higher-order derivatives)"
+    )
+
+
+def _backward_setup_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd(
+    "infer_fast::_mixed_soft_xent_backward", _no_double_backward, setup_context=_backward_setup_context
+)

@@ -1,0 +1,112 @@
+"""Hyperparameters of `infer-fast distill`: one dataclass, defaults from the INFER paper (spec sections 2-4, 7).
+
+The CLI maps 1:1 onto the fields (``--problems-per-batch`` sets ``problems_per_batch``); a YAML/JSON file given
+with ``--config`` sets the same field names, and flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+METHODS = ("infer", "sre2l", "random")
+BACKENDS = ("fused", "reference")
+
+
+@dataclass
+class DistillConfig:
+    # ---- what to distil -----------------------------------------------------------------------
+    data: str | None = None  # dataset root (ImageFolder split folders); exclusive with `dataset`
+    dataset: str | None = None  # embedded dataset name: "digits"
+    teachers: list[str] = field(default_factory=list)  # teacher checkpoint files (one per architecture, M of them)
+    method: str = "infer"  # infer | sre2l | random
+    ipc: int = 10  # storage budget: images per class
+    seed: int = 0
+    out: str = "distilled"
+    resume: bool = False
+    image_size: int | None = None  # None: the dataset's size (digits: the data pipeline's default)
+    # ---- optimisation (spec section 3) --------------------------------------------------------
+    iterations: int | None = None  # T; None: 1000 for small (CIFAR-style) data, 2000 for ImageNet-style
+    lr: float = 0.25
+    beta1: float = 0.5
+    beta2: float = 0.9
+    eps: float = 1e-8
+    r_bn: float | None = None  # BN-matching weight; None: 1.0 small data, 0.01 ImageNet-style
+    first_bn_multiplier: float = 10.0
+    jitter: int = 4  # random roll of up to this many pixels in H and W
+    crop_scale_min: float = 0.08  # ImageNet-style random resized crop scale range (SRe2L's recover setting)
+    crop_scale_max: float = 1.0
+    per_image_crop: bool = False  # ImageNet-style: one crop+flip per problem and iteration (research code) or per image
+    sre2l_init: str = "noise"  # sre2l: "noise" (standard normal in normalised space, as SRe2L) or "natural"
+    # ---- execution ----------------------------------------------------------------------------
+    problems_per_batch: int = 8  # (k, m) problems sharing a teacher in one forward, each its own BN group
+    class_chunk: int = 0  # images of one problem per forward (0: all classes); each chunk its own BN group
+    label_batch: int = 256  # images per teacher forward when computing the static labels
+    log_every: int = 50  # iterations between host reads of the losses (tqdm postfix, NaN/Inf check)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank uses cuda:LOCAL_RANK)
+    backend: str = "fused"  # fused: infer_fast.ops kernels; reference: pure-PyTorch infer_fast.reference
+    teacher_cache: str | None = None  # digits without --teachers: where the default ensemble is cached
+    stop_after: int | None = None  # stop (resumably) after this many finished batches in this run; None: run all
+
+    def validate(self) -> None:
+        if (self.data is None) == (self.dataset is None):
+            raise ValueError("distill: give exactly one of --data ROOT or --dataset NAME "
+                             f"(got data={self.data!r}, dataset={self.dataset!r})")
+        if self.method not in METHODS:
+            raise ValueError(f"distill: --method must be one of {METHODS}, got {self.method!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"distill: --backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.sre2l_init not in ("noise", "natural"):
+            raise ValueError(f"distill: --sre2l-init must be 'noise' or 'natural', got {self.sre2l_init!r}")
+        for name in ("ipc", "problems_per_batch", "label_batch", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"distill: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"distill: --iterations must be >= 1, got {self.iterations}")
+        if self.class_chunk < 0:
+            raise ValueError(f"distill: --class-chunk must be >= 0 (0 = all classes), got {self.class_chunk}")
+        if self.jitter < 0:
+            raise ValueError(f"distill: --jitter must be >= 0, got {self.jitter}")
+        if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+            raise ValueError("distill: need 0 < --crop-scale-min <= --crop-scale-max <= 1, got "
+                             f"{self.crop_scale_min}, {self.crop_scale_max}")
+        if self.stop_after is not None and self.stop_after < 0:
+            raise ValueError(f"distill: --stop-after must be >= 0, got {self.stop_after}")
+
+    @property
+    def source(self) -> str:
+        """The data source string of infer_fast.data ("digits" or a root folder)."""
+        return self.dataset if self.dataset is not None else self.data  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> DistillConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+        cfg = cls(**d)
+        if isinstance(cfg.teachers, str):
+            cfg.teachers = [cfg.teachers]
+        return cfg
+
+
+def load_config_file(path: str) -> dict:
+    """Fields from a YAML or JSON file (a mapping of DistillConfig field names)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"distill: --config file {path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        d = json.loads(text)
+    else:
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"distill: --config file {path!r} must hold a mapping of field names, got {type(d).__name__}")
+    return {k.replace("-", "_"): v for k, v in d.items()}

@@ -1,0 +1,358 @@
+"""`infer-fast distill`: orchestration of one distillation run (single process or torchrun ranks).
+
+1. Data info, teachers (``--teachers`` or, for digits, the cached default ensemble), budget (K, storage).
+2. Natural sets sampled (seeded) through infer_fast.data; the problems of the method, partitioned into fixed
+   batches (``problems_per_batch`` problems of one teacher per forward).
+3. Batches are sharded round-robin over the torchrun ranks (one rank without torchrun); each finished batch is
+   saved atomically to ``OUT/progress/`` (safetensors), so ``--resume`` skips it and a killed run loses at most
+   the batches in flight. The result of a batch depends only on the config (each problem's RNG is seeded by
+   (seed, k, m)), hence resumed and sharded runs equal an uninterrupted single-process run tensor for tensor.
+4. Rank 0 gathers the batches through the filesystem, computes the static labels and writes the format of
+   :mod:`infer_fast.distilled`; the progress folder is removed once manifest.json is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+from tqdm import tqdm
+
+from infer_fast.distilled import (
+    DistilledDataset,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    write_distilled,
+)
+from infer_fast.synth import baselines, budget
+from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.labels import static_labels
+from infer_fast.synth.ufc import AugSettings, optimise_batch
+
+PROGRESS_DIR = "progress"
+# Fields that do not change the result: excluded from the resume fingerprint.
+_NON_RESULT_FIELDS = ("out", "resume", "stop_after", "log_every", "device", "label_batch", "teacher_cache")
+
+
+# ---- distributed context ----------------------------------------------------------------------
+
+
+class _Dist:
+    def __init__(self, device_arg: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
+        if want_cuda:
+            self.device = torch.device(f"cuda:{local_rank}" if self.world > 1 or device_arg in ("auto", "cuda")
+                                       else device_arg)
+        else:
+            self.device = torch.device("cpu")
+        self.initialised = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if want_cuda:
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
+            self.initialised = True
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.initialised:
+            torch.distributed.destroy_process_group()
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolve(cfg: DistillConfig, small: bool) -> DistillConfig:
+    """The config with the per-dataset defaults filled in (T and r_bn depend on the image regime)."""
+    return dataclasses.replace(
+        cfg,
+        iterations=cfg.iterations if cfg.iterations is not None else (1000 if small else 2000),
+        r_bn=cfg.r_bn if cfg.r_bn is not None else (1.0 if small else 0.01),
+    )
+
+
+def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, device: torch.device, dist: _Dist):
+    """(models in eval mode with frozen weights, metadata dicts) of the M teachers."""
+    from infer_fast import models
+
+    paths = list(cfg.teachers)
+    if not paths:
+        if cfg.source != "digits":
+            raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
+                             "default teacher ensemble)")
+        # Rank 0 trains and caches the default ensemble first; the other ranks then find it in the cache.
+        if dist.rank == 0:
+            paths = models.default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
+        dist.barrier()
+        if dist.rank != 0:
+            paths = models.default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
+    nets, metas = [], []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"distill: teacher file {path!r} does not exist")
+        model, meta = models.load_teacher(path, device=str(device))
+        if int(meta.num_classes) != num_classes:
+            raise ValueError(f"distill: teacher {path!r} ({meta.arch}) has {meta.num_classes} classes but the data "
+                             f"has {num_classes}; teachers must be trained on the same classes")
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        nets.append(model)
+        metas.append({"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
+                      "num_classes": int(meta.num_classes), "val_acc": meta.val_acc})
+    return nets, metas
+
+
+def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor | None) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
+    d["teachers"] = [t["fingerprint"] for t in teachers]
+    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
+    if naturals is not None:
+        h.update(naturals.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _batch_path(out: str, b: int) -> str:
+    return os.path.join(out, PROGRESS_DIR, f"batch_{b:05d}.safetensors")
+
+
+def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: _Dist) -> bool:
+    """Checks the output folder (all ranks, read-only), then rank 0 creates progress/. True if already complete."""
+    out = cfg.out
+    state_path = os.path.join(out, PROGRESS_DIR, "state.json")
+    if os.path.isfile(os.path.join(out, "manifest.json")):
+        if cfg.resume:
+            return True
+        raise FileExistsError(f"distill: {out!r} already holds a distilled dataset (manifest.json); choose a new "
+                              "--out or pass --resume")
+    if os.path.isdir(out) and os.listdir(out):
+        if not cfg.resume:
+            raise FileExistsError(f"distill: output folder {out!r} is not empty; pass --resume to continue an "
+                                  "interrupted run there, or choose a new --out")
+        if os.path.isfile(state_path):
+            with open(state_path) as f:
+                state = json.load(f)
+            if state.get("fingerprint") != fp:
+                raise ValueError(f"distill: --resume: {state_path} was written by a run with a different config, "
+                                 "teachers or natural sets; resume with the same settings or choose a new --out")
+    dist.barrier()
+    if dist.rank == 0:
+        os.makedirs(os.path.join(out, PROGRESS_DIR), exist_ok=True)
+        if not os.path.isfile(state_path):
+            atomic_write_json(state_path, {"fingerprint": fp, "num_batches": num_batches})
+    dist.barrier()
+    return False
+
+
+def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> None:
+    """PNG grid: set 0's naturals then its composition with each UFC (INFER), or the first stored rows."""
+    from torchvision.utils import save_image
+
+    c = ds.num_classes
+    show = min(c, max_classes)
+    kc = ds.num_sets * c
+    rows = []
+    if ds.num_ufc_teachers:
+        rows.append(torch.arange(show))
+        rows += [kc + m * c + torch.arange(show) for m in range(ds.num_ufc_teachers)]
+    else:
+        rows += [k * c + torch.arange(show) for k in range(min(ds.num_sets, 8))]
+    idx = torch.cat(rows)
+    with torch.no_grad():
+        images = ds.denormalize(ds.compose(idx).float())
+    tmp = path + ".tmp.png"
+    save_image(images, tmp, nrow=show, padding=1, format="png")
+    os.replace(tmp, path)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
+    """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``)."""
+    cfg.validate()
+    dist = _Dist(cfg.device)
+    try:
+        return _run(cfg, dist, progress)
+    finally:
+        dist.close()
+
+
+def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
+    from infer_fast import data
+
+    device = dist.device
+    info = data.dataset_info(cfg.source, image_size=cfg.image_size)
+    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small)
+    classes, s = list(info.classes), int(info.image_size)
+    c = len(classes)
+    teachers, tmeta = load_teachers(cfg, c, s, device, dist)
+    m_count = len(teachers)
+    st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
+    lo, hi = -mean / std, (1 - mean) / std
+
+    naturals, files = None, None
+    if cfg.method in ("infer", "random") or cfg.sre2l_init == "natural":
+        sample = data.sample_naturals(cfg.source, per_class=st.num_natural_sets, seed=cfg.seed, image_size=s)
+        imgs = sample.images
+        if imgs.dtype != torch.uint8 or tuple(imgs.shape) != (c, st.num_natural_sets, 3, s, s):
+            raise RuntimeError(f"distill: sample_naturals returned {imgs.dtype} {list(imgs.shape)}, expected uint8 "
+                               f"[{c}, {st.num_natural_sets}, 3, {s}, {s}]")
+        naturals = imgs.transpose(0, 1).contiguous()  # [K, C, 3, S, S]: set k = naturals[k]
+        files = sample.files
+
+    if cfg.method == "infer":
+        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi)
+        base = naturals.reshape(-1, 3, s, s)
+    elif cfg.method == "sre2l":
+        problems = baselines.sre2l_problems(cfg.ipc, c, m_count, s, cfg.seed, mean, std, lo, hi, naturals)
+        base = mean.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()  # normalises to 0: images are the parameters
+    else:
+        problems, base = [], None
+    batches = baselines.make_batches(problems, cfg.problems_per_batch)
+    fp = fingerprint(cfg, tmeta, naturals)
+    if _prepare_out(cfg, fp, len(batches), dist):
+        if dist.rank == 0:
+            print(f"distill: {cfg.out} is already complete", file=sys.stderr)
+        return cfg.out
+
+    # ---- optimise this rank's batches --------------------------------------------------------
+    todo = [b for b in range(len(batches))
+            if b % dist.world == dist.rank and not os.path.isfile(_batch_path(cfg.out, b))]
+    if todo:
+        base_d = base.to(device)
+        mean_d, std_d, lo_d, hi_d = (t.to(device) for t in (mean, std, lo, hi))
+        aug = AugSettings(small=info.small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
+                          per_image_crop=cfg.per_image_crop)
+        desc = f"distill {cfg.method}" + (f" rank {dist.rank}" if dist.world > 1 else "")
+        bar = tqdm(total=len(todo) * cfg.iterations, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+        finished = 0
+        try:
+            for b in todo:
+                if cfg.stop_after is not None and finished >= cfg.stop_after:
+                    break
+                batch = batches[b]
+
+                def on_progress(n, ce, bn, _b=b):
+                    bar.update(n)
+                    if ce is not None:
+                        bar.set_postfix(batch=f"{_b + 1}/{len(batches)}", ce=f"{ce:.4f}", bn=f"{bn:.4f}")
+
+                res = optimise_batch(
+                    batch, teachers[batch[0].teacher], base_d, mean_d, std_d, lo_d, hi_d,
+                    seed=cfg.seed, iterations=cfg.iterations, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                    r_bn=cfg.r_bn, first_bn_multiplier=cfg.first_bn_multiplier, aug=aug,
+                    class_chunk=cfg.class_chunk, backend=cfg.backend, log_every=cfg.log_every,
+                    on_progress=on_progress,
+                )
+                tensors = {f"p{j}": p for j, p in enumerate(res.params)}
+                tensors["ce"], tensors["bn"] = res.ce, res.bn
+                keys = json.dumps([list(p.key) for p in batch])
+                atomic_save_safetensors(_batch_path(cfg.out, b), tensors, metadata={"keys": keys})
+                finished += 1
+        finally:
+            bar.close()
+    dist.barrier()
+
+    missing = [b for b in range(len(batches)) if not os.path.isfile(_batch_path(cfg.out, b))]
+    if missing:
+        if dist.rank == 0:
+            print(f"distill: stopped with {len(batches) - len(missing)} of {len(batches)} batches finished "
+                  f"(saved in {os.path.join(cfg.out, PROGRESS_DIR)}); rerun with --resume to continue",
+                  file=sys.stderr)
+        return None
+    if dist.rank == 0:
+        _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, mean, std, device, progress)
+    dist.barrier()
+    return cfg.out
+
+
+def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, mean, std, device, progress) -> None:
+    from safetensors.torch import load_file
+
+    from infer_fast import __version__
+
+    c, s, m_count = len(classes), int(info.image_size), len(teachers)
+    metrics = []
+    tensors: dict[str, torch.Tensor] = {}
+    if cfg.method == "infer":
+        ufcs = torch.zeros(st.num_natural_sets, m_count, 3, s, s)
+    elif cfg.method == "sre2l":
+        images = torch.zeros(cfg.ipc, c, 3, s, s)
+    for b, batch in enumerate(batches):
+        saved = load_file(_batch_path(cfg.out, b))
+        for j, p in enumerate(batch):
+            a, m = p.key
+            if cfg.method == "infer":
+                ufcs[a, m] = saved[f"p{j}"][0]
+            else:
+                images[a] = saved[f"p{j}"]
+            ce, bn = saved["ce"][:, j], saved["bn"][:, j]
+            metrics.append({"k" if cfg.method == "infer" else "i": a, "m": m, "ce_first": float(ce[0]),
+                            "ce_last": float(ce[-1]), "bn_first": float(bn[0]), "bn_last": float(bn[-1])})
+    if cfg.method == "infer":
+        tensors["naturals"], tensors["ufcs"] = naturals, ufcs.half()
+    elif cfg.method == "sre2l":
+        tensors["naturals"] = baselines.quantise(images, mean, std)
+    else:
+        tensors["naturals"] = naturals
+
+    manifest = {
+        "method": cfg.method,
+        "classes": classes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "image_size": s,
+        "small": bool(info.small),
+        "ipc": cfg.ipc,
+        "num_natural_sets": st.num_natural_sets,
+        "num_teachers": m_count,
+        "num_synthetic": st.num_synthetic,
+        "storage": st.as_dict(getattr(info, "train_bytes", None)),
+        "label_bytes": st.label_bytes,
+        "teachers": tmeta,
+        "source": {"source": cfg.source, "natural_files": files},
+        "config": cfg.to_dict(),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "git_commit": git_commit(),
+    }
+    ds = DistilledDataset(manifest, dict(tensors), backend=cfg.backend)
+    labels = static_labels(teachers, ds, cfg.label_batch, device, progress=progress)
+    if not torch.isfinite(labels).all():
+        raise RuntimeError("distill: the teachers produced non-finite logits on the synthetic images")
+    tensors["labels"] = labels.half()
+    os.makedirs(cfg.out, exist_ok=True)
+    if metrics:
+        atomic_write_bytes(os.path.join(cfg.out, "metrics.jsonl"),
+                           "".join(json.dumps(r) + "\n" for r in metrics).encode())
+    write_preview(DistilledDataset(manifest, tensors, backend=cfg.backend), os.path.join(cfg.out, "preview.png"))
+    write_distilled(cfg.out, manifest, tensors)  # manifest.json last: its presence marks a complete dataset
+    shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
+    stg = manifest["storage"]
+    ratio = f", compression {stg['compression_ratio']:.4%}" if stg["compression_ratio"] else ""
+    print(f"distill: wrote {cfg.out}: {st.num_synthetic} synthetic images from {stg['stored_images']} stored "
+          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes", file=sys.stderr)

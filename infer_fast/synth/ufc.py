@@ -1,0 +1,272 @@
+"""The batched UFC optimiser (spec section 3), also used for the sre2l baseline.
+
+A *problem* is one optimisation with its own parameters, its own images and its own BN-statistics group: for
+INFER one UFC ``u_{k,m}`` ([1, 3, S, S]) shared by the C natural images of set k under teacher m; for sre2l
+C free images (one per class). Problems that share a teacher run in one forward pass, one BN group each
+(classes chunked when ``class_chunk`` is set: each chunk its own group, gradients accumulated over chunks).
+
+Per iteration t of T: ``X = clamp(norm(base) + u)`` (compensator broadcast), augment (per problem, from the
+problem's own RNG), ``L = CE(f(X_aug), classes) + r_bn * sum_l w_l R_l``, Adam step with cosine lr, then the
+**stored parameter** is clamped so that every composed image is already inside the valid range without the
+output clamp: per pixel and channel ``lower = lo - min_c x_c <= u <= hi - max_c x_c = upper`` over the images
+x_c that share u (this interval always contains 0 because every x_c lies in [lo, hi]; for sre2l, x = 0 and
+the bound is simply [lo, hi]).
+
+Each problem draws its augmentations from a CPU generator seeded by (seed, key), and a batch's partition is
+fixed by the config, so a problem's result does not depend on execution order, resumption or torchrun
+sharding. Losses stay on the device; the host reads them every ``log_every`` iterations only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from infer_fast import reference
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/Inf; names the problem and the iteration."""
+
+
+def problem_seed(seed: int, a: int, b: int, salt: str = "aug") -> int:
+    """A 63-bit seed for problem (a, b) that depends on nothing else (stable across processes and versions)."""
+    h = hashlib.sha256(f"infer_fast:{salt}:{seed}:{a}:{b}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@dataclass
+class Problem:
+    key: tuple[int, int]  # (k, m) for INFER, (i, m) for sre2l
+    teacher: int
+    base_index: torch.Tensor  # [n] int64 rows of the base tensor
+    ufc_index: torch.Tensor  # [n] int64 rows of this problem's parameters
+    targets: torch.Tensor  # [n] int64 classes
+    init: torch.Tensor  # [p, 3, S, S] float32 initial parameters
+    lower: torch.Tensor  # [p, 3, S, S] clamp bounds of the stored parameters
+    upper: torch.Tensor
+
+    @property
+    def num_images(self) -> int:
+        return int(self.base_index.numel())
+
+
+@dataclass
+class BatchResult:
+    params: list[torch.Tensor]  # per problem, [p, 3, S, S] float32 on CPU
+    ce: torch.Tensor  # [T, P] float32 per-iteration CE per problem
+    bn: torch.Tensor  # [T, P] float32 per-iteration BN-matching loss per problem
+
+
+# ---- backends ---------------------------------------------------------------------------------
+
+
+def get_backend(name: str) -> tuple[Callable, Callable]:
+    """(compensator_broadcast, matcher factory ``(model, groups, first_bn_multiplier) -> BNStatMatcher``).
+
+    "fused": the infer_fast.ops kernels; "reference": the pure-PyTorch definitions in infer_fast.reference.
+    """
+    from infer_fast.ops.bn_stat_loss import BNStatMatcher
+
+    if name == "reference":
+        compose = reference.compensator_broadcast
+    elif name == "fused":
+        from infer_fast.ops.compensator_broadcast import compensator_broadcast as compose
+    else:
+        raise ValueError(f"unknown backend {name!r} (expected 'fused' or 'reference')")
+    return compose, lambda model, groups, fbm: BNStatMatcher(model, groups=groups, first_bn_multiplier=fbm,
+                                                             backend=name)
+
+
+# ---- augmentation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugSettings:
+    small: bool  # CIFAR-style: roll only; else random resized crop + flip, then roll
+    jitter: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    per_image_crop: bool = False
+
+
+def _uniform(g: torch.Generator, a: float, b: float) -> float:
+    return a + (b - a) * float(torch.rand((), generator=g))
+
+
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """Uniform integer in [lo, hi] inclusive."""
+    return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+def _crop_params(g: torch.Generator, h: int, w: int, scale: tuple[float, float]) -> tuple[int, int, int, int, bool]:
+    """torchvision RandomResizedCrop.get_params (ratio 3/4..4/3) + a flip coin, drawn from ``g``."""
+    area = h * w
+    log_ratio = (math.log(3 / 4), math.log(4 / 3))
+    box = None
+    for _ in range(10):
+        target = area * _uniform(g, *scale)
+        aspect = math.exp(_uniform(g, *log_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            box = (_randint(g, 0, h - ch), _randint(g, 0, w - cw), ch, cw)
+            break
+    if box is None:  # fallback: whole image (torchvision's central crop at ratio 1 for square inputs)
+        box = (0, 0, h, w)
+    return (*box, bool(torch.rand((), generator=g) < 0.5))
+
+
+def draw_aug(g: torch.Generator, s: AugSettings, n: int, size: int) -> dict:
+    """One iteration's augmentation parameters for one problem of n images."""
+    p: dict = {}
+    if not s.small:
+        p["crops"] = [_crop_params(g, size, size, s.scale) for _ in range(n if s.per_image_crop else 1)]
+    p["roll"] = (_randint(g, -s.jitter, s.jitter), _randint(g, -s.jitter, s.jitter)) if s.jitter else (0, 0)
+    return p
+
+
+def _crop(x: torch.Tensor, box: tuple[int, int, int, int, bool], size: int) -> torch.Tensor:
+    top, left, ch, cw, flip = box
+    y = x[:, :, top:top + ch, left:left + cw]
+    if (ch, cw) != (size, size):
+        y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.flip(3) if flip else y
+
+
+def apply_aug(x: torch.Tensor, p: dict, image_ids: range) -> torch.Tensor:
+    """Augment one problem's chunk ``x`` [n, 3, S, S] (images ``image_ids`` of the problem)."""
+    size = x.shape[-1]
+    if "crops" in p:
+        crops = p["crops"]
+        if len(crops) == 1:
+            x = _crop(x, crops[0], size)
+        else:
+            x = torch.cat([_crop(x[j:j + 1], crops[i], size) for j, i in enumerate(image_ids)])
+    dy, dx = p["roll"]
+    if dy or dx:
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    return x
+
+
+# ---- optimisation -----------------------------------------------------------------------------
+
+
+def clamp_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of a compensator shared by the normalised images ``base_norm`` [n, 3, S, S]:
+    every ``x + u`` is in [lo, hi] iff ``lo - min_n x <= u <= hi - max_n x`` (per pixel and channel)."""
+    c = base_norm.shape[1]
+    lower = lo.view(1, c, 1, 1) - base_norm.amin(0, keepdim=True)
+    upper = hi.view(1, c, 1, 1) - base_norm.amax(0, keepdim=True)
+    return lower, upper
+
+
+def optimise_batch(
+    problems: list[Problem],
+    model: nn.Module,
+    base: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    seed: int,
+    iterations: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    r_bn: float,
+    first_bn_multiplier: float,
+    aug: AugSettings,
+    class_chunk: int = 0,
+    backend: str = "fused",
+    log_every: int = 50,
+    on_progress: Callable[[int, float | None, float | None], None] | None = None,
+) -> BatchResult:
+    """Optimise ``problems`` (all for ``model``, all with the same image count) together for ``iterations`` steps.
+
+    ``base`` [Nb, 3, S, S] (uint8 images or float images in [0, 1]) and the [3] tensors live on the model's
+    device. ``on_progress(n_iterations_done, ce_mean, bn_mean)`` is called every iteration (losses None except
+    every ``log_every`` iterations, when the host reads them). Raises NonFiniteLossError naming the problem.
+    """
+    compose, matcher_factory = get_backend(backend)
+    device = base.device
+    n = problems[0].num_images
+    if any(p.num_images != n for p in problems):
+        raise ValueError("optimise_batch: all problems of a batch must have the same number of images")
+    num_p = len(problems)
+    # Stack parameters; problem j's rows start at offsets[j].
+    offsets, rows = [], 0
+    for p in problems:
+        offsets.append(rows)
+        rows += p.init.shape[0]
+    param = torch.cat([p.init for p in problems]).to(device=device, dtype=torch.float32).requires_grad_(True)
+    lower = torch.cat([p.lower for p in problems]).to(device=device, dtype=torch.float32)
+    upper = torch.cat([p.upper for p in problems]).to(device=device, dtype=torch.float32)
+    with torch.no_grad():
+        param.copy_(torch.clamp(param, lower, upper))
+    chunk = class_chunk if 0 < class_chunk < n else n
+    chunks = [range(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    chunk_idx = []
+    for ids in chunks:
+        sl = slice(ids.start, ids.stop)
+        bidx = torch.cat([p.base_index[sl] for p in problems]).to(device)
+        uidx = torch.cat([p.ufc_index[sl] + off for p, off in zip(problems, offsets, strict=True)]).to(device)
+        tgt = torch.cat([p.targets[sl] for p in problems]).to(device)
+        chunk_idx.append((ids, bidx, uidx, tgt))
+    gens = [torch.Generator().manual_seed(problem_seed(seed, *p.key)) for p in problems]
+    opt = torch.optim.Adam([param], lr=lr, betas=betas, eps=eps)
+    ce_hist = torch.zeros(iterations, num_p, device=device)
+    bn_hist = torch.zeros(iterations, num_p, device=device)
+    size = base.shape[-1]
+    checked = 0
+    matcher = matcher_factory(model, num_p, first_bn_multiplier)
+    try:
+        for t in range(iterations):
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * t / iterations))  # cosine to 0, no warm-up
+            opt.zero_grad(set_to_none=False)
+            augs = [draw_aug(g, aug, n, size) for g in gens]
+            for ids, bidx, uidx, tgt in chunk_idx:
+                x = compose(base, param, bidx, uidx, mean, std, lo, hi)
+                nj = len(ids)
+                x = torch.cat([apply_aug(x[j * nj:(j + 1) * nj], augs[j], ids) for j in range(num_p)])
+                logits = model(x)
+                bn = matcher.loss()
+                ce = F.cross_entropy(logits, tgt, reduction="none").view(num_p, nj).mean(1)
+                loss = (ce + r_bn * bn) / len(chunks)
+                loss.sum().backward()
+                ce_hist[t] += ce.detach() / len(chunks)
+                bn_hist[t] += bn.detach() / len(chunks)
+            opt.step()
+            with torch.no_grad():
+                param.copy_(torch.clamp(param, lower, upper))
+            logged = (t + 1) % log_every == 0 or t + 1 == iterations
+            if logged:
+                _check_finite(ce_hist, bn_hist, checked, t + 1, problems)
+                checked = t + 1
+                ce_m, bn_m = float(ce_hist[t].mean()), float(bn_hist[t].mean())
+            if on_progress is not None:
+                on_progress(1, ce_m if logged else None, bn_m if logged else None)
+    finally:
+        matcher.remove()
+    params = param.detach().float().cpu()
+    out = [params[off:off + p.init.shape[0]].clone() for p, off in zip(problems, offsets, strict=True)]
+    return BatchResult(out, ce_hist.cpu(), bn_hist.cpu())
+
+
+def _check_finite(ce: torch.Tensor, bn: torch.Tensor, start: int, stop: int, problems: list[Problem]) -> None:
+    bad = ~(torch.isfinite(ce[start:stop]) & torch.isfinite(bn[start:stop]))
+    if bool(bad.any()):
+        t, j = (int(v) for v in bad.nonzero()[0])
+        a, m = problems[j].key
+        raise NonFiniteLossError(
+            f"distill: non-finite loss (CE {float(ce[start + t, j])}, BN {float(bn[start + t, j])}) in problem "
+            f"(k={a}, m={m}) at iteration {start + t}; finished problems are saved (rerun with --resume after "
+            "fixing the cause, e.g. a lower --lr or a different teacher)"
+        )

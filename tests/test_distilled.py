@@ -1,0 +1,112 @@
+"""The distilled-dataset format: write/load round trip, indexing, composition, corruption detection."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from infer_fast import reference
+from infer_fast.distilled import (
+    DistilledFormatError,
+    load_distilled,
+    synthetic_index,
+    write_distilled,
+)
+
+
+def _manifest(c=4, s=6, method="infer"):
+    return {"method": method, "classes": [f"c{i}" for i in range(c)], "mean": [0.5, 0.4, 0.3],
+            "std": [0.2, 0.25, 0.3], "image_size": s, "small": True, "ipc": 3, "num_natural_sets": 2,
+            "num_teachers": 2,
+            "teachers": [{"arch": "convnet", "fingerprint": "ab"}, {"arch": "x", "fingerprint": "cd"}]}
+
+
+def _tensors(k=2, c=4, m=2, s=6, with_ufcs=True):
+    g = torch.Generator().manual_seed(0)
+    t = {"naturals": torch.randint(0, 256, (k, c, 3, s, s), generator=g, dtype=torch.uint8)}
+    if with_ufcs:
+        t["ufcs"] = (torch.randn(k, m, 3, s, s, generator=g) * 2).half()
+    n = k * c * ((m if with_ufcs else 0) + 1)
+    t["labels"] = torch.randn(n, c, generator=g).half()
+    return t
+
+
+def test_synthetic_index():
+    base, ufc, cls = synthetic_index(2, 3, 2)
+    assert len(base) == 2 * 3 * 3
+    assert base[:6].tolist() == list(range(6)) and (ufc[:6] == -1).all()
+    # i = K*C + (k*M + m)*C + c  ->  natural k*C + c, ufc k*M + m
+    i = 6 + (1 * 2 + 0) * 3 + 2
+    assert (int(base[i]), int(ufc[i]), int(cls[i])) == (1 * 3 + 2, 1 * 2 + 0, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_roundtrip_and_compose(tmp_path, backend):
+    if backend == "fused":
+        pytest.importorskip("infer_fast.ops.compensator_broadcast")
+    t = _tensors()
+    man = write_distilled(str(tmp_path), _manifest(), t)
+    assert set(man["files"]) == {"naturals.safetensors", "ufcs.safetensors", "labels.safetensors"}
+    ds = load_distilled(str(tmp_path), backend=backend)
+    assert len(ds) == 2 * 4 * 3 and ds.method == "infer" and ds.classes == ["c0", "c1", "c2", "c3"]
+    assert ds.image_size == 6 and ds.small and ds.mean == (0.5, 0.4, 0.3)
+    for name in t:
+        assert torch.equal(ds.tensors[name], t[name])
+    assert ds.hard_labels.tolist() == [i % 4 for i in range(24)]
+    assert ds.soft_labels.dtype == torch.float32 and torch.equal(ds.soft_labels, t["labels"].float())
+    idx = torch.tensor([0, 5, 8, 23, 13])
+    x = ds.compose(idx)
+    assert x.dtype == torch.float32 and x.shape == (5, 3, 6, 6)
+    mean, std = torch.tensor(ds.mean), torch.tensor(ds.std)
+    base, ufc, _ = synthetic_index(2, 4, 2)
+    expect = reference.compensator_broadcast(t["naturals"].reshape(-1, 3, 6, 6), t["ufcs"].reshape(-1, 3, 6, 6).float(),
+                                             base[idx], ufc[idx], mean, std, -mean / std, (1 - mean) / std)
+    torch.testing.assert_close(x, expect, atol=1e-5, rtol=1e-5)
+    lo, hi = (-mean / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
+    assert (x >= lo - 1e-6).all() and (x <= hi + 1e-6).all()
+    images, labels = ds.get_batch(idx)
+    assert torch.equal(labels, ds.soft_labels[idx]) and torch.equal(images, x)
+    with pytest.raises(IndexError, match="indices must be in"):
+        ds.compose([24])
+
+
+def test_baseline_layout(tmp_path):
+    t = _tensors(k=3, with_ufcs=False)
+    write_distilled(str(tmp_path), _manifest(method="random"), t)
+    ds = load_distilled(str(tmp_path), backend="reference")
+    assert len(ds) == 12 and "ufcs" not in ds.tensors
+    x = ds.compose(torch.arange(12))
+    expect = (t["naturals"].reshape(-1, 3, 6, 6).float() / 255 - torch.tensor(ds.mean).view(1, 3, 1, 1)) / torch.tensor(
+        ds.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expect, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fname", ["naturals.safetensors", "ufcs.safetensors", "labels.safetensors"])
+def test_flipped_byte_is_caught(tmp_path, fname):
+    write_distilled(str(tmp_path), _manifest(), _tensors())
+    path = tmp_path / fname
+    data = bytearray(path.read_bytes())
+    data[len(data) - 7] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DistilledFormatError, match=f"checksum mismatch in .*{fname}"):
+        load_distilled(str(tmp_path))
+
+
+def test_bad_directories(tmp_path):
+    with pytest.raises(DistilledFormatError, match="no manifest.json"):
+        load_distilled(str(tmp_path))
+    write_distilled(str(tmp_path), _manifest(), _tensors())
+    mpath = tmp_path / "manifest.json"
+    man = json.loads(mpath.read_text())
+    man["format_version"] = 99
+    mpath.write_text(json.dumps(man))
+    with pytest.raises(DistilledFormatError, match="format_version 99"):
+        load_distilled(str(tmp_path))
+    man["format_version"] = 1
+    mpath.write_text(json.dumps(man))
+    os.remove(tmp_path / "ufcs.safetensors")
+    with pytest.raises(DistilledFormatError, match="ufcs.safetensors is listed in the manifest but missing"):
+        load_distilled(str(tmp_path))

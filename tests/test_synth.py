@@ -1,0 +1,204 @@
+"""Synthesis internals: budget accounting, the batched UFC optimiser, the stored-parameter clamp, config/CLI."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn as nn
+
+from infer_fast.synth import baselines, budget
+from infer_fast.synth.commands import add_config_arguments, config_from_args
+from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.ufc import AugSettings, NonFiniteLossError, apply_aug, draw_aug, optimise_batch
+
+BACKENDS = ["reference", "fused"]
+
+
+def _fused_available() -> bool:
+    try:
+        import infer_fast.ops.compensator_broadcast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _backend_param(name):
+    return pytest.param(name, marks=pytest.mark.skipif(name == "fused" and not _fused_available(),
+                                                       reason="compensator_broadcast op not built in this tree"))
+
+
+BACKEND_PARAMS = [_backend_param(b) for b in BACKENDS]
+
+
+# ---- budget -----------------------------------------------------------------------------------
+
+
+def test_budget_spec_examples():
+    st = budget.storage("infer", ipc=10, num_classes=100, num_teachers=4, image_size=32)
+    assert st.num_natural_sets == 9
+    assert (st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (900, 36, 4500)
+    assert st.stored_images <= st.budget_images == 1000
+    assert st.stored_bytes == 900 * 3 * 32 * 32 + 36 * 3 * 32 * 32 * 2
+    assert st.label_bytes == 4500 * 100 * 2
+    st = budget.storage("infer", ipc=10, num_classes=1000, num_teachers=3, image_size=224)
+    assert (st.num_natural_sets, st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (9, 9000, 27, 36000)
+    d = st.as_dict(full_train_bytes=10 ** 12)
+    assert d["compression_ratio"] == pytest.approx(st.stored_bytes / 10 ** 12)
+
+
+def test_budget_formula_exact():
+    for c in (2, 3, 10, 100, 200, 1000):
+        for m in (1, 3, 4, 7):
+            for ipc in range(1, 60):
+                expect = math.floor(Fraction(ipc) / (Fraction(m, c) + 1))
+                if expect < 1:
+                    with pytest.raises(ValueError, match=f"minimum is ipc={budget.min_ipc(c, m)}"):
+                        budget.num_natural_sets(ipc, c, m)
+                    assert ipc < budget.min_ipc(c, m)
+                else:
+                    k = budget.num_natural_sets(ipc, c, m)
+                    assert k == expect and k * c + k * m <= ipc * c
+
+
+def test_budget_too_small_message():
+    with pytest.raises(ValueError, match=r"ipc=1 is too small.*C=10.*M=4.*minimum is ipc=2"):
+        budget.num_natural_sets(1, 10, 4)
+
+
+def test_baseline_storage():
+    st = budget.storage("sre2l", ipc=5, num_classes=10, num_teachers=3, image_size=8)
+    assert (st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (50, 0, 50)
+
+
+# ---- the optimiser on a tiny teacher ----------------------------------------------------------
+
+
+def _tiny_teacher(c: int = 5) -> nn.Module:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, c))
+    net.train()
+    with torch.no_grad():
+        for _ in range(5):
+            net(torch.randn(16, 3, 8, 8) * 0.8 + 0.1)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _setup(k_sets=2, c=5, s=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    naturals = torch.randint(0, 256, (k_sets, c, 3, s, s), generator=g, dtype=torch.uint8)
+    naturals[0, 0, 0] = 0  # extreme pixels: the clamp bounds are tight there
+    naturals[0, 1, 0] = 255
+    mean = torch.tensor([0.5, 0.45, 0.4])
+    std = torch.tensor([0.25, 0.2, 0.3])
+    lo, hi = -mean / std, (1 - mean) / std
+    return naturals, mean, std, lo, hi
+
+
+def _run(problems, model, base, mean, std, lo, hi, backend, iterations=40, lr=0.25, small=True, **kw):
+    return optimise_batch(problems, model, base, mean, std, lo, hi, seed=0, iterations=iterations, lr=lr,
+                          betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
+                          aug=AugSettings(small=small, jitter=2), backend=backend, log_every=10, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_ufc_ce_falls_and_clamp_holds(backend):
+    naturals, mean, std, lo, hi = _setup()
+    model = _tiny_teacher()
+    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    res = _run(problems, model, naturals.reshape(-1, 3, 8, 8), mean, std, lo, hi, backend)
+    assert res.ce.shape == (40, 2) and res.bn.shape == (40, 2)
+    for j, p in enumerate(problems):
+        u = res.params[j]
+        assert u.abs().max() > 1e-2, "the UFC did not change"
+        assert res.ce[-5:, j].mean() < res.ce[:5, j].mean() - 0.05, f"CE did not fall: {res.ce[:, j]}"
+        # every composed image is inside the valid range without the output clamp
+        x = baselines.normalise(naturals[p.key[0]], mean, std) + u
+        assert (x >= lo.view(1, 3, 1, 1) - 1e-5).all() and (x <= hi.view(1, 3, 1, 1) + 1e-5).all()
+        # and the bound is what the clamp means: u within [lo - min_c x_c, hi - max_c x_c] per pixel/channel
+        assert (u >= p.lower - 1e-6).all() and (u <= p.upper + 1e-6).all()
+
+
+def test_clamp_bound_is_tight():
+    naturals, mean, std, lo, hi = _setup()
+    p = baselines.infer_problems(naturals, 1, mean, std, lo, hi)[0]
+    x = baselines.normalise(naturals[0], mean, std)
+    # a pixel where one image is black (channel 0 of image 0) and one white (image 1): u must be exactly 0 there
+    assert torch.allclose(p.lower[0, 0], torch.zeros(8, 8), atol=1e-6)
+    assert torch.allclose(p.upper[0, 0], torch.zeros(8, 8), atol=1e-6)
+    assert (p.lower <= 0).all() and (p.upper >= 0).all()
+    assert torch.allclose((x + p.upper).amax(0), hi.view(3, 1, 1).expand(3, 8, 8))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_batching_and_chunking(backend):
+    """Two problems in one forward equal two separate runs (own BN groups, own RNG); class chunks run too."""
+    naturals, mean, std, lo, hi = _setup()
+    model = _tiny_teacher()
+    base = naturals.reshape(-1, 3, 8, 8)
+    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    together = _run(problems, model, base, mean, std, lo, hi, backend, iterations=10)
+    for j, p in enumerate(problems):
+        alone = _run([p], model, base, mean, std, lo, hi, backend, iterations=10)
+        torch.testing.assert_close(alone.params[0], together.params[j], atol=1e-4, rtol=1e-4)
+    chunked = _run(problems, model, base, mean, std, lo, hi, backend, iterations=10, class_chunk=2)
+    assert chunked.ce.shape == (10, 2) and torch.isfinite(chunked.ce).all()
+    again = _run(problems, model, base, mean, std, lo, hi, backend, iterations=10)
+    for a, b in zip(together.params, again.params, strict=True):
+        assert torch.equal(a, b), "the optimiser is not deterministic"
+
+
+def test_imagenet_style_augmentation_runs():
+    naturals, mean, std, lo, hi = _setup(s=16)
+    model = _tiny_teacher()
+    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    res = _run(problems[:1], model, naturals.reshape(-1, 3, 16, 16), mean, std, lo, hi, "reference",
+               iterations=5, small=False)
+    assert torch.isfinite(res.ce).all()
+    g = torch.Generator().manual_seed(0)
+    s = AugSettings(small=False, jitter=4, per_image_crop=True)
+    p = draw_aug(g, s, 5, 16)
+    assert len(p["crops"]) == 5
+    x = torch.randn(5, 3, 16, 16)
+    assert apply_aug(x, p, range(5)).shape == x.shape
+
+
+def test_sre2l_problems_and_nonfinite_error():
+    naturals, mean, std, lo, hi = _setup()
+    model = _tiny_teacher()
+    probs = baselines.sre2l_problems(2, 5, 1, 8, 0, mean, std, lo, hi)
+    assert [p.key for p in probs] == [(0, 0), (1, 0)] and probs[0].init.shape == (5, 3, 8, 8)
+    base = mean.view(1, 3, 1, 1).expand(1, 3, 8, 8).contiguous()
+    res = _run(probs, model, base, mean, std, lo, hi, "reference", iterations=10)
+    for u in res.params:
+        assert (u >= lo.view(1, 3, 1, 1) - 1e-6).all() and (u <= hi.view(1, 3, 1, 1) + 1e-6).all()
+    model[0].weight.data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"problem \(k=0, m=0\) at iteration 0"):
+        _run(probs, model, base, mean, std, lo, hi, "reference", iterations=10)
+
+
+# ---- config / CLI -----------------------------------------------------------------------------
+
+
+def test_config_file_and_flags(tmp_path):
+    import argparse
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("dataset: digits\nipc: 3\nlr: 0.1\nproblems-per-batch: 2\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--ipc", "4", "--resume"]))
+    assert (cfg.dataset, cfg.ipc, cfg.lr, cfg.problems_per_batch, cfg.resume) == ("digits", 4, 0.1, 2, True)
+    assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0 and cfg.jitter == 4
+    cfg_file.write_text("dataset: digits\nbogus: 1\n")
+    with pytest.raises(ValueError, match="unknown field"):
+        config_from_args(parser.parse_args(["--config", str(cfg_file)]))
+    with pytest.raises(ValueError, match="exactly one of --data ROOT or --dataset"):
+        DistillConfig().validate()
