@@ -46,7 +46,7 @@ _EVAL_MAP = {
     "dynamic_divide_epochs": "dynamic_divide_epochs", "batch_size": "batch_size", "lr": "lr", "wd": "weight_decay",
     "temperature": "temperature", "mixup_alpha": "mixup_alpha", "eval_every": "eval_every",
     "eval_batch_size": "eval_batch_size", "device": "device", "loader": "loader", "workers": "workers",
-    "backend": "backend", "teacher": "teachers", "out": "out", "resume": "resume", "seed": "seed",
+    "backend": "backend", "teacher": "teachers", "out": "out", "resume": "resume", "stop_after": "stop_after", "seed": "seed",
     "progress": "progress",
 }
 
@@ -120,6 +120,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="RUNDIR", help="run folder (default runs/eval-<method>-<labels>-<time>)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out from its last checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop (resumably) after N epochs of this run")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=_run_evaluate)

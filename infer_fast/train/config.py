@@ -31,6 +31,7 @@ class EvalConfig:
     teachers: list[str] = field(default_factory=list)  # dynamic labels: override the manifest's teacher files
     out: str = ""  # run folder (default runs/eval-<method>-<labels>-<time>)
     resume: bool = False
+    stop_after: int = 0  # stop (resumably) after this many epochs in this run; 0: run to the end
     seed: int = 0
     progress: bool = True
 
@@ -42,6 +43,8 @@ class EvalConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
+        if self.stop_after < 0:
+            raise ValueError(f"--stop-after: expected >= 0, got {self.stop_after}")
         if self.eval_every < 0:
             raise ValueError(f"--eval-every: expected >= 0, got {self.eval_every}")
         if not self.lr > 0:

@@ -104,6 +104,13 @@ def _cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
+def mixup_inputs(x: torch.Tensor, lam: float, perm: torch.Tensor | None) -> torch.Tensor:
+    """``lam * x + (1 - lam) * x[perm]`` (the images; the labels are mixed the same way inside the loss op)."""
+    if perm is None or lam == 1.0:
+        return x
+    return lam * x + (1.0 - lam) * x.index_select(0, perm)
+
+
 def auto_student(small: bool) -> str:
     return "resnet18_cifar" if small else "resnet18"
 
@@ -331,7 +338,7 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
         raise ValueError(f"--labels static: the distilled dataset {cfg.distilled or '(in memory)'} stores no soft "
                          "labels; use --labels dynamic")
     if cfg.student == "auto":
-        cfg.student = auto_student(bool(dataset.small))
+        cfg.student = auto_student(bool(dataset.small)) if model is None else type(model).__name__
 
     if cfg.labels == "dynamic" and teachers is None:
         teachers = load_ensemble(teacher_paths(cfg, dataset), dataset, device)
@@ -350,7 +357,7 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
 
         val_loader = make_loader(cfg.val, "eval", batch_size=cfg.eval_batch_size, loader=cfg.loader,
                                  image_size=dataset.image_size, seed=cfg.seed, num_workers=cfg.workers,
-                                 device=device)
+                                 device=device, mean=tuple(dataset.mean), std=tuple(dataset.std))
         val_classes = list(getattr(val_loader, "classes", classes))
         if val_classes != classes:
             raise ValueError(f"--val {cfg.val}: classes {val_classes[:5]}... do not match the distilled dataset's "
@@ -398,7 +405,10 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
     topk5 = n_cls > 10
     bar = tqdm(range(start_epoch, epochs), desc=f"student {cfg.student} ({method}, {cfg.labels})",
                disable=rank != 0 or not cfg.progress, initial=start_epoch, total=epochs)
+    stop_at = min(epochs, start_epoch + cfg.stop_after) if cfg.stop_after else epochs
     for epoch in bar:
+        if epoch >= stop_at:
+            break
         t_ep = time.perf_counter()
         g_shared, g_local, rng = _epoch_generators(cfg.seed, epoch, rank)
         order = torch.randperm(n, generator=g_shared)
@@ -412,7 +422,7 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
             if cfg.mixup_alpha > 0 and b > 1:
                 lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
                 perm = torch.randperm(b, generator=g_local).to(device)
-                x = lam * x + (1.0 - lam) * x.index_select(0, perm)
+                x = mixup_inputs(x, lam, perm)
             else:
                 lam, perm = 1.0, None
             if cfg.labels == "static":
@@ -445,6 +455,11 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
     bar.close()
     if world > 1:
         dist.barrier()
+    if stop_at < epochs:
+        if rank == 0:
+            print(f"evaluate: stopped after epoch {stop_at}/{epochs} (--stop-after); continue with --resume --out {out}",
+                  flush=True)
+        return {"stopped_after": stop_at, "epochs": epochs, "out": out}
     return _finish(cfg, out, model, history, rank, method, epochs, n, n_cls, time.perf_counter() - t_start)
 
 
