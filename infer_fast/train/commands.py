@@ -46,7 +46,8 @@ _EVAL_MAP = {
     "dynamic_divide_epochs": "dynamic_divide_epochs", "batch_size": "batch_size", "lr": "lr", "wd": "weight_decay",
     "temperature": "temperature", "mixup_alpha": "mixup_alpha", "eval_every": "eval_every",
     "eval_batch_size": "eval_batch_size", "device": "device", "loader": "loader", "workers": "workers",
-    "backend": "backend", "teacher": "teachers", "out": "out", "resume": "resume", "stop_after": "stop_after", "seed": "seed",
+    "backend": "backend", "teacher": "teachers", "out": "out", "resume": "resume",
+    "stop_after": "stop_after", "seed": "seed",
     "progress": "progress",
 }
 
@@ -144,6 +145,8 @@ def register(subparsers) -> None:
     q.add_argument("--width", type=float, help=f"student width (default {dd.width})")
     q.add_argument("--image-size", dest="image_size", type=int, help=f"digits image size (default {dd.image_size})")
     q.add_argument("--methods", nargs="+", choices=["infer", "sre2l", "random"], help="default: all three")
+    q.add_argument("--teacher-cache", dest="teacher_cache", metavar="DIR",
+                   help="where the default teachers are cached (default ~/.cache/infer_fast or $INFER_FAST_CACHE)")
     q.add_argument("--seed", type=int, help=f"default {dd.seed}")
     q.add_argument("--device", help="default auto")
     q.add_argument("--backend", choices=BACKENDS, help="loss implementation (default fused)")

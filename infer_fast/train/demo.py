@@ -133,11 +133,14 @@ def run_demo(cfg: DemoConfig) -> dict:
             curves[method] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
         st = ds.manifest.get("storage", {})
         rows.append({
-            "method": method, "top1": summary["top1"], "best_top1_selected_on_val": summary["best_top1_selected_on_val"],
+            "method": method, "top1": summary["top1"],
+            "best_top1_selected_on_val": summary["best_top1_selected_on_val"],
             "synthetic_images": len(ds), "stored_images": st.get("stored_images"),
-            "stored_bytes": st.get("stored_bytes"), "label_bytes": ds.manifest.get("label_bytes", st.get("label_bytes")),
+            "stored_bytes": st.get("stored_bytes"),
+            "label_bytes": ds.manifest.get("label_bytes", st.get("label_bytes")),
             "compression_ratio": st.get("compression_ratio"), "distill_time_s": distill_time,
-            "eval_time_s": eval_time, "wall_time_s": distill_time + eval_time, "distilled": ddir, "student_run": ecfg.out,
+            "eval_time_s": eval_time, "wall_time_s": distill_time + eval_time, "distilled": ddir,
+            "student_run": ecfg.out,
         })
     plot_curves(curves, os.path.join(cfg.out, "accuracy.png"),
                 title=f"digits, ipc {cfg.ipc}: {cfg.student} (width {cfg.width:g}) validation top-1")

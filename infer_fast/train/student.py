@@ -457,8 +457,8 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
         dist.barrier()
     if stop_at < epochs:
         if rank == 0:
-            print(f"evaluate: stopped after epoch {stop_at}/{epochs} (--stop-after); continue with --resume --out {out}",
-                  flush=True)
+            print(f"evaluate: stopped after epoch {stop_at}/{epochs} (--stop-after); continue with --resume "
+                  f"--out {out}", flush=True)
         return {"stopped_after": stop_at, "epochs": epochs, "out": out}
     return _finish(cfg, out, model, history, rank, method, epochs, n, n_cls, time.perf_counter() - t_start)
 
