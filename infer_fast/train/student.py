@@ -348,6 +348,7 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
     if model is None:
         from infer_fast.models import build_model
 
+        torch.manual_seed(cfg.seed)  # seeded initialisation: the same --seed gives the same run
         model = build_model(cfg.student, n_cls, image_size=dataset.image_size, width=cfg.width)
     model = model.to(device).train()
     if world > 1:
