@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from infer_fast.data import digits
 from infer_fast.data.folder import DataError, SplitScan, resolve_split, scan_split
 from infer_fast.data.sampling import mix_seed, resolve_shard
-from infer_fast.data.torch_loader import BaseLoader, TensorLoader, TorchFolderLoader, open_rgb
+from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,7 +107,7 @@ def sample_naturals(source: str, per_class: int, seed: int, image_size: int | No
         by_class[lab].append(f)
     files = [[fs[i] for i in _pick(len(fs), per_class, seed, c, scan.classes[c], scan.split_dir)]
              for c, fs in enumerate(by_class)]
-    tf = v2.Compose([v2.Resize(s, antialias=True), v2.CenterCrop(s), v2.PILToTensor()])
+    tf = v2.Compose([ResizeCenterCrop(s, s), v2.PILToTensor()])
     flat = [f for fs in files for f in fs]
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         imgs = list(pool.map(lambda f: tf(open_rgb(f, s)), flat))

@@ -1,0 +1,153 @@
+"""Loader throughput: DALI vs the PyTorch DataLoader (num_workers 0 and 2) in one run, images/s.
+
+Datasets (from ../shared/data, prepared once into a cache dir, never into the project):
+  cifar10      the CIFAR-10 JPEGs (32x32), CIFAR-style training reads (pad-4 random crop + flip)
+  imagenet375  ImageNet-sized JPEGs (375x500, quality 90) made once from real Imagenette images (upscaled and
+               cropped), ImageNet-style training reads (random resized crop 224 + flip) and eval reads
+Throughput is steady state: the first batches of each epoch (pipeline build, worker start, prefetch fill) are
+not timed. Every provider uses the same number of CPU threads (DALI num_threads = DataLoader num_workers = 2).
+
+    python bench/bench_loader.py [--quick] [--json PATH] [--cache-dir DIR] [--images N]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import sys
+import tarfile
+import time
+
+import torch  # noqa: E402
+from common import base_parser, git_commit, markdown_table, shared_data_dir, write_json
+from PIL import Image  # noqa: E402
+
+from infer_fast.data import dali_available, make_loader  # noqa: E402
+
+COLUMNS = ["dataset", "mode", "provider", "images_per_s", "speedup_vs_best_torch", "batches", "batch_size"]
+SKIP_BATCHES = 2
+BIG_SIZE = (500, 375)  # width, height: a typical ImageNet photo
+
+
+def default_cache() -> str:
+    return os.path.join(os.environ.get("INFER_FAST_CACHE") or os.path.expanduser("~/.cache/infer_fast"), "data")
+
+
+def prepare_cifar(cache: str) -> str:
+    root = os.path.join(cache, "cifar10")
+    done = os.path.join(cache, ".cifar10.done")
+    if not os.path.exists(done):
+        tar = os.path.join(shared_data_dir(), "cifar10-jpeg.tar.gz")
+        if not os.path.exists(tar):
+            sys.exit(f"bench_loader: needs {tar} (set INFER_FAST_DATA to the shared data folder)")
+        print(f"extracting {tar} into {cache} (once)", flush=True)
+        os.makedirs(cache, exist_ok=True)
+        with tarfile.open(tar, "r:gz") as t:
+            t.extractall(cache, filter="data")
+        open(done, "w").close()
+    return root
+
+
+def prepare_imagenet_sized(cache: str, n: int) -> str:
+    """``n`` real Imagenette train images (+ n/4 val), upscaled to cover 500x375 and center-cropped, as JPEGs."""
+    root = os.path.join(cache, f"imagenet375-{n}")
+    done = os.path.join(cache, f".imagenet375-{n}.done")
+    if os.path.exists(done):
+        return root
+    tar = os.path.join(shared_data_dir(), "imagenette-224.tar.gz")
+    if not os.path.exists(tar):
+        sys.exit(f"bench_loader: needs {tar} (set INFER_FAST_DATA to the shared data folder)")
+    from tqdm import tqdm
+
+    want = {"train": n, "val": max(1, n // 4)}
+    got = {"train": 0, "val": 0}
+    w, h = BIG_SIZE
+    with tarfile.open(tar, "r:gz") as t, tqdm(total=sum(want.values()), desc="imagenet-sized JPEGs") as bar:
+        for m in t:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 4 or parts[1] not in want or got[parts[1]] >= want[parts[1]]:
+                continue
+            img = Image.open(io.BytesIO(t.extractfile(m).read())).convert("RGB")
+            s = max(w / img.width, h / img.height)
+            img = img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+            out = os.path.join(root, parts[1], parts[2], os.path.splitext(parts[3])[0] + ".JPEG")
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            img.save(out, "JPEG", quality=90)
+            got[parts[1]] += 1
+            bar.update()
+            if got == want:
+                break
+    open(done, "w").close()
+    return root
+
+
+def measure(root: str, split: str, provider: str, workers: int, batch_size: int, image_size: int | None,
+            max_batches: int, epochs: int) -> tuple[float, int]:
+    """Median steady-state images/s over ``epochs`` epochs (at most ``max_batches`` timed batches each)."""
+    ld = make_loader(root, split, batch_size=batch_size, loader=provider, image_size=image_size,
+                     num_workers=workers, device="cpu", seed=0)
+    rates, timed = [], 0
+    for _ in range(epochs):
+        n_img, t0, k = 0, None, 0
+        for i, (x, _) in enumerate(ld):
+            if i == SKIP_BATCHES - 1:
+                t0 = time.perf_counter()
+            elif i >= SKIP_BATCHES:
+                n_img += x.shape[0]
+                k += 1
+                if k >= max_batches:
+                    break
+        if t0 is None or n_img == 0:
+            raise SystemExit(f"bench_loader: {root} {split} has too few batches to time (need > {SKIP_BATCHES})")
+        rates.append(n_img / (time.perf_counter() - t0))
+        timed = k
+    return statistics.median(rates), timed
+
+
+def main(argv=None) -> list[dict]:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--cache-dir", default=default_cache(), help="prepared datasets go here (default: %(default)s)")
+    p.add_argument("--images", type=int, default=None, help="ImageNet-sized train images (default 1000, quick 400)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    n_big = args.images or (400 if quick else 1000)
+    epochs = 1 if quick else 3
+    cifar = prepare_cifar(args.cache_dir)
+    big = prepare_imagenet_sized(args.cache_dir, n_big)
+    cases = [  # dataset, root, split, image_size, batch, timed batches per epoch
+        ("cifar10", cifar, "train", None, 256, 20 if quick else 80),
+        ("imagenet375", big, "train", 224, 64, 1000),
+    ]
+    if not quick:
+        cases.append(("imagenet375", big, "eval", 224, 64, 1000))
+    providers = [("torch-w0", "torch", 0), ("torch-w2", "torch", 2)]
+    if dali_available():
+        providers.append(("dali", "dali", 2))
+    else:
+        print("bench_loader: DALI is not installed, timing the torch loader only")
+    records = []
+    for dataset, root, split, size, bs, max_batches in cases:
+        rows = []
+        for name, provider, workers in providers:
+            rate, timed = measure(root, split, provider, workers, bs, size, max_batches, epochs)
+            rows.append({"dataset": dataset, "mode": split, "provider": name, "images_per_s": rate,
+                         "batches": timed, "batch_size": bs, "threads": 2, "commit": git_commit()})
+            print(f"{dataset} {split} {name}: {rate:.0f} images/s", flush=True)
+        best_torch = max(r["images_per_s"] for r in rows if r["provider"].startswith("torch"))
+        for r in rows:
+            r["speedup_vs_best_torch"] = r["images_per_s"] / best_torch if r["provider"] == "dali" else None
+        records += rows
+    print()
+    print(f"loader throughput, steady state, {os.cpu_count()} cores, torch {torch.__version__}, commit {git_commit()}")
+    print(markdown_table(records, COLUMNS))
+    write_json(args.json, records)
+    return records
+
+
+if __name__ == "__main__":
+    main()

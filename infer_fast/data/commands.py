@@ -1,0 +1,102 @@
+"""``infer-fast data check ROOT``: validate every image of a dataset root, report, cache the good-file list."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, atomic_write_json, scan_split
+
+MAX_CLASS_ROWS = 50  # print per-class counts in full up to this many classes, else a summary
+
+
+@dataclass
+class CheckConfig:
+    root: str
+    json: str | None = None  # write the full report (every split, every bad file) here
+    full_decode: bool = False  # decode every file at full resolution instead of the fast check
+    workers: int | None = None  # validation threads (default: 2 x cores, at most 32)
+    use_cache: bool = True  # reuse / write the cached good-file list
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="dataset tools", description="Dataset tools.")
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = sub.add_parser(
+        "check", help="validate every image of a dataset root and cache the list of good files",
+        description="Scan ROOT/{train,val,test}/<class>/* in parallel, report per-class counts and every bad file "
+                    "(empty, truncated, not an image, undecodable), and cache the good-file list that the loaders "
+                    "read (invalidated when the folder changes).",
+    )
+    p.add_argument("root", metavar="ROOT", help="dataset root holding train/ and val/ or test/ (ImageFolder layout)")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON to PATH")
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode every file at full resolution (slower; default: 1/8-scale JPEG decode, PIL verify)")
+    p.add_argument("--workers", type=int, default=None, help="validation threads (default: 2 x cores, max 32)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="neither read nor write the cache")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    cfg = CheckConfig(root=args.root, json=args.json, full_decode=args.full_decode, workers=args.workers,
+                      use_cache=args.use_cache)
+    try:
+        return check(cfg)
+    except DataError as exc:
+        print(f"infer-fast data check: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def check(cfg: CheckConfig) -> int:
+    """Run the check; 0 when every class of every split has a valid image, 1 otherwise (2: unusable root)."""
+    root = os.path.abspath(cfg.root)
+    if not os.path.exists(root):
+        raise DataError(f"dataset root {root!r} does not exist")
+    if not os.path.isdir(root):
+        raise DataError(f"dataset root {root!r} is not a directory")
+    splits = [s for s in (*TRAIN_SPLITS, *EVAL_SPLITS) if os.path.isdir(os.path.join(root, s))]
+    if not splits:
+        raise DataError(f"dataset root {root!r} has no train/, val/ or test/ folder "
+                        "(expected ImageFolder layout ROOT/<split>/<class>/<image>)")
+    report, rc = {"root": root, "splits": {}}, 0
+    for split in splits:
+        scan = scan_split(root, split, full_decode=cfg.full_decode, workers=cfg.workers, use_cache=cfg.use_cache,
+                          require_all_classes=False, progress=True)
+        rep = scan.report()
+        rep["from_cache"] = scan.from_cache
+        empty = [c for c in scan.classes if scan.counts[c] == 0]
+        rep["classes_without_valid_image"] = empty
+        report["splits"][split] = rep
+        _print_split(rep)
+        if empty:
+            print(f"error: {split}: class folder(s) without a valid image: {', '.join(empty)}")
+            rc = 1
+    if cfg.json:
+        atomic_write_json(cfg.json, report)
+        print(f"wrote report to {cfg.json}")
+    return rc
+
+
+def _print_split(rep: dict) -> None:
+    counts = rep["counts"]
+    bad_by_class: dict[str, int] = {}
+    for b in rep["bad"]:
+        bad_by_class[b["class"]] = bad_by_class.get(b["class"], 0) + 1
+    src = "cached" if rep["from_cache"] else ("full decode" if rep["full_decode"] else "checked")
+    print(f"{rep['split']}: {len(rep['classes'])} classes, {rep['num_good']} good, {rep['num_bad']} bad files "
+          f"({src}; median image side {rep['median_side']} px)")
+    if len(counts) <= MAX_CLASS_ROWS:
+        width = max(len(c) for c in counts)
+        for c, n in counts.items():
+            extra = f"  ({bad_by_class[c]} bad)" if c in bad_by_class else ""
+            print(f"  {c:<{width}}  {n}{extra}")
+    else:
+        lo = min(counts, key=counts.get)
+        hi = max(counts, key=counts.get)
+        print(f"  images per class: min {counts[lo]} ({lo}), max {counts[hi]} ({hi})")
+    for b in rep["bad"]:
+        print(f"  bad: {b['file']}: {b['reason']} ({b['detail']})")
+    if rep["cache"]:
+        print(f"  good-file list cached at {rep['cache']}")
