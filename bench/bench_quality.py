@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of width 0.125 (numbers are meaningless; explicit flags override these)")
     p.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
     p.add_argument("--teachers", nargs="+", help=f"teacher architectures (default {' '.join(CIFAR_TEACHERS)})")
+    p.add_argument("--teacher-files", nargs="+", metavar="PATH",
+                   help="use these teacher checkpoints instead of training (e.g. the shared cifar10-resnet .th files)")
     p.add_argument("--teacher-width", type=float, help="teacher width multiplier (default 1.0)")
     p.add_argument("--teacher-epochs", type=int, help="teacher training epochs (default 30)")
     p.add_argument("--iterations", type=int, help="synthesis iterations per UFC / SRe2L image (default 1000)")
@@ -116,6 +118,11 @@ def teachers(a, root: str) -> list[str]:
     from infer_fast.models.checkpoint import CheckpointError
     from infer_fast.models.teacher import TeacherConfig, train_teacher
 
+    if a.teacher_files:
+        for path in a.teacher_files:
+            _, meta = load_teacher(path)
+            print(f"bench_quality: teacher {path} ({meta.arch}), val acc {meta.val_acc}", flush=True)
+        return list(a.teacher_files)
     paths = []
     for arch in a.teachers:
         recipe = {"arch": arch, "width": a.teacher_width, "epochs": a.teacher_epochs, "seed": a.seed, "root": root}
@@ -184,8 +191,8 @@ def main(argv=None) -> list[dict]:
         })
     cols = ["method", "labels", "ipc", "top1", "paper_top1", "synthetic_images", "stored_bytes", "compression_ratio",
             "label_bytes", "student_epochs", "distill_time_s", "student_time_s"]
-    settings = {k: getattr(a, k) for k in ("teachers", "teacher_width", "teacher_epochs", "iterations", "epochs",
-                                           "student", "student_width", "ipc", "seed", "smoke")}
+    settings = {k: getattr(a, k) for k in ("teachers", "teacher_files", "teacher_width", "teacher_epochs",
+                                           "iterations", "epochs", "student", "student_width", "ipc", "seed", "smoke")}
     print()
     print(markdown_table(rows, cols))
     gpu = "cuda " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

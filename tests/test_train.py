@@ -186,3 +186,47 @@ def test_cli_errors(tmp_path, capsys):
         main(["evaluate", str(tmp_path), "--val", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="--epochs"):
         main(["evaluate", str(tmp_path), "--dataset", "digits", "--epochs", "0"])
+
+
+def test_evaluate_cli_on_the_distilled_format(tmp_path, capsys):
+    from train_standin import write_standin_distilled
+
+    from infer_fast.cli import main
+
+    d = write_standin_distilled(str(tmp_path / "distilled"), per_class=3, image_size=S)
+    out = tmp_path / "cli"
+    rc = main(["evaluate", d, "--dataset", "digits", "--student", "convnet", "--width", "0.25", "--epochs", "2",
+               "--out", str(out), "--no-progress", "--workers", "0"])
+    assert rc == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("evaluate: random labels=static")]
+    assert line and "top1=" in line[0]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_images"] == 360, "the whole digits validation split is evaluated"
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_gloo(tmp_path):
+    """torchrun with 2 CPU ranks: same steps on each rank, validation counts summed over the two shards."""
+    import socket
+    import subprocess
+
+    from train_standin import write_standin_distilled
+
+    d = write_standin_distilled(str(tmp_path / "distilled"), per_class=4, image_size=S)
+    out = tmp_path / "ddp"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
+           "infer_fast", "evaluate", d, "--dataset", "digits", "--student", "convnet", "--width", "0.25",
+           "--epochs", "2", "--batch-size", "16", "--out", str(out), "--no-progress", "--workers", "0"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["local_batch"] == 8
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6], "40 images over 2 ranks at 8 per rank: 3 steps per epoch"
+    assert rows[-1]["val_images"] == 360
+    assert (out / "student.safetensors").exists()

@@ -36,3 +36,18 @@ class StandInDistilled:
         s = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         out = (self.images.index_select(0, indices.cpu()).float() / 255.0 - m) / s
         return out.to(device) if device is not None else out
+
+
+def write_standin_distilled(directory: str, per_class: int = 4, image_size: int = 16, seed: int = 0) -> str:
+    """The stand-in written in the real distilled format (method "random": stored naturals + static labels)."""
+    from infer_fast.distilled import write_distilled
+
+    ds = StandInDistilled(per_class=per_class, image_size=image_size, seed=seed)
+    c = len(ds.classes)
+    naturals = ds.images.view(c, per_class, 3, image_size, image_size).transpose(0, 1).contiguous()  # [K, C, ...]
+    labels = (F.one_hot(torch.arange(c).repeat(per_class), c).float() * 8.0 - 4.0).half()  # image i: class i % C
+    manifest = {"method": "random", "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
+                "image_size": image_size, "small": ds.small, "ipc": per_class, "teachers": [],
+                "label_bytes": labels.numel() * 2}
+    write_distilled(directory, manifest, {"naturals": naturals, "labels": labels})
+    return directory

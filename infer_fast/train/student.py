@@ -217,7 +217,7 @@ def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, top
     model.train(was_training)
     if counts[2] == 0:
         raise ValueError("validation loader yielded no images")
-    out = {"top1": float(100.0 * counts[0] / counts[2])}
+    out = {"top1": float(100.0 * counts[0] / counts[2]), "val_images": int(counts[2])}
     if topk5:
         out["top5"] = float(100.0 * counts[1] / counts[2])
     return out
@@ -443,6 +443,10 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
             step += 1
             loss_sum += loss.detach().double() * b
             seen += b
+        if world > 1:  # the logged loss is the mean over every rank's images
+            totals = torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+            dist.all_reduce(totals)
+            loss_sum, seen = totals[0], int(totals[1])
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": float(loss_sum) / max(1, seen),
                                "lr": _cosine_lr(cfg.lr, step, total_steps), "epoch_time_s": time.perf_counter() - t_ep}
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
