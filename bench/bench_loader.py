@@ -3,7 +3,8 @@
 Datasets (from ../shared/data, prepared once into a cache dir, never into the project):
   cifar10      the CIFAR-10 JPEGs (32x32), CIFAR-style training reads (pad-4 random crop + flip)
   imagenet375  ImageNet-sized JPEGs (375x500, quality 90) made once from real Imagenette images (upscaled and
-               cropped), ImageNet-style training reads (random resized crop 224 + flip) and eval reads
+               cropped, 10 classes), ImageNet-style training reads (random resized crop 224 + flip) and eval reads
+               (resize 256 + center crop 224)
 Throughput is steady state: the first batches of each epoch (pipeline build, worker start, prefetch fill) are
 not timed. Every provider uses the same number of CPU threads (DALI num_threads = DataLoader num_workers = 2).
 
@@ -50,7 +51,8 @@ def prepare_cifar(cache: str) -> str:
 
 
 def prepare_imagenet_sized(cache: str, n: int) -> str:
-    """``n`` real Imagenette train images (+ n/4 val), upscaled to cover 500x375 and center-cropped, as JPEGs."""
+    """About ``n`` real Imagenette train images (+ n/2 val), spread over its 10 classes, upscaled to cover 500x375
+    and center-cropped, saved as quality-90 JPEGs."""
     root = os.path.join(cache, f"imagenet375-{n}")
     done = os.path.join(cache, f".imagenet375-{n}.done")
     if os.path.exists(done):
@@ -60,13 +62,16 @@ def prepare_imagenet_sized(cache: str, n: int) -> str:
         sys.exit(f"bench_loader: needs {tar} (set INFER_FAST_DATA to the shared data folder)")
     from tqdm import tqdm
 
-    want = {"train": n, "val": max(1, n // 4)}
-    got = {"train": 0, "val": 0}
+    quota = {"train": max(1, n // 10), "val": max(1, n // 20)}  # per class
+    got: dict[tuple[str, str], int] = {}
     w, h = BIG_SIZE
-    with tarfile.open(tar, "r:gz") as t, tqdm(total=sum(want.values()), desc="imagenet-sized JPEGs") as bar:
+    with tarfile.open(tar, "r:gz") as t, tqdm(total=10 * sum(quota.values()), desc="imagenet-sized JPEGs") as bar:
         for m in t:
             parts = m.name.split("/")
-            if not m.isfile() or len(parts) != 4 or parts[1] not in want or got[parts[1]] >= want[parts[1]]:
+            if not m.isfile() or len(parts) != 4 or parts[1] not in quota:
+                continue
+            key = (parts[1], parts[2])
+            if got.get(key, 0) >= quota[parts[1]]:
                 continue
             img = Image.open(io.BytesIO(t.extractfile(m).read())).convert("RGB")
             s = max(w / img.width, h / img.height)
@@ -76,10 +81,8 @@ def prepare_imagenet_sized(cache: str, n: int) -> str:
             out = os.path.join(root, parts[1], parts[2], os.path.splitext(parts[3])[0] + ".JPEG")
             os.makedirs(os.path.dirname(out), exist_ok=True)
             img.save(out, "JPEG", quality=90)
-            got[parts[1]] += 1
+            got[key] = got.get(key, 0) + 1
             bar.update()
-            if got == want:
-                break
     open(done, "w").close()
     return root
 
@@ -120,7 +123,7 @@ def main(argv=None) -> list[dict]:
     cifar = prepare_cifar(args.cache_dir)
     big = prepare_imagenet_sized(args.cache_dir, n_big)
     cases = [  # dataset, root, split, image_size, batch, timed batches per epoch
-        ("cifar10", cifar, "train", None, 256, 20 if quick else 80),
+        ("cifar10", cifar, "train", None, 256, 10 if quick else 40),
         ("imagenet375", big, "train", 224, 64, 1000),
     ]
     if not quick:

@@ -131,7 +131,8 @@ inline void check_compensator_broadcast_inputs(const at::Tensor& base, const at:
   TORCH_CHECK(B > 0, "compensator_broadcast: empty batch (base_index has 0 entries)");
   TORCH_CHECK(ufc_index.size(0) == B, "compensator_broadcast: base_index and ufc_index must have the same length, got ",
               B, " and ", ufc_index.size(0));
-  for (auto [t, name] : {std::pair{&mean, "mean"}, std::pair{&std, "std"}, std::pair{&lo, "lo"}, std::pair{&hi, "hi"}}) {
+  for (auto [t, name] :
+       {std::pair{&mean, "mean"}, std::pair{&std, "std"}, std::pair{&lo, "lo"}, std::pair{&hi, "hi"}}) {
     TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "compensator_broadcast: ", name, " must be [C] = [", C, "], got ",
                 t->sizes());
     TORCH_CHECK(is_float_dtype(t->scalar_type()), "compensator_broadcast: ", name, " must be floating, got ",

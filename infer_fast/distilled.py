@@ -35,11 +35,15 @@ class DistilledFormatError(ValueError):
 
 # ---- atomic writes ----------------------------------------------------------------------------
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def _tmp_path(path: str) -> str:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; the final file gets the usual permissions
     return tmp
 
 

@@ -59,8 +59,9 @@ def compensator_broadcast(
     if base.dtype == torch.uint8:
         b = b / 255.0
     b = (b - mean.to(acc).view(1, c, 1, 1)) / std.to(acc).view(1, c, 1, 1)
-    has_ufc = (ufc_index >= 0).to(acc).view(-1, 1, 1, 1)
-    u = ufc.index_select(0, ufc_index.clamp(min=0)).to(acc) * has_ufc
+    # index -1 selects an appended zero image: works for U == 0 and keeps inf/nan of unused UFCs out
+    zero_row = torch.zeros((1, *ufc.shape[1:]), dtype=ufc.dtype, device=ufc.device)
+    u = torch.cat([ufc, zero_row]).index_select(0, torch.where(ufc_index < 0, ufc.shape[0], ufc_index)).to(acc)
     out = torch.clamp(b + u, min=lo.to(acc).view(1, c, 1, 1), max=hi.to(acc).view(1, c, 1, 1))
     return out.to(ufc.dtype)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 
 import pytest
@@ -138,3 +139,18 @@ def test_dali_agrees_with_torch_on_cifar10_jpegs(tmp_path):
     xt, yt, _ = _eval_all(str(root), "torch")
     assert ld.image_size == 32 and torch.equal(yd, yt)
     assert (xd - xt).abs().mean(dim=(1, 2, 3)).max() <= UNRESIZED_MEAN_ABS
+
+
+def test_dali_file_list_and_paths_with_spaces(tmp_path):
+    plain = tmp_path / "plain"
+    make_folder(str(plain), {"train": 2, "val": 2}, with_bad=False)
+    spaced = tmp_path / "with space"
+    make_folder(str(spaced), {"train": 2, "val": 2}, with_bad=False)
+    os.rename(spaced / "val" / "cat", spaced / "val" / "tabby cat")
+    os.rename(spaced / "train" / "cat", spaced / "train" / "tabby cat")
+    xa, ya, la = _eval_all(str(plain), "dali")
+    xb, yb, lb = _eval_all(str(spaced), "dali")
+    assert la._lines is not None and lb._lines is None  # file_list normally; list arguments when it cannot
+    assert torch.equal(ya, yb) and lb.classes == ["bird", "dog", "tabby cat"]
+    xt, yt, _ = _eval_all(str(spaced), "torch")
+    assert torch.equal(yb, yt) and (xb - xt).abs().mean(dim=(1, 2, 3)).max() <= UNRESIZED_MEAN_ABS

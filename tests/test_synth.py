@@ -178,6 +178,10 @@ def test_sre2l_problems_and_nonfinite_error():
     res = _run(probs, model, base, mean, std, lo, hi, "reference", iterations=10)
     for u in res.params:
         assert (u >= lo.view(1, 3, 1, 1) - 1e-6).all() and (u <= hi.view(1, 3, 1, 1) + 1e-6).all()
+    nat_init = baselines.sre2l_problems(2, 5, 1, 8, 0, mean, std, lo, hi, naturals=naturals)
+    assert torch.equal(nat_init[1].init, baselines.normalise(naturals[1], mean, std))
+    q = baselines.quantise(nat_init[1].init, mean, std)
+    assert torch.equal(q, naturals[1]), "quantise(normalise(x)) must give x back"
     model[0].weight.data[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"problem \(k=0, m=0\) at iteration 0"):
         _run(probs, model, base, mean, std, lo, hi, "reference", iterations=10)
@@ -202,3 +206,18 @@ def test_config_file_and_flags(tmp_path):
         config_from_args(parser.parse_args(["--config", str(cfg_file)]))
     with pytest.raises(ValueError, match="exactly one of --data ROOT or --dataset"):
         DistillConfig().validate()
+
+
+def test_cli_registers_distill_and_export():
+    from infer_fast.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["distill", "--dataset", "digits", "--method", "sre2l", "--ipc", "2", "--class-chunk", "5",
+                              "--teachers", "a.safetensors", "b.safetensors", "--no-per-image-crop"])
+    cfg = config_from_args(args)
+    assert (cfg.method, cfg.ipc, cfg.class_chunk, cfg.teachers) == ("sre2l", 2, 5, ["a.safetensors", "b.safetensors"])
+    assert cfg.per_image_crop is False and cfg.lr == 0.25 and cfg.r_bn is None and cfg.iterations is None
+    args = parser.parse_args(["export", "some/dir", "--to", "out"])
+    assert (args.dir, args.to) == ("some/dir", "out")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--method", "bogus"])

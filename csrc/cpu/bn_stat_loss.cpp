@@ -1,7 +1,8 @@
 // bn_stat_loss, CPU traversal. x [N, C, *spatial] (S = prod(spatial)), G groups of N/G samples.
-//   forward : mean/var [G, C] and loss [G] in one pass over x. Contiguous x: each (n, c) row of S values is reduced
-//             twice while it sits in cache (mean, then centred M2), rows are Chan-merged per (g, c).
-//             Channels-last x ([N, S, C] in memory): chunks of rows are reduced the same way over a C-vector.
+//   forward : mean/var [G, C] and loss [G] in one pass over x. Contiguous x: per (g, c), blocks of S-long rows are
+//             summed (shifted by the first row's mean) in vector registers and Chan-merged. Channels-last x
+//             ([N, S, C] in memory): chunks of rows are reduced twice while in cache (mean, then centred M2) over a
+//             C-vector and Chan-merged per group.
 //   backward: dx = p[g,c] * (x - mean[g,c]) + q[g,c] in one read of x and one write of dx (x's dtype and layout).
 // dtypes: x fp32/fp64/fp16/bf16, accumulation and statistics in at::opmath_type (fp32, fp64 for fp64 x).
 #include <ATen/Dispatch.h>
@@ -13,6 +14,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "bn_stat_loss.h"
 
@@ -22,39 +25,66 @@ namespace {
 // Elements handled per parallel task: large enough to amortise scheduling, small enough to stay in L1/L2.
 constexpr int64_t kTaskElems = 16384;
 
-// Independent accumulator lanes let the compiler vectorise the reductions without reassociating (no -ffast-math).
+// 32-byte GCC/Clang vector of the accumulation type: explicit vectors, because a reduction loop is not
+// auto-vectorised without -ffast-math and short rows (S = 16 at ResNet's last stage) are common.
 template <typename A>
-constexpr int kLanes = 64 / sizeof(A);
+struct VecOf {
+  typedef A type __attribute__((vector_size(32)));
+  static constexpr int64_t width = 32 / sizeof(A);
+};
 
-template <typename T, typename A>
-inline A row_sum(const T* p, int64_t len) {
-  A acc[kLanes<A>] = {};
-  int64_t i = 0;
-  for (; i + kLanes<A> <= len; i += kLanes<A>)
-    for (int j = 0; j < kLanes<A>; ++j) acc[j] += static_cast<A>(p[i + j]);
-  A s = 0;
-  for (int j = 0; j < kLanes<A>; ++j) s += acc[j];
-  for (; i < len; ++i) s += static_cast<A>(p[i]);
-  return s;
-}
-
-template <typename T, typename A>
-inline A row_m2(const T* p, int64_t len, A mean) {
-  A acc[kLanes<A>] = {};
-  int64_t i = 0;
-  for (; i + kLanes<A> <= len; i += kLanes<A>)
-    for (int j = 0; j < kLanes<A>; ++j) {
-      const A d = static_cast<A>(p[i + j]) - mean;
-      acc[j] += d * d;
-    }
-  A s = 0;
-  for (int j = 0; j < kLanes<A>; ++j) s += acc[j];
-  for (; i < len; ++i) {
-    const A d = static_cast<A>(p[i]) - mean;
-    s += d * d;
+template <typename A, typename T>
+inline typename VecOf<A>::type load_vec(const T* p) {
+  typename VecOf<A>::type v;
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    for (int64_t j = 0; j < VecOf<A>::width; ++j) v[j] = static_cast<A>(p[j]);
   }
+  return v;
+}
+
+template <typename A>
+inline A hsum(typename VecOf<A>::type v) {
+  A s = 0;
+  for (int64_t j = 0; j < VecOf<A>::width; ++j) s += v[j];
   return s;
 }
+
+// Shifted moments of a row added into vector accumulators (s: sum of p - shift, q: sum of squares) and scalar tails;
+// no horizontal reduction per row, so short rows (S = 16 at ResNet's last stage) cost only their loads.
+template <typename A>
+struct ShiftedMoments {
+  using V = typename VecOf<A>::type;
+  V s0 = {}, s1 = {}, q0 = {}, q1 = {};
+  A st = 0, qt = 0;
+
+  template <typename T>
+  inline void add_row(const T* p, int64_t len, A shift) {
+    constexpr int64_t W = VecOf<A>::width;
+    int64_t i = 0;
+    for (; i + 2 * W <= len; i += 2 * W) {
+      const V d0 = load_vec<A>(p + i) - shift, d1 = load_vec<A>(p + i + W) - shift;
+      s0 += d0;
+      s1 += d1;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
+    }
+    if (i + W <= len) {
+      const V d0 = load_vec<A>(p + i) - shift;
+      s0 += d0;
+      q0 += d0 * d0;
+      i += W;
+    }
+    for (; i < len; ++i) {
+      const A d = static_cast<A>(p[i]) - shift;
+      st += d;
+      qt += d * d;
+    }
+  }
+  A sum() const { return hsum<A>(s0 + s1) + st; }
+  A sq() const { return hsum<A>(q0 + q1) + qt; }
+};
 
 // loss[g] = ||var[g] - rv|| + ||mean[g] - rm||.
 template <typename A>
@@ -71,26 +101,27 @@ void bn_losses(const A* mean, const A* var, const A* rm, const A* rv, int64_t g_
   }
 }
 
+// Contiguous x: one task = a run of (g, c) pairs. The S-long rows of a (g, c) are accumulated as sums shifted by
+// the first row's mean (a close estimate of the mean, so no cancellation) in blocks of about kTaskElems values;
+// each block gives an exact (count, mean, M2) that is Chan-merged into the (g, c) statistics.
 template <typename T, typename A>
 void forward_nchw(const T* x, int64_t n, int64_t c, int64_t s, int64_t groups, A* mean, A* var) {
-  const int64_t rows = n * c, ng = n / groups;
-  at::Tensor row_stats = at::empty({2, rows}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
-  A* rmean = row_stats.data_ptr<A>();
-  A* rm2 = rmean + rows;
-  at::parallel_for(0, rows, std::max<int64_t>(1, kTaskElems / s), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const T* p = x + r * s;
-      const A m = row_sum<T, A>(p, s) / static_cast<A>(s);
-      rmean[r] = m;
-      rm2[r] = row_m2<T, A>(p, s, m);
-    }
-  });
-  at::parallel_for(0, groups * c, 16, [&](int64_t b, int64_t e) {
+  const int64_t ng = n / groups, rows_per_block = std::max<int64_t>(1, kTaskElems / s);
+  at::parallel_for(0, groups * c, std::max<int64_t>(1, kTaskElems / (ng * s)), [&](int64_t b, int64_t e) {
     for (int64_t gc = b; gc < e; ++gc) {
       const int64_t g = gc / c, k = gc % c;
+      const T* first = x + ((g * ng) * c + k) * s;
+      ShiftedMoments<A> m0;
+      m0.add_row(first, s, A(0));
+      const A shift = m0.sum() / static_cast<A>(s);
       BnWelford<A> w;
-      for (int64_t i = g * ng; i < (g + 1) * ng; ++i)
-        w = bn_chan_merge(w, BnWelford<A>{static_cast<A>(s), rmean[i * c + k], rm2[i * c + k]});
+      for (int64_t i0 = 0; i0 < ng; i0 += rows_per_block) {
+        const int64_t i1 = std::min(ng, i0 + rows_per_block);
+        ShiftedMoments<A> acc;
+        for (int64_t i = i0; i < i1; ++i) acc.add_row(first + i * c * s, s, shift);
+        const A cnt = static_cast<A>((i1 - i0) * s), sum = acc.sum();
+        w = bn_chan_merge(w, BnWelford<A>{cnt, shift + sum / cnt, std::max(A(0), acc.sq() - sum * sum / cnt)});
+      }
       mean[gc] = w.mean;
       var[gc] = w.m2 / w.n;
     }
@@ -126,27 +157,29 @@ void forward_nhwc(const T* x, int64_t n, int64_t c, int64_t s, int64_t groups, A
       }
     }
   });
-  // Chan merge of the chunks of each group, vectorised over channels (all channels share the counts).
-  at::parallel_for(0, groups, 1, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) {
-      A* m = mean + g * c;
-      A* m2 = var + g * c;
-      A na = 0;
-      for (int64_t k = 0; k < nchunk; ++k) {
-        const A* pm = pbuf + (g * nchunk + k) * 2 * c;
-        const A* pm2 = pm + c;
-        const A nb = static_cast<A>(std::min(chunk, rows_g - k * chunk));
-        const A nt = na + nb, fb = nb / nt, cross = na * fb;
-        for (int64_t j = 0; j < c; ++j) {
-          const A d = pm[j] - (k == 0 ? A(0) : m[j]);
-          m[j] = (k == 0 ? pm[j] : m[j] + d * fb);
-          m2[j] = (k == 0 ? pm2[j] : m2[j] + pm2[j] + d * d * cross);
-        }
-        na = nt;
+  // Chan merge of the chunks of each group, vectorised over channels (all channels share the counts); serial, as it
+  // touches only numel / chunk values.
+  for (int64_t g = 0; g < groups; ++g) {
+    A* m = mean + g * c;
+    A* m2 = var + g * c;
+    const A* p0 = pbuf + g * nchunk * 2 * c;
+    std::copy(p0, p0 + c, m);
+    std::copy(p0 + c, p0 + 2 * c, m2);
+    A na = static_cast<A>(std::min(chunk, rows_g));
+    for (int64_t k = 1; k < nchunk; ++k) {
+      const A* pm = p0 + k * 2 * c;
+      const A* pm2 = pm + c;
+      const A nb = static_cast<A>(std::min(chunk, rows_g - k * chunk));
+      const A nt = na + nb, fb = nb / nt, cross = na * fb;
+      for (int64_t j = 0; j < c; ++j) {
+        const A d = pm[j] - m[j];
+        m[j] += d * fb;
+        m2[j] += pm2[j] + d * d * cross;
       }
-      for (int64_t j = 0; j < c; ++j) m2[j] /= na;
+      na = nt;
     }
-  });
+    for (int64_t j = 0; j < c; ++j) m2[j] /= na;
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stat_loss_cpu(const at::Tensor& x_in, const at::Tensor& running_mean,

@@ -11,7 +11,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace infer_fast::compensator_broadcast {
 namespace {
@@ -19,6 +24,22 @@ namespace {
 constexpr int64_t kMaxChunk = 2048;   // elements per work unit: its buffers stay in L1
 constexpr int64_t kMinChunk = 256;    // smallest chunk when splitting finer for parallelism
 constexpr int64_t kSerialWork = 1 << 16;  // below this many output elements, one thread
+
+// A fresh output of B images is tens of MB: glibc maps it anew per call and first-touch faults of 4 KiB pages then
+// cost more than the kernel itself. Ask for transparent huge pages on the buffer's 2 MiB-aligned interior (what
+// PyTorch's THP_MEM_ALLOC_ENABLE does for every allocation); advice only, failure is harmless.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t bytes = t.nbytes();
+  if (bytes < 2 * kHuge) return;
+  const auto p = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const uintptr_t b = (p + kHuge - 1) & ~(kHuge - 1), e = (p + bytes) & ~(kHuge - 1);
+  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
 
 // Images grouped by ufc_index: group 0 = no compensator (-1), group u + 1 = UFC u; images in increasing i.
 struct Groups {
@@ -258,6 +279,7 @@ at::Tensor compensator_broadcast_cpu(const at::Tensor& base, const at::Tensor& u
   const int64_t B = base_index.size(0);
   auto out = at::empty({B, ufc.size(1), ufc.size(2), ufc.size(3)}, ufc.options().memory_format(p.fmt));
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   const Groups grp = group_by_ufc(p.ufc_index.const_data_ptr<int64_t>(), B, ufc.size(0));
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     const auto prm = channel_params<at::opmath_type<oT>>(p.base, mean, std, lo, hi);
@@ -274,6 +296,7 @@ at::Tensor compensator_broadcast_backward_cpu(const at::Tensor& grad_out, const 
   const Prepared p = prepare_compensator_broadcast(base, ufc, base_index, ufc_index, &grad_out);
   auto grad_ufc = at::empty(ufc.sizes(), ufc.options().memory_format(p.fmt));
   if (grad_ufc.numel() == 0) return grad_ufc;
+  advise_huge_pages(grad_ufc);
   const Groups grp = group_by_ufc(p.ufc_index.const_data_ptr<int64_t>(), base_index.size(0), ufc.size(0));
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     const auto prm = channel_params<at::opmath_type<oT>>(p.base, mean, std, lo, hi);

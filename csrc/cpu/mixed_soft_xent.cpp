@@ -26,10 +26,16 @@ namespace math = mixed_soft_xent_math;
 // Elements per parallel task: below this a row block is not worth a thread hand-off.
 constexpr int64_t kGrainElems = 16384;
 
-// exp(x) for the max-shifted arguments here (x <= 0). Cephes expf: 2^n * P(r), |rel err| ~ 2 ulp.
-inline float exp_shifted(float x) {
-  x = x < -87.0f ? -87.0f : x;  // keeps 2^n normal; exp(-87) ~ 1.6e-38 is nothing next to a row sum >= 1
-  const float n = std::floor(std::fma(x, 1.44269504088896341f, 0.5f));
+// exp(x) for the max-shifted arguments here (x <= 0): Cephes expf, 2^n * P(r), relative error ~ 2 ulp. Written
+// without float compares, min/max or floor: under GCC's default -ftrapping-math those keep the loops scalar.
+C10_ALWAYS_INLINE float exp_shifted(float x) {
+  // x >= -87 (exp(-87) ~ 1.6e-38 is nothing next to a row sum >= 1; keeps 2^n normal): an unsigned min on the bit
+  // pattern, since negative floats order by magnitude there and x = +0 stays below the bound.
+  constexpr uint32_t kMinus87 = 0xC2AE0000u;
+  x = std::bit_cast<float>(std::min(std::bit_cast<uint32_t>(x), kMinus87));
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold n = round(x / ln 2)
+  const float t = std::fma(x, 1.44269504088896341f, kShift);
+  const float n = t - kShift;
   float r = std::fma(n, -0.693359375f, x);
   r = std::fma(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
@@ -39,9 +45,17 @@ inline float exp_shifted(float x) {
   p = std::fma(p, r, 1.6666665459e-1f);
   p = std::fma(p, r, 5.0000001201e-1f);
   p = std::fma(p, r * r, r + 1.0f);
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * std::bit_cast<float>((std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kShift) + 127) << 23);
 }
-inline double exp_shifted(double x) { return std::exp(x); }
+C10_ALWAYS_INLINE double exp_shifted(double x) { return std::exp(x); }
+
+// A row holding inf/NaN (seen as a non-finite sum of its values: the exp's clamp would otherwise hide it) gets a NaN
+// gradient and a NaN loss, as softmax would give.
+template <typename zt>
+float nan_row(zt* g, int64_t k) {
+  std::fill(g, g + k, static_cast<zt>(std::numeric_limits<float>::quiet_NaN()));
+  return std::numeric_limits<float>::quiet_NaN();
+}
 
 template <typename acc_t>
 struct RowParams {
@@ -54,8 +68,8 @@ template <typename zt, typename yt, typename acc_t>
 acc_t soft_row(const zt* __restrict__ z, const yt* __restrict__ yb, const yt* __restrict__ yp, zt* __restrict__ g,
                acc_t* __restrict__ a, acc_t* __restrict__ s, const RowParams<acc_t>& prm) {
   const int64_t k = prm.k;
-  acc_t max_a = -std::numeric_limits<acc_t>::infinity(), max_s = max_a;
-#pragma omp simd reduction(max : max_a, max_s)
+  acc_t max_a = -std::numeric_limits<acc_t>::infinity(), max_s = max_a, finite = 0;
+#pragma omp simd reduction(max : max_a, max_s) reduction(+ : finite)
   for (int64_t i = 0; i < k; ++i) {
     const acc_t ai = math::mixed(static_cast<acc_t>(yb[i]), static_cast<acc_t>(yp[i]), prm.wl, prm.wr, prm.inv_t);
     const acc_t si = static_cast<acc_t>(z[i]) * prm.inv_t;
@@ -63,7 +77,9 @@ acc_t soft_row(const zt* __restrict__ z, const yt* __restrict__ yb, const yt* __
     s[i] = si;
     max_a = std::max(max_a, ai);
     max_s = std::max(max_s, si);
+    finite += ai + si;
   }
+  if (!std::isfinite(finite)) return nan_row(g, k);
   acc_t sum_a = 0, sum_s = 0, w = 0;
 #pragma omp simd reduction(+ : sum_a, sum_s, w)
   for (int64_t i = 0; i < k; ++i) {
@@ -86,13 +102,15 @@ template <typename zt, typename acc_t>
 acc_t hard_row(const zt* __restrict__ z, int64_t c1, int64_t c2, zt* __restrict__ g, acc_t* __restrict__ s,
                const RowParams<acc_t>& prm) {
   const int64_t k = prm.k;
-  acc_t max_s = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : max_s)
+  acc_t max_s = -std::numeric_limits<acc_t>::infinity(), finite = 0;
+#pragma omp simd reduction(max : max_s) reduction(+ : finite)
   for (int64_t i = 0; i < k; ++i) {
     const acc_t si = static_cast<acc_t>(z[i]) * prm.inv_t;
     s[i] = si;
     max_s = std::max(max_s, si);
+    finite += si;
   }
+  if (!std::isfinite(finite)) return nan_row(g, k);
   acc_t sum_s = 0;
 #pragma omp simd reduction(+ : sum_s)
   for (int64_t i = 0; i < k; ++i) {
@@ -174,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_soft_xent_cpu(const at::Tensor& logits,
     }
     double total = 0.0;
     for (const acc_t v : row_loss) total += static_cast<double>(v);
-    loss.fill_(total / static_cast<double>(nb));
+    *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total / static_cast<double>(nb));
   });
   return {loss, grad};
 }

@@ -13,6 +13,10 @@ so the order, the shards and the augmentation of every epoch are reproducible an
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
@@ -22,7 +26,11 @@ from infer_fast.data.sampling import epoch_order, mix_seed
 from infer_fast.data.torch_loader import PAD, BaseLoader, eval_resize_size
 
 READER = "Reader"
+_WHITESPACE = re.compile(r"\s")
 PREFETCH = 2
+# nvJPEG buffer padding from NVIDIA's ResNet-50 example: preallocated once, so ImageNet-sized images never
+# trigger reallocations in the mixed (GPU) decoder.
+MIXED_DECODER_KW = dict(device_memory_padding=211025920, host_memory_padding=140544512)
 
 
 def _dali_seed(*parts: int) -> int:
@@ -44,22 +52,23 @@ def _small_train(images, size):
 
 
 @pipeline_def
-def folder_pipeline(files, labels, shard_id, num_shards, train, small, size, mean, std, gpu, pad_last):
+def folder_pipeline(source, shard_id, num_shards, train, small, size, mean, std, gpu, pad_last):
+    """``source``: the reader's file arguments, ``file_list=``/``file_root=`` or ``files=``/``labels=``."""
     jpegs, labels = fn.readers.file(
-        files=files, labels=labels, shard_id=shard_id, num_shards=num_shards, random_shuffle=False,
-        pad_last_batch=pad_last, name=READER,
+        **source, shard_id=shard_id, num_shards=num_shards, random_shuffle=False, pad_last_batch=pad_last,
+        name=READER,
     )
     decoder = "mixed" if gpu else "cpu"
+    decoder_kw = dict(device=decoder, output_type=types.RGB, **(MIXED_DECODER_KW if gpu else {}))
     mirror = fn.random.coin_flip(probability=0.5) if train else None
     if train and not small:
         # Fused decode-and-crop: only the random crop is decoded (the largest win on full-size JPEGs).
         images = fn.decoders.image_random_crop(
-            jpegs, device=decoder, output_type=types.RGB, random_area=[0.08, 1.0],
-            random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=100,
+            jpegs, random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=100, **decoder_kw
         )
         images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
     else:
-        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+        images = fn.decoders.image(jpegs, **decoder_kw)
         images = fn.resize(images, resize_shorter=eval_resize_size(size, small), antialias=True)
         images = fn.crop(images, crop=[size, size])  # center
         if train:
@@ -99,21 +108,41 @@ class _DaliLoader(BaseLoader):
 
 
 class DaliFolderLoader(_DaliLoader):
-    """DALI reader + decoders over a validated file list."""
+    """DALI reader + decoders over a validated file list.
+
+    Each epoch's order goes to the reader as a ``file_list`` text file: for ImageNet's 1.28M files that builds
+    in ~1 s, where passing Python lists as operator arguments takes ~8 s. Paths containing whitespace (which the
+    file_list format cannot hold) fall back to the ``files=``/``labels=`` arguments.
+    """
 
     def __init__(self, files, labels, **kw):
         super().__init__(num_files=len(files), **kw)
         self.files = np.asarray(files, dtype=object)
         self.labels = np.asarray(labels, dtype=np.int32)
+        self._lines = None
+        if not _WHITESPACE.search("".join(files)) and all(os.path.isabs(f) for f in files[:1]):
+            self._lines = np.asarray([f"{f} {lab}\n" for f, lab in zip(files, labels, strict=True)], dtype=object)
 
     def _iter_epoch(self, epoch):
         order = epoch_order(self.num_files, self.seed, epoch, self.train).numpy()
-        pipe = folder_pipeline(
-            files=self.files[order].tolist(), labels=self.labels[order].tolist(), shard_id=self.rank,
-            num_shards=self.world, train=self.train, small=self.small, size=self.image_size, mean=self.mean,
-            std=self.std, gpu=self.gpu, pad_last=not self.drop_last, **self._pipeline_kwargs(epoch),
-        )
-        pipe.build()
+        list_path = None
+        if self._lines is not None:
+            fd, list_path = tempfile.mkstemp(prefix="infer_fast_dali_", suffix=".txt")
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(self._lines[order]))
+            source = dict(file_list=list_path, file_root="/")  # absolute paths
+        else:
+            source = dict(files=self.files[order].tolist(), labels=self.labels[order].tolist())
+        try:
+            pipe = folder_pipeline(
+                source=source, shard_id=self.rank, num_shards=self.world, train=self.train, small=self.small,
+                size=self.image_size, mean=self.mean, std=self.std, gpu=self.gpu, pad_last=not self.drop_last,
+                **self._pipeline_kwargs(epoch),
+            )
+            pipe.build()  # the reader has parsed the list now
+        finally:
+            if list_path:
+                os.unlink(list_path)
         return self._run(pipe, epoch)
 
 

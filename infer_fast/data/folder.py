@@ -2,7 +2,8 @@
 
 A dataset root holds split folders (``train/`` and ``val/`` or ``test/``), each with one subfolder per class
 (ImageNet wnids or names); class index = position in the sorted folder names. Only image files directly inside
-a class folder count: nested folders, hidden entries and non-image files are ignored.
+a class folder count: nested folders, hidden entries and non-image files are ignored, and so are folders whose
+name starts with "." or "_" (``_meta``, ``__MACOSX``) at the class level.
 
 A corrupt JPEG kills a DALI pipeline, so loaders never read an unchecked file: every file of a split is validated
 once (in parallel) and the good list is cached, keyed by a fingerprint of the listing (names, sizes, mtimes), so

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -127,10 +128,11 @@ def _read_torch(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
-            first = str(exc).split("\n\n")[1] if "\n\n" in str(exc) else str(exc)
+            found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|\.? Please|\n|$)", str(exc))
             raise CheckpointError(
                 f"{path}: refused: the file contains pickled Python objects other than tensors and plain "
-                f"containers, which would need arbitrary code execution to load ({first.strip()[:300]})") from exc
+                f"containers, which would need arbitrary code execution to load"
+                + (f" ({found.group(1)})" if found else "")) from exc
         raise CheckpointError(f"{path}: not a checkpoint (torch.load cannot read it: {exc})") from exc
     except Exception as exc:  # corrupt zip, truncated file, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc

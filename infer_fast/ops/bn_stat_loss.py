@@ -11,8 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from infer_fast import _C  # noqa: F401  (registers the ops)
-from infer_fast import reference
+from infer_fast import (
+    _C,  # noqa: F401  (registers the ops)
+    reference,
+)
 
 _OP = "infer_fast::bn_stat_loss"
 _BWD = "infer_fast::_bn_stat_loss_backward"

@@ -79,7 +79,9 @@ def _check_meta(base, ufc, base_index, ufc_index, mean, std, lo, hi) -> None:
     torch._check(ufc.dtype in _FLOAT, lambda: f"compensator_broadcast: ufc must be floating, got {ufc.dtype}")
     torch._check(
         base.shape[1:] == ufc.shape[1:],
-        lambda: f"compensator_broadcast: base and ufc must share [C, H, W], got {tuple(base.shape)}, {tuple(ufc.shape)}",
+        lambda: (
+            f"compensator_broadcast: base and ufc must share [C, H, W], got {tuple(base.shape)} and {tuple(ufc.shape)}"
+        ),
     )
     for name, t in (("base_index", base_index), ("ufc_index", ufc_index)):
         torch._check(
@@ -101,13 +103,13 @@ def _check_meta(base, ufc, base_index, ufc_index, mean, std, lo, hi) -> None:
 def _compensator_broadcast_fake(base, ufc, base_index, ufc_index, mean, std, lo, hi):
     _check_meta(base, ufc, base_index, ufc_index, mean, std, lo, hi)
     shape = (base_index.shape[0], ufc.shape[1], ufc.shape[2], ufc.shape[3])
-    return ufc.new_empty(shape, memory_format=_out_format(ufc))
+    return torch.empty(shape, dtype=ufc.dtype, device=ufc.device, memory_format=_out_format(ufc))
 
 
 @torch.library.register_fake("infer_fast::_compensator_broadcast_backward")
 def _compensator_broadcast_backward_fake(grad_out, base, ufc, base_index, ufc_index, mean, std, lo, hi):
     _check_meta(base, ufc, base_index, ufc_index, mean, std, lo, hi)
-    return ufc.new_empty(ufc.shape, memory_format=_out_format(ufc))
+    return torch.empty(ufc.shape, dtype=ufc.dtype, device=ufc.device, memory_format=_out_format(ufc))
 
 
 def _setup_context(ctx, inputs, output):

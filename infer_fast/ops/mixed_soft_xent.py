@@ -8,6 +8,9 @@ from infer_fast import _C  # noqa: F401  (loads the extension that defines the o
 
 __all__ = ["mixed_soft_xent"]
 
+_FORWARD = torch.ops.infer_fast.mixed_soft_xent.default
+_BACKWARD = torch.ops.infer_fast._mixed_soft_xent_backward.default
+
 
 def mixed_soft_xent(
     logits: torch.Tensor,
@@ -29,8 +32,9 @@ def mixed_soft_xent(
     loss in float32 (float64 for float64 logits). Gradient flows to ``logits`` only:
     ``dloss/dz = (softmax(z / T) - p) / (T * B)``, computed by the forward in the same pass per row.
     """
-    loss, _ = torch.ops.infer_fast.mixed_soft_xent(logits, target, perm, float(lam), float(temperature))
-    return loss
+    if torch.compiler.is_compiling():  # traced through the op's registered fake and autograd kernels
+        return _FORWARD(logits, target, perm, float(lam), float(temperature))[0]
+    return _MixedSoftXent.apply(logits, target, perm, float(lam), float(temperature))
 
 
 @torch.library.register_fake("infer_fast::mixed_soft_xent")
@@ -57,11 +61,40 @@ def _backward(ctx, grad_loss, _grad_of_grad_logits):
     (grad_logits,) = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:
-        grad = torch.ops.infer_fast._mixed_soft_xent_backward(grad_loss, grad_logits)
+        if torch.is_grad_enabled():
+            # create_graph=True: the saved dL/dz is a constant here, so a second derivative would come out
+            # silently zero instead of softmax's Hessian.
+            raise RuntimeError(
+                "mixed_soft_xent: double backward (create_graph=True through logits) is not supported; "
+                "use infer_fast.reference.mixed_soft_xent for higher-order derivatives"
+            )
+        grad = _BACKWARD(grad_loss, grad_logits)
     return grad, None, None, None, None
 
 
 torch.library.register_autograd("infer_fast::mixed_soft_xent", _backward, setup_context=_setup_context)
+
+
+class _MixedSoftXent(torch.autograd.Function):
+    """The public function's autograd: the same forward op and backward as the registration above, calling the
+    kernels below the Autograd key so that the ops' Python autograd kernels are skipped (that per-call Python work
+    dominates at CIFAR sizes, e.g. 64x10 logits)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, perm, lam, temperature):
+        with torch._C._AutoDispatchBelowAutograd():
+            loss, grad_logits = _FORWARD(logits, target, perm, lam, temperature)
+        ctx.save_for_backward(grad_logits)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():
+            return _backward(ctx, grad_loss, None)  # raises: no double backward
+        (grad_logits,) = ctx.saved_tensors
+        with torch._C._AutoDispatchBelowAutograd():
+            grad = _BACKWARD(grad_loss, grad_logits) if ctx.needs_input_grad[0] else None
+        return grad, None, None, None, None
 
 
 def _no_double_backward(ctx, grad):

@@ -45,6 +45,7 @@ class DistillConfig:
     class_chunk: int = 0  # images of one problem per forward (0: all classes); each chunk its own BN group
     label_batch: int = 256  # images per teacher forward when computing the static labels
     log_every: int = 50  # iterations between host reads of the losses (tqdm postfix, NaN/Inf check)
+    threads: int | None = None  # CPU intra-op threads per process (None: torch's default; torchrun gives 1 per rank)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank uses cuda:LOCAL_RANK)
     backend: str = "fused"  # fused: infer_fast.ops kernels; reference: pure-PyTorch infer_fast.reference
     teacher_cache: str | None = None  # digits without --teachers: where the default ensemble is cached
@@ -72,6 +73,8 @@ class DistillConfig:
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ValueError("distill: need 0 < --crop-scale-min <= --crop-scale-max <= 1, got "
                              f"{self.crop_scale_min}, {self.crop_scale_max}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"distill: --threads must be >= 1, got {self.threads}")
         if self.stop_after is not None and self.stop_after < 0:
             raise ValueError(f"distill: --stop-after must be >= 0, got {self.stop_after}")
 

@@ -6,7 +6,9 @@
 3. Batches are sharded round-robin over the torchrun ranks (one rank without torchrun); each finished batch is
    saved atomically to ``OUT/progress/`` (safetensors), so ``--resume`` skips it and a killed run loses at most
    the batches in flight. The result of a batch depends only on the config (each problem's RNG is seeded by
-   (seed, k, m)), hence resumed and sharded runs equal an uninterrupted single-process run tensor for tensor.
+   (seed, k, m)), hence resumed and sharded runs equal an uninterrupted single-process run tensor for tensor,
+   given the same CPU threads per process (``--threads``; oneDNN's float reductions depend on the thread count,
+   and torchrun gives each rank 1 thread unless OMP_NUM_THREADS says otherwise).
 4. Rank 0 gathers the batches through the filesystem, computes the static labels and writes the format of
    :mod:`infer_fast.distilled`; the progress folder is removed once manifest.json is written.
 """
@@ -38,7 +40,7 @@ from infer_fast.synth.ufc import AugSettings, optimise_batch
 
 PROGRESS_DIR = "progress"
 # Fields that do not change the result: excluded from the resume fingerprint.
-_NON_RESULT_FIELDS = ("out", "resume", "stop_after", "log_every", "device", "label_batch", "teacher_cache")
+_NON_RESULT_FIELDS = ("out", "resume", "stop_after", "log_every", "device", "label_batch", "teacher_cache", "threads")
 
 
 # ---- distributed context ----------------------------------------------------------------------
@@ -92,7 +94,8 @@ def resolve(cfg: DistillConfig, small: bool) -> DistillConfig:
     )
 
 
-def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, device: torch.device, dist: _Dist):
+def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_std: tuple, device: torch.device,
+                  dist: _Dist):
     """(models in eval mode with frozen weights, metadata dicts) of the M teachers."""
     from infer_fast import models
 
@@ -115,6 +118,9 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, device:
         if int(meta.num_classes) != num_classes:
             raise ValueError(f"distill: teacher {path!r} ({meta.arch}) has {meta.num_classes} classes but the data "
                              f"has {num_classes}; teachers must be trained on the same classes")
+        if any(abs(a - b) > 1e-3 for a, b in zip(tuple(meta.mean) + tuple(meta.std), mean_std, strict=True)):
+            print(f"distill: warning: teacher {path!r} was trained with mean/std {tuple(meta.mean)}/{tuple(meta.std)}"
+                  f" but the data is normalised with {mean_std[:3]}/{mean_std[3:]}", file=sys.stderr)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -192,6 +198,8 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
 def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
     """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``)."""
     cfg.validate()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     dist = _Dist(cfg.device)
     try:
         return _run(cfg, dist, progress)
@@ -203,11 +211,14 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
     from infer_fast import data
 
     device = dist.device
+    if device.type == "cuda":  # the same result on every run and rank (resume and torchrun equality)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     info = data.dataset_info(cfg.source, image_size=cfg.image_size)
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small)
     classes, s = list(info.classes), int(info.image_size)
     c = len(classes)
-    teachers, tmeta = load_teachers(cfg, c, s, device, dist)
+    teachers, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
     m_count = len(teachers)
     st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
     mean = torch.tensor(info.mean, dtype=torch.float32)

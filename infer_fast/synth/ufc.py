@@ -249,6 +249,7 @@ def optimise_batch(
             logged = (t + 1) % log_every == 0 or t + 1 == iterations
             if logged:
                 _check_finite(ce_hist, bn_hist, checked, t + 1, problems)
+                _check_params(param, offsets, problems, t)
                 checked = t + 1
                 ce_m, bn_m = float(ce_hist[t].mean()), float(bn_hist[t].mean())
             if on_progress is not None:
@@ -258,6 +259,20 @@ def optimise_batch(
     params = param.detach().float().cpu()
     out = [params[off:off + p.init.shape[0]].clone() for p, off in zip(problems, offsets, strict=True)]
     return BatchResult(out, ce_hist.cpu(), bn_hist.cpu())
+
+
+def _check_params(param: torch.Tensor, offsets: list[int], problems: list[Problem], t: int) -> None:
+    """A non-finite parameter (e.g. an overflowing step) may not show in the loss (the output clamp of the
+    fused op maps NaN into range), so the parameters are checked at the same points as the losses."""
+    ok = torch.isfinite(param.detach()).flatten(1).all(1)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0])
+        j = max(i for i, off in enumerate(offsets) if off <= row)
+        a, m = problems[j].key
+        raise NonFiniteLossError(
+            f"distill: non-finite parameter in problem (k={a}, m={m}) by iteration {t}; finished problems are "
+            "saved (rerun with --resume after fixing the cause, e.g. a lower --lr)"
+        )
 
 
 def _check_finite(ce: torch.Tensor, bn: torch.Tensor, start: int, stop: int, problems: list[Problem]) -> None:

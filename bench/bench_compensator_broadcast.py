@@ -1,0 +1,84 @@
+"""Benchmark compensator_broadcast: eager reference vs torch.compile(reference) vs infer_fast, one run.
+
+    python bench/bench_compensator_broadcast.py [--quick] [--json PATH]
+
+Shapes: ImageNet-size batches composed from 100 uint8 naturals and 10 fp32 UFCs (100 and 1000 images of
+3x224x224), and the CIFAR synthesis batch (10 naturals x 9 UFCs = 90 images of 3x32x32).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch._functorch.config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import Case, run_cases_main  # noqa: E402
+
+import infer_fast.ops.compensator_broadcast as cb_op  # noqa: E402
+from infer_fast import reference  # noqa: E402
+
+# The harness's `backward` mode re-runs one graph with retain_graph=True, which compiled backwards with donated
+# buffers refuse; donation only saves a buffer allocation, so turn it off for the compiled baseline.
+torch._functorch.config.donated_buffer = False
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _inputs(n_base: int, n_ufc: int, batch: int, size: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 256, (n_base, 3, size, size), dtype=torch.uint8, generator=g)
+    ufc = (0.1 * torch.randn(n_ufc, 3, size, size, generator=g)).requires_grad_()
+    if batch == n_base * n_ufc:  # synthesis: every natural with every UFC
+        base_index = torch.arange(n_base).repeat(n_ufc)
+        ufc_index = torch.arange(n_ufc).repeat_interleave(n_base)
+    else:  # student training: random composition
+        base_index = torch.randint(0, n_base, (batch,), generator=g)
+        ufc_index = torch.randint(0, n_ufc, (batch,), generator=g)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    lo, hi = -mean / std, (1 - mean) / std
+    tensors = [base, ufc.detach(), base_index, ufc_index, mean, std, lo, hi]
+    tensors = [t.to(device) for t in tensors]
+    tensors[1].requires_grad_()
+    return tensors
+
+
+def cases(quick: bool, device: str) -> list[Case]:
+    shapes = (
+        [(10, 9, 90, 32), (100, 10, 100, 224)]
+        if quick
+        else [(10, 9, 90, 32), (100, 10, 100, 224), (100, 10, 1000, 224)]
+    )
+    compiled = torch.compile(reference.compensator_broadcast)
+    out = []
+    for n_base, n_ufc, batch, size in shapes:
+        inputs = _inputs(n_base, n_ufc, batch, size, device)
+        px = batch * 3 * size * size
+        upx = n_ufc * 3 * size * size
+        nbytes = {
+            "forward": px * 1 + upx * 4 + px * 4,  # read base (uint8) + ufc, write out
+            "backward": px * 4 + px * 1 + upx * 4 + upx * 4,  # read grad_out + base + ufc, write grad_ufc
+        }
+        nbytes["full"] = nbytes["forward"] + nbytes["backward"]
+        out.append(
+            Case(
+                op="compensator_broadcast",
+                shape=f"B={batch} 3x{size}x{size} Nb={n_base} U={n_ufc}",
+                providers={
+                    "eager": reference.compensator_broadcast,
+                    "compile": compiled,
+                    "infer_fast": cb_op.compensator_broadcast,
+                },
+                inputs=inputs,
+                grad_inputs=[inputs[1]],
+                nbytes=nbytes,
+            )
+        )
+    return out
+
+
+if __name__ == "__main__":
+    run_cases_main([cases], __doc__.strip().splitlines()[0])

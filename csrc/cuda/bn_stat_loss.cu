@@ -1,0 +1,242 @@
+// bn_stat_loss, CUDA traversal. x [N, C, *spatial] (S = prod(spatial)), G groups of N/G samples.
+//   forward : partial Welford statistics per (g, c, split) (CUB block reduction with Chan's merge; channels-last x
+//             reads coalesced along C), then one block per group merges the splits, writes mean/var and loss[g].
+//   backward: one block per group computes the [C] coefficients, then one grid-stride pass
+//             dx = p[g,c] * (x - mean[g,c]) + q[g,c] in x's dtype and memory format.
+// dtypes: x fp32/fp64/fp16/bf16, accumulation and statistics in at::opmath_type (fp32, fp64 for fp64 x).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+
+#include "bn_stat_loss.h"
+
+namespace infer_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlockNhwc = kThreads / 32;  // channels-last: 32 channels x 8 rows per block
+constexpr int64_t kMinPerSplit = 4096;            // elements per block before splitting a (g, c) further
+
+template <typename A>
+struct ChanMergeOp {
+  __device__ __forceinline__ BnWelford<A> operator()(const BnWelford<A>& a, const BnWelford<A>& b) const {
+    return bn_chan_merge(a, b);
+  }
+};
+
+// Contiguous x: block (g*C + c, split) reduces elements [split*per_split, ...) of the group's N/G rows of channel c.
+template <typename T, typename A>
+__global__ void stats_nchw_kernel(const T* __restrict__ x, int64_t c, int64_t s, int64_t ng, int64_t per_split,
+                                  BnWelford<A>* __restrict__ part) {
+  const int64_t gc = blockIdx.x, g = gc / c, ch = gc % c;
+  const int64_t total = ng * s, b = blockIdx.y * per_split;
+  const int64_t e = b + per_split < total ? b + per_split : total;
+  const T* base = x + (g * ng * c + ch) * s;
+  BnWelford<A> w;
+  for (int64_t i = b + threadIdx.x; i < e; i += kThreads) {
+    const int64_t n = i / s;
+    bn_welford_add(w, static_cast<A>(base[n * c * s + (i - n * s)]));
+  }
+  using Reduce = cub::BlockReduce<BnWelford<A>, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  w = Reduce(tmp).Reduce(w, ChanMergeOp<A>{});
+  if (threadIdx.x == 0) part[gc * gridDim.y + blockIdx.y] = w;
+}
+
+// Channels-last x ([N*S, C] rows): block (32 channels, g, split), threads (32 channels) x (8 rows), coalesced on C.
+template <typename T, typename A>
+__global__ void stats_nhwc_kernel(const T* __restrict__ x, int64_t c, int64_t rows_g, int64_t per_split,
+                                  BnWelford<A>* __restrict__ part) {
+  const int64_t ch = blockIdx.x * 32 + threadIdx.x, g = blockIdx.y, b = blockIdx.z * per_split;
+  const int64_t e = b + per_split < rows_g ? b + per_split : rows_g;
+  BnWelford<A> w;
+  if (ch < c)
+    for (int64_t r = b + threadIdx.y; r < e; r += kRowsPerBlockNhwc)
+      bn_welford_add(w, static_cast<A>(x[(g * rows_g + r) * c + ch]));
+  // Column reduction over the 8 rows through shared memory (plain arrays: __shared__ needs trivial types).
+  __shared__ A sn[kRowsPerBlockNhwc][32], smean[kRowsPerBlockNhwc][32], sm2[kRowsPerBlockNhwc][32];
+  sn[threadIdx.y][threadIdx.x] = w.n;
+  smean[threadIdx.y][threadIdx.x] = w.mean;
+  sm2[threadIdx.y][threadIdx.x] = w.m2;
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    for (int y = 1; y < kRowsPerBlockNhwc; ++y)
+      w = bn_chan_merge(w, BnWelford<A>{sn[y][threadIdx.x], smean[y][threadIdx.x], sm2[y][threadIdx.x]});
+    part[(g * c + ch) * gridDim.z + blockIdx.z] = w;
+  }
+}
+
+// One block per group: merge the splits of each channel, write mean/var, and loss[g] from the two norms.
+template <typename A>
+__global__ void finalize_kernel(const BnWelford<A>* __restrict__ part, int64_t splits, const A* __restrict__ rm,
+                                const A* __restrict__ rv, int64_t c, A* __restrict__ mean, A* __restrict__ var,
+                                A* __restrict__ loss) {
+  const int64_t g = blockIdx.x;
+  A sv = 0, sm = 0;
+  for (int64_t ch = threadIdx.x; ch < c; ch += kThreads) {
+    BnWelford<A> w;
+    for (int64_t k = 0; k < splits; ++k) w = bn_chan_merge(w, part[(g * c + ch) * splits + k]);
+    const A v = w.m2 / w.n;
+    mean[g * c + ch] = w.mean;
+    var[g * c + ch] = v;
+    const A dv = v - rv[ch], dm = w.mean - rm[ch];
+    sv += dv * dv;
+    sm += dm * dm;
+  }
+  using Reduce = cub::BlockReduce<A, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp_v, tmp_m;
+  const A tv = Reduce(tmp_v).Sum(sv);
+  const A tm = Reduce(tmp_m).Sum(sm);
+  if (threadIdx.x == 0) loss[g] = sqrt(tv) + sqrt(tm);
+}
+
+// One block per group: the norms, then p/q per channel (bn_backward_coef).
+template <typename A>
+__global__ void coef_kernel(const A* __restrict__ gl, const A* __restrict__ gm, const A* __restrict__ gv,
+                            const A* __restrict__ mean, const A* __restrict__ var, const A* __restrict__ rm,
+                            const A* __restrict__ rv, int64_t c, A inv_count, A* __restrict__ p, A* __restrict__ q) {
+  const int64_t g = blockIdx.x;
+  A sv = 0, sm = 0;
+  for (int64_t ch = threadIdx.x; ch < c; ch += kThreads) {
+    const A dv = var[g * c + ch] - rv[ch], dm = mean[g * c + ch] - rm[ch];
+    sv += dv * dv;
+    sm += dm * dm;
+  }
+  using Reduce = cub::BlockReduce<A, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp_v, tmp_m;
+  __shared__ A inv_norm[2];
+  const A tv = Reduce(tmp_v).Sum(sv);
+  const A tm = Reduce(tmp_m).Sum(sm);
+  if (threadIdx.x == 0) {
+    inv_norm[0] = bn_inv_norm(tm);
+    inv_norm[1] = bn_inv_norm(tv);
+  }
+  __syncthreads();
+  for (int64_t ch = threadIdx.x; ch < c; ch += kThreads) {
+    const int64_t i = g * c + ch;
+    bn_backward_coef<A>(gl[g], gm[i], gv[i], mean[i] - rm[ch], var[i] - rv[ch], inv_norm[0], inv_norm[1], inv_count,
+                        p[i], q[i]);
+  }
+}
+
+template <typename T, typename A, bool kChannelsLast>
+__global__ void dx_kernel(const T* __restrict__ x, T* __restrict__ dx, const A* __restrict__ p,
+                          const A* __restrict__ q, const A* __restrict__ mean, int64_t numel, int64_t c, int64_t s,
+                          int64_t ng) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += stride) {
+    const int64_t ch = kChannelsLast ? i % c : (i / s) % c;
+    const int64_t gi = (i / (s * c) / ng) * c + ch;
+    dx[i] = static_cast<T>(bn_dx<A>(static_cast<A>(x[i]), mean[gi], p[gi], q[gi]));
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Splits per (g, c) so that the grid has a few blocks per SM, each with at least kMinPerSplit elements.
+int64_t num_splits(int64_t blocks, int64_t per_block_elems) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = ceil_div(4 * sms, blocks);
+  return std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(per_block_elems, kMinPerSplit), 65535}));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stat_loss_cuda(const at::Tensor& x_in,
+                                                                 const at::Tensor& running_mean,
+                                                                 const at::Tensor& running_var, int64_t groups) {
+  check_bn_stat_loss_inputs(x_in, running_mean, running_var, groups);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const BnView v = bn_view(x_in);
+  const auto acc = bn_stat_dtype(x_in.scalar_type());
+  const auto opts = x_in.options().dtype(acc);
+  const int64_t c = v.c, s = v.s, ng = v.n / groups;
+  at::Tensor loss = at::empty({groups}, opts);
+  at::Tensor mean = at::empty({groups, c}, opts);
+  at::Tensor var = at::empty({groups, c}, opts);
+  const at::Tensor rm = running_mean.to(acc).contiguous(), rv = running_var.to(acc).contiguous();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.x.scalar_type(), "bn_stat_loss_cuda", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* x = v.x.const_data_ptr<scalar_t>();
+    int64_t splits;
+    at::Tensor part;
+    if (v.channels_last) {
+      const int64_t rows_g = ng * s, cblocks = ceil_div(c, 32);
+      splits = num_splits(cblocks * groups, rows_g * 32);
+      const int64_t per_split = ceil_div(rows_g, splits);
+      part = at::empty({groups * c * splits, 3}, opts);
+      const dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
+      stats_nhwc_kernel<scalar_t, A><<<grid, dim3(32, kRowsPerBlockNhwc), 0, stream>>>(
+          x, c, rows_g, per_split, reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>()));
+    } else {
+      const int64_t total = ng * s;
+      splits = num_splits(groups * c, total);
+      const int64_t per_split = ceil_div(total, splits);
+      part = at::empty({groups * c * splits, 3}, opts);
+      const dim3 grid(static_cast<unsigned>(groups * c), static_cast<unsigned>(splits));
+      stats_nchw_kernel<scalar_t, A>
+          <<<grid, kThreads, 0, stream>>>(x, c, s, ng, per_split, reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>()));
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    finalize_kernel<A><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(
+        reinterpret_cast<const BnWelford<A>*>(part.const_data_ptr<A>()), splits, rm.const_data_ptr<A>(),
+        rv.const_data_ptr<A>(), c, mean.data_ptr<A>(), var.data_ptr<A>(), loss.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, mean, var};
+}
+
+at::Tensor bn_stat_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad_mean,
+                                      const at::Tensor& grad_var, const at::Tensor& x_in,
+                                      const at::Tensor& running_mean, const at::Tensor& running_var,
+                                      const at::Tensor& mean, const at::Tensor& var, int64_t groups) {
+  check_bn_stat_loss_backward_inputs(grad_loss, grad_mean, grad_var, x_in, running_mean, running_var, mean, var,
+                                     groups);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const BnView v = bn_view(x_in);
+  const auto acc = bn_stat_dtype(x_in.scalar_type());
+  const int64_t c = v.c, s = v.s, ng = v.n / groups, numel = v.x.numel();
+  const at::Tensor rm = running_mean.to(acc).contiguous(), rv = running_var.to(acc).contiguous();
+  const at::Tensor gl = grad_loss.contiguous(), gm = grad_mean.contiguous(), gv = grad_var.contiguous();
+  const at::Tensor mc = mean.contiguous(), vc = var.contiguous();
+  at::Tensor coef = at::empty({2, groups, c}, mean.options());
+  at::Tensor dx = bn_empty_like(v.x);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.x.scalar_type(), "bn_stat_loss_backward_cuda", [&] {
+    using A = at::opmath_type<scalar_t>;
+    A* p = coef.data_ptr<A>();
+    A* q = p + groups * c;
+    coef_kernel<A><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(
+        gl.const_data_ptr<A>(), gm.const_data_ptr<A>(), gv.const_data_ptr<A>(), mc.const_data_ptr<A>(),
+        vc.const_data_ptr<A>(), rm.const_data_ptr<A>(), rv.const_data_ptr<A>(), c, A(1) / static_cast<A>(ng * s), p,
+        q);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(numel, kThreads), sms * 32));
+    const scalar_t* x = v.x.const_data_ptr<scalar_t>();
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    if (v.channels_last)
+      dx_kernel<scalar_t, A, true>
+          <<<blocks, kThreads, 0, stream>>>(x, out, p, q, mc.const_data_ptr<A>(), numel, c, s, ng);
+    else
+      dx_kernel<scalar_t, A, false>
+          <<<blocks, kThreads, 0, stream>>>(x, out, p, q, mc.const_data_ptr<A>(), numel, c, s, ng);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(infer_fast, CUDA, m) {
+  m.impl("bn_stat_loss", &bn_stat_loss_cuda);
+  m.impl("_bn_stat_loss_backward", &bn_stat_loss_backward_cuda);
+}
+
+}  // namespace infer_fast

@@ -1,0 +1,275 @@
+"""compensator_broadcast: forward and backward against the float64-safe reference, layouts, dtypes, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close, max_rel_err, requires_cuda
+
+from infer_fast import reference
+from infer_fast.ops.compensator_broadcast import compensator_broadcast
+
+OP = torch.ops.infer_fast.compensator_broadcast.default
+BWD = torch.ops.infer_fast._compensator_broadcast_backward.default
+
+
+def make_inputs(
+    nb: int = 4,
+    u: int = 3,
+    b: int = 7,
+    c: int = 3,
+    h: int = 5,
+    w: int = 7,
+    base_dtype: torch.dtype = torch.uint8,
+    ufc_dtype: torch.dtype = torch.float32,
+    base_cl: bool = False,
+    ufc_cl: bool = False,
+    device: str = "cpu",
+    no_ufc: bool = True,
+):
+    """Random inputs; ufc_index includes -1 (no compensator) when no_ufc; clamp bounds cut some values off."""
+    if base_dtype == torch.uint8:
+        base = torch.randint(0, 256, (nb, c, h, w), dtype=torch.uint8)
+    else:
+        base = torch.rand(nb, c, h, w, dtype=torch.float64).to(base_dtype)
+    ufc = (0.7 * torch.randn(u, c, h, w, dtype=torch.float64)).to(ufc_dtype)
+    if base_cl:
+        base = base.to(memory_format=torch.channels_last)
+    if ufc_cl:
+        ufc = ufc.to(memory_format=torch.channels_last)
+    base_index = torch.randint(0, nb, (b,))
+    ufc_index = torch.randint(-1 if no_ufc else 0, max(u, 1), (b,)) if u > 0 else torch.full((b,), -1)
+    mean = 0.3 + 0.4 * torch.rand(c, dtype=torch.float64)
+    std = 0.2 + 0.1 * torch.rand(c, dtype=torch.float64)
+    lo, hi = -mean / std + 0.3, (1 - mean) / std - 0.3
+    chan = [t.to(torch.float64 if ufc_dtype == torch.float64 else torch.float32) for t in (mean, std, lo, hi)]
+    return [t.to(device) for t in [base, ufc, base_index, ufc_index, *chan]]
+
+
+CASES = {
+    "N=1 1x1": dict(nb=1, u=1, b=1, h=1, w=1),
+    "odd HW": dict(nb=4, u=3, b=7, h=5, w=7),
+    "cifar": dict(nb=10, u=9, b=90, h=32, w=32, no_ufc=False),
+    "C=1": dict(c=1, h=9, w=11),
+    "float base": dict(base_dtype=torch.float32),
+    "half base": dict(base_dtype=torch.float16),
+    "float64": dict(base_dtype=torch.float64, ufc_dtype=torch.float64),
+    "uint8 base float64 ufc": dict(ufc_dtype=torch.float64),
+    "channels_last": dict(base_cl=True, ufc_cl=True, h=6, w=5),
+    "base channels_last only": dict(base_cl=True, h=6, w=5),
+    "ufc channels_last only": dict(ufc_cl=True, h=6, w=5),
+    "no ufc (U=0)": dict(u=0),
+    "large batch": dict(nb=5, u=2, b=40, h=40, w=37),  # crosses the parallel threshold and several chunks
+}
+
+
+def _ref_fwd_bwd(inputs, grad):
+    ufc = inputs[1].detach().clone().requires_grad_()
+    out = reference.compensator_broadcast(inputs[0], ufc, *inputs[2:])
+    (g,) = torch.autograd.grad(out, ufc, grad)
+    return out, g
+
+
+def _tol(dtype):
+    return dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_backward_match_reference(case):
+    inputs = make_inputs(**CASES[case])
+    base, ufc = inputs[0], inputs[1].detach().clone().requires_grad_()
+    out = compensator_broadcast(base, ufc, *inputs[2:])
+    grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+    (gu,) = torch.autograd.grad(out, ufc, grad)
+    ref_out, ref_g = _ref_fwd_bwd(inputs, grad)
+    assert out.dtype == ufc.dtype and gu.dtype == ufc.dtype
+    assert_close(out, ref_out, what=f"{case} forward", **_tol(ufc.dtype))
+    assert_close(gu, ref_g, what=f"{case} grad_ufc", **_tol(ufc.dtype))
+    fmt = torch.channels_last if CASES[case].get("ufc_cl") else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt) and gu.is_contiguous(memory_format=fmt)
+
+
+def test_expanded_grad_out_matches_reference():
+    """autograd hands .sum()'s gradient over as an expanded scalar; the kernel reads it without materialising."""
+    inputs = make_inputs(nb=3, u=2, b=9, h=8, w=9)
+    ufc = inputs[1].clone().requires_grad_()
+    (gu,) = torch.autograd.grad(compensator_broadcast(inputs[0], ufc, *inputs[2:]).sum(), ufc)
+    _, ref_g = _ref_fwd_bwd(inputs, torch.ones(9, 3, 8, 9))
+    assert_close(gu, ref_g, atol=1e-6, rtol=0, what="grad_ufc from expanded grad")
+    per_image = torch.arange(9.0).view(9, 1, 1, 1).expand(9, 3, 8, 9)
+    assert_close(BWD(per_image, *inputs), _ref_fwd_bwd(inputs, per_image)[1], atol=1e-5, rtol=1e-6, what="per image")
+
+
+def test_non_contiguous_inputs():
+    inputs = make_inputs(nb=6, u=4, b=5, h=10, w=12, base_dtype=torch.float32)
+    base_sliced = inputs[0][::2]  # strided batch, dense images: read in place
+    base_rows = torch.rand(6, 3, 10, 15)[..., :12]  # padded rows: gathered
+    ufc = inputs[1].transpose(2, 3).contiguous().transpose(2, 3)  # W-major: neither layout
+    grad = torch.randn(5, 3, 12, 10).transpose(2, 3)
+    for base in (base_sliced, base_rows):
+        args = [base, ufc, inputs[2] % base.shape[0], inputs[3], *inputs[4:]]
+        ref_out, ref_g = _ref_fwd_bwd(args, grad)
+        assert_close(OP(*args), ref_out, atol=2e-5, rtol=1e-5, what="forward")
+        assert_close(BWD(grad, *args), ref_g, atol=2e-5, rtol=1e-5, what="backward")
+
+
+def test_images_without_ufc_contribute_nothing_and_backward_is_deterministic():
+    inputs = make_inputs(nb=3, u=2, b=12, h=16, w=16)
+    inputs[3] = torch.tensor([0, -1, 1, -1, 0, 0, -1, 1, 1, 0, -1, -1])
+    grad = torch.randn(12, 3, 16, 16)
+    g1, g2 = BWD(grad, *inputs), BWD(grad, *inputs)
+    assert torch.equal(g1, g2)
+    grad_masked = grad.clone()
+    grad_masked[inputs[3] == -1] = 1e6  # must not leak into any UFC's gradient
+    assert torch.equal(BWD(grad_masked, *inputs), g1)
+    # natural images alone are still normalised and clamped
+    out = OP(*inputs)
+    ref = reference.compensator_broadcast(*inputs)
+    assert_close(out[inputs[3] == -1], ref[inputs[3] == -1], atol=2e-5, rtol=1e-5, what="no-ufc images")
+
+
+def test_sequence_channel_arguments():
+    inputs = make_inputs()
+    mean, std, lo, hi = (t.tolist() for t in inputs[4:])
+    out = compensator_broadcast(*inputs[:4], mean, std, lo, hi)
+    assert_close(out, reference.compensator_broadcast(*inputs), atol=2e-5, rtol=1e-5, what="list arguments")
+
+
+def test_gradcheck_float64():
+    inputs = make_inputs(nb=3, u=2, b=5, h=3, w=4, base_dtype=torch.float64, ufc_dtype=torch.float64)
+    ufc = inputs[1].clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda u: compensator_broadcast(inputs[0], u, *inputs[2:]), (ufc,), eps=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("ufc_cl", [False, True])
+def test_opcheck_forward_and_backward(ufc_cl):
+    inputs = make_inputs(nb=3, u=2, b=5, h=4, w=6, ufc_cl=ufc_cl, base_cl=ufc_cl)
+    fwd_args = list(inputs)
+    fwd_args[1] = fwd_args[1].clone().requires_grad_()
+    torch.library.opcheck(OP, tuple(fwd_args))
+    grad = torch.randn(5, 3, 4, 6)
+    torch.library.opcheck(BWD, (grad, *inputs))
+
+
+def test_torch_compile_fullgraph():
+    inputs = make_inputs(nb=4, u=3, b=6, h=8, w=8)
+    ufc = inputs[1].clone().requires_grad_()
+
+    def f(base, u, *rest):
+        return (compensator_broadcast(base, u, *rest) ** 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(inputs[0], ufc, *inputs[2:])
+    (g,) = torch.autograd.grad(loss, ufc)
+    ref_ufc = inputs[1].clone().requires_grad_()
+    ref_loss = (reference.compensator_broadcast(inputs[0], ref_ufc, *inputs[2:]) ** 2).sum()
+    (ref_g,) = torch.autograd.grad(ref_loss, ref_ufc)
+    assert_close(loss, ref_loss, atol=1e-3, rtol=1e-5, what="compiled loss")
+    assert_close(g, ref_g, atol=1e-4, rtol=1e-5, what="compiled grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_twice_pytorch_error(dtype):
+    inputs = make_inputs(nb=6, u=4, b=24, h=16, w=16, ufc_dtype=dtype)
+    base, ufc, bidx, uidx, mean, std, lo, hi = inputs
+    exact = reference.compensator_broadcast(base, ufc.double(), bidx, uidx, *(t.double() for t in inputs[4:]))
+    # PyTorch's own: the same math in plain ops at that dtype
+    c = (1, -1, 1, 1)
+    x = base.index_select(0, bidx).to(dtype) / 255
+    x = (x - mean.to(dtype).view(c)) / std.to(dtype).view(c)
+    x = x + ufc.index_select(0, uidx.clamp(min=0)) * (uidx >= 0).to(dtype).view(-1, 1, 1, 1)
+    torch_out = torch.clamp(x, lo.to(dtype).view(c), hi.to(dtype).view(c))
+    ours = OP(*inputs)
+    assert ours.dtype == dtype
+    assert max_rel_err(ours, exact) <= 2 * max_rel_err(torch_out, exact) + 1e-7
+
+    grad = torch.randn(ours.shape, dtype=torch.float64)
+    exact_g = _ref_fwd_bwd([base, ufc.double(), bidx, uidx, *(t.double() for t in inputs[4:])], grad)[1]
+    ufc_t = ufc.clone().requires_grad_()
+    xt = base.index_select(0, bidx).to(dtype) / 255
+    xt = (xt - mean.to(dtype).view(c)) / std.to(dtype).view(c)
+    yt = torch.clamp(
+        xt + ufc_t.index_select(0, uidx.clamp(min=0)) * (uidx >= 0).to(dtype).view(-1, 1, 1, 1),
+        lo.to(dtype).view(c),
+        hi.to(dtype).view(c),
+    )
+    (torch_g,) = torch.autograd.grad(yt, ufc_t, grad.to(dtype))
+    ours_g = BWD(grad.to(dtype), *inputs)
+    assert max_rel_err(ours_g, exact_g) <= 2 * max_rel_err(torch_g, exact_g) + 1e-7
+
+
+def test_double_backward_is_blocked():
+    inputs = make_inputs(nb=2, u=1, b=3, h=4, w=4, ufc_dtype=torch.float64, base_dtype=torch.float64)
+    ufc = inputs[1].clone().requires_grad_()
+    out = compensator_broadcast(inputs[0], ufc, *inputs[2:])
+    (g,) = torch.autograd.grad((out**2).sum(), ufc, create_graph=True)
+    with pytest.raises(RuntimeError, match="_compensator_broadcast_backward is not differentiable"):
+        g.sum().backward()
+
+
+def _bad(**changes):
+    args = dict(zip(["base", "ufc", "base_index", "ufc_index", "mean", "std", "lo", "hi"], make_inputs(), strict=True))
+    args.update(changes)
+    return list(args.values())
+
+
+BAD_INPUTS = {
+    "base rank": (dict(base=torch.zeros(4, 3, 35, dtype=torch.uint8)), r"base must be \[Nb, C, H, W\], got 3-D"),
+    "ufc rank": (dict(ufc=torch.zeros(3, 5, 7)), r"ufc must be \[U, C, H, W\], got 3-D"),
+    "base dtype": (dict(base=torch.zeros(4, 3, 5, 7, dtype=torch.int32)), "base must be uint8 or float.*got Int"),
+    "ufc dtype": (dict(ufc=torch.zeros(3, 3, 5, 7, dtype=torch.uint8)), "ufc must be float.*got Byte"),
+    "size mismatch": (dict(ufc=torch.zeros(3, 3, 5, 6)), "base and ufc must share"),
+    "index dtype": (dict(base_index=torch.zeros(7, dtype=torch.int32)), "base_index must be a 1-D int64"),
+    "index rank": (dict(ufc_index=torch.zeros(7, 1, dtype=torch.long)), "ufc_index must be a 1-D int64"),
+    "length mismatch": (
+        dict(ufc_index=torch.zeros(6, dtype=torch.long)),
+        "base_index and ufc_index must have the same length, got 7 and 6",
+    ),
+    "empty batch": (
+        dict(base_index=torch.zeros(0, dtype=torch.long), ufc_index=torch.zeros(0, dtype=torch.long)),
+        "empty batch",
+    ),
+    "base_index range": (dict(base_index=torch.full((7,), 4)), r"base_index values must lie in \[0, 3\], got .*max 4"),
+    "negative base_index": (dict(base_index=torch.full((7,), -1)), r"base_index values must lie in \[0, 3\]"),
+    "ufc_index above": (dict(ufc_index=torch.full((7,), 3)), r"ufc_index values must lie in \[-1, 2\]"),
+    "ufc_index below": (dict(ufc_index=torch.full((7,), -2)), r"ufc_index values must lie in \[-1, 2\], got min -2"),
+    "mean size": (dict(mean=torch.zeros(4)), r"mean must be \[C\] = \[3\], got \[4\]"),
+    "std dtype": (dict(std=torch.ones(3, dtype=torch.long)), "std must be floating"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_raise_clear_errors(case):
+    changes, msg = BAD_INPUTS[case]
+    args = _bad(**changes)
+    with pytest.raises(RuntimeError, match="compensator_broadcast: " + msg):
+        OP(*args)
+
+
+def test_backward_bad_grad_out():
+    inputs = make_inputs()
+    with pytest.raises(RuntimeError, match=r"grad_out must be \[B, C, H, W\]"):
+        BWD(torch.zeros(6, 3, 5, 7), *inputs)
+    with pytest.raises(RuntimeError, match="grad_out must have ufc's dtype Float, got Double"):
+        BWD(torch.zeros(7, 3, 5, 7, dtype=torch.float64), *inputs)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", ["odd HW", "cifar", "channels_last", "base channels_last only", "half base"])
+def test_cpu_matches_cuda(case):
+    cpu = make_inputs(**CASES[case])
+    cuda = [t.cuda() for t in cpu]
+    assert_close(OP(*cuda), OP(*cpu), atol=1e-5, rtol=1e-5, what=f"{case} forward")
+    grad = torch.randn(OP(*cpu).shape)
+    assert_close(BWD(grad.cuda(), *cuda), BWD(grad, *cpu), atol=1e-4, rtol=1e-5, what=f"{case} backward")
+    assert torch.equal(BWD(grad.cuda(), *cuda), BWD(grad.cuda(), *cuda)), "CUDA backward is not deterministic"
+
+
+@requires_cuda
+def test_device_mismatch_raises():
+    inputs = make_inputs(device="cuda")
+    inputs[0] = inputs[0].cpu()
+    with pytest.raises(RuntimeError, match="compensator_broadcast: base must be on ufc's device"):
+        OP(*inputs)

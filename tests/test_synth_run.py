@@ -1,0 +1,224 @@
+"""`infer-fast distill` end to end on the embedded digits: INFER, resume, torchrun, baselines, export, errors.
+
+Tiny runs at 16 px (T = 12 iterations, ipc 3 -> K = 2 natural sets with M = 2 small ConvNet teachers), a few
+seconds each; the teachers are trained once (a few seconds) and cached under infer_fast's cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from infer_fast.distilled import load_distilled
+from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.runner import PROGRESS_DIR, run_distill
+from infer_fast.synth.ufc import NonFiniteLossError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ITER = 12
+
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    """Two small ConvNets (different widths and seeds) on digits at 16 px, cached across test sessions."""
+    from infer_fast import __version__, models
+    from infer_fast.models.teacher import cache_root
+
+    folder = os.path.join(cache_root(), f"test-teachers-{__version__}")
+    paths = []
+    for i, width in enumerate((0.25, 0.5)):
+        path = os.path.join(folder, f"convnet-w{width}-s{i}.safetensors")
+        try:
+            models.load_teacher(path)
+        except Exception:
+            os.makedirs(folder, exist_ok=True)
+            models.train_teacher(models.TeacherConfig(arch="convnet", width=width, epochs=3, image_size=SIZE,
+                                                      batch_size=64, lr=0.05, seed=i, out=path, progress=False,
+                                                      num_workers=0))
+        paths.append(path)
+    return paths
+
+
+def _cfg(out, teachers, **kw) -> DistillConfig:
+    # r_bn 0.05: with these weak teachers the BN term (first layer x10) otherwise dominates the short run;
+    # jitter 1: digits are 8 px images upsampled to 16, a 4 px roll would shift them by half a digit
+    base = dict(dataset="digits", image_size=SIZE, teachers=[str(t) for t in teachers], ipc=3, iterations=ITER,
+                out=str(out), log_every=4, problems_per_batch=2, seed=3, r_bn=0.05, jitter=1)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def full_run(teachers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "d"
+    assert run_distill(_cfg(out, teachers), progress=False) == str(out)
+    return out
+
+
+def _tensors(out):
+    return load_distilled(str(out)).tensors
+
+
+def test_infer_end_to_end(full_run, teachers):
+    ds = load_distilled(str(full_run))
+    m = len(teachers)
+    k = (3 * 10) // (10 + m)
+    man = ds.manifest
+    assert (man["method"], man["num_natural_sets"], man["num_teachers"], man["ipc"]) == ("infer", k, m, 3)
+    assert len(ds) == k * 10 * (m + 1) == man["num_synthetic"]
+    st = man["storage"]
+    assert st["stored_images"] == k * 10 + k * m <= st["budget_images"] == 30
+    assert st["stored_bytes"] == os.path.getsize(full_run / "naturals.safetensors") - _header(
+        full_run / "naturals.safetensors") + os.path.getsize(full_run / "ufcs.safetensors") - _header(
+        full_run / "ufcs.safetensors")
+    assert st["label_bytes"] == len(ds) * 10 * 2 and 0 < st["compression_ratio"] < 1
+    assert [t["fingerprint"] for t in man["teachers"]] == ds.teacher_fingerprints and len(man["teachers"]) == m
+    assert man["config"]["iterations"] == ITER and man["config"]["r_bn"] == 0.05 and man["git_commit"]
+    nat, ufcs, labels = ds.tensors["naturals"], ds.tensors["ufcs"], ds.tensors["labels"]
+    s = ds.image_size
+    assert nat.dtype == torch.uint8 and nat.shape == (k, 10, 3, s, s)
+    assert ufcs.dtype == torch.float16 and ufcs.shape == (k, m, 3, s, s)
+    assert labels.dtype == torch.float16 and labels.shape == (len(ds), 10) and torch.isfinite(labels).all()
+    assert (ufcs.float().abs().amax(dim=(2, 3, 4)) > 1e-2).all(), "some UFC did not change"
+    # CE falls for every problem; the losses were finite
+    rows = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == k * m
+    for r in rows:
+        assert r["ce_last"] < r["ce_first"], f"CE did not fall: {r}"
+    # the clamp on the stored parameter: every composed image x + u is inside [lo, hi] before the output clamp
+    mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
+    lo, hi = -mean / std, (1 - mean) / std
+    x = (nat.float() / 255 - mean) / std  # [k, C, 3, S, S]
+    u = ufcs.float()
+    composed = x[:, None] + u[:, :, None]  # [k, M, C, 3, S, S]
+    tol = u.abs() * 2 ** -10 + 1e-6  # fp16 storage rounding of u
+    assert (composed >= lo - tol[:, :, None]).all() and (composed <= hi + tol[:, :, None]).all()
+    # the labels are the mean teacher logits on the composed images
+    from infer_fast import models
+
+    idx = torch.tensor([0, 7, len(ds) - 1])
+    imgs = ds.compose(idx)
+    with torch.no_grad():
+        logits = torch.stack([models.load_teacher(p)[0](imgs) for p in teachers]).mean(0)
+    torch.testing.assert_close(ds.soft_labels[idx], logits, atol=2e-2, rtol=2e-3)
+    assert (full_run / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (full_run / PROGRESS_DIR).exists()
+
+
+def _header(path) -> int:
+    with open(path, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
+
+
+def test_resume_equals_uninterrupted(full_run, teachers, tmp_path):
+    out = tmp_path / "r"
+    assert run_distill(_cfg(out, teachers, stop_after=1), progress=False) is None
+    done = sorted(os.listdir(out / PROGRESS_DIR))
+    assert done == ["batch_00000.safetensors", "state.json"]
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run_distill(_cfg(out, teachers), progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        run_distill(_cfg(out, teachers, resume=True, lr=0.1), progress=False)
+    assert run_distill(_cfg(out, teachers, resume=True), progress=False) == str(out)
+    a, b = _tensors(full_run), _tensors(out)
+    assert set(a) == set(b) == {"naturals", "ufcs", "labels"}
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(full_run, teachers, tmp_path):
+    """Same threads per process as this one (the full run's), so the float reductions match exactly."""
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "infer_fast",
+           "distill", "--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3",
+           "--iterations", str(ITER), "--out", str(out), "--log-every", "4", "--problems-per-batch", "2", "--seed", "3",
+           "--r-bn", "0.05", "--jitter", "1", "--device", "cpu", "--threads", str(torch.get_num_threads())]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = _tensors(full_run), _tensors(out)
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs between torchrun and one process"
+
+
+@pytest.mark.parametrize("method", ["sre2l", "random"])
+def test_baselines(method, teachers, tmp_path):
+    out = tmp_path / method
+    assert run_distill(_cfg(out, teachers, method=method, ipc=2, problems_per_batch=4), progress=False)
+    ds = load_distilled(str(out))
+    assert ds.method == method and len(ds) == 20 and "ufcs" not in ds.tensors
+    assert ds.tensors["naturals"].shape == (2, 10, 3, ds.image_size, ds.image_size)
+    assert ds.hard_labels.tolist() == [i % 10 for i in range(20)]
+    assert ds.soft_labels.shape == (20, 10) and torch.isfinite(ds.soft_labels).all()
+    assert ds.manifest["storage"]["stored_images"] == 20
+    if method == "sre2l":
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(r["ce_last"] < r["ce_first"] for r in rows), rows
+    else:
+        # random = the sampled naturals themselves, and the teacher labels mostly agree with the classes
+        assert (ds.soft_labels.argmax(1) == ds.hard_labels).float().mean() > 0.5
+
+
+def test_export(full_run, tmp_path):
+    from safetensors.torch import load_file
+    from torchvision.datasets import ImageFolder
+
+    from infer_fast.synth.export import export_imagefolder
+
+    ds = load_distilled(str(full_run))
+    out = tmp_path / "exp"
+    assert export_imagefolder(str(full_run), str(out), progress=False) == len(ds)
+    folder = ImageFolder(str(out))
+    assert len(folder) == len(ds) and folder.classes == sorted(ds.classes)
+    labels = load_file(str(out / "labels.safetensors"))
+    assert labels["hard_labels"].tolist() == folder.targets
+    soft = torch.load(out / "labels.pt", weights_only=True)
+    assert soft.shape == (len(ds), 10) and torch.equal(soft, labels["soft_labels"])
+    i = int(os.path.basename(folder.samples[5][0]).split(".")[0])
+    torch.testing.assert_close(soft[5], ds.soft_labels[i])
+    img = torch.from_numpy(__import__("numpy").array(folder[5][0])).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(img, ds.denormalize(ds.compose([i]))[0], atol=1 / 255 + 1e-6, rtol=0)
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_imagefolder(str(full_run), str(out), progress=False)
+
+
+def test_bad_teachers_are_refused(teachers, tmp_path):
+    from infer_fast import models
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(Exception, match="junk.safetensors"):
+        run_distill(_cfg(tmp_path / "a", [junk]), progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_distill(_cfg(tmp_path / "b", [tmp_path / "missing.safetensors"]), progress=False)
+    model, meta = models.load_teacher(teachers[0])
+    five = models.build_model(meta.arch, 5, image_size=meta.image_size, width=meta.width).eval()
+    meta5 = type(meta)(**{**meta.__dict__, "num_classes": 5, "classes": [str(i) for i in range(5)]})
+    models.save_teacher(five, meta5, str(tmp_path / "five.safetensors"))
+    with pytest.raises(ValueError, match="has 5 classes but the data has 10"):
+        run_distill(_cfg(tmp_path / "c", [teachers[0], tmp_path / "five.safetensors"]), progress=False)
+    with pytest.raises(ValueError, match="minimum is ipc=2"):
+        run_distill(_cfg(tmp_path / "d", teachers, ipc=1), progress=False)
+
+
+def test_nonfinite_loss_stops_and_names_problem(teachers, tmp_path):
+    from infer_fast import models
+
+    model, meta = models.load_teacher(teachers[1])
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.dim() == 4)[0, 0, 0, 0] = float("nan")
+    models.save_teacher(model, meta, str(tmp_path / "nan.safetensors"))
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"problem \(k=0, m=1\) at iteration 0"):
+        run_distill(_cfg(out, [teachers[0], tmp_path / "nan.safetensors"]), progress=False)
+    # the first teacher's batch finished and stays saved for --resume
+    assert (out / PROGRESS_DIR / "batch_00000.safetensors").exists()
