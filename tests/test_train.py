@@ -195,7 +195,8 @@ def test_evaluate_cli_on_the_distilled_format(tmp_path, capsys):
 
     d = write_standin_distilled(str(tmp_path / "distilled"), per_class=3, image_size=S)
     out = tmp_path / "cli"
-    rc = main(["evaluate", d, "--dataset", "digits", "--student", "convnet", "--width", "0.25", "--epochs", "2",
+    # no --val/--dataset: validates on the split of the manifest's data source (digits)
+    rc = main(["evaluate", d, "--student", "convnet", "--width", "0.25", "--epochs", "2",
                "--out", str(out), "--no-progress", "--workers", "0"])
     assert rc == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("evaluate: random labels=static")]

@@ -52,22 +52,37 @@ _EVAL_MAP = {
 }
 
 
+def _manifest_source(directory: str) -> str:
+    """The data source the distilled set was made from (its validation split is the default --val)."""
+    try:
+        with open(os.path.join(directory, "manifest.json")) as f:
+            src = (json.load(f).get("source") or {}).get("source")
+    except (OSError, json.JSONDecodeError):
+        src = None
+    if not src:
+        raise SystemExit(f"infer-fast evaluate: {directory}/manifest.json names no data source; pass --val ROOT or "
+                         "--dataset digits")
+    return src
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from infer_fast.train.student import train_student
 
     if args.val is not None and args.dataset is not None:
         raise SystemExit("infer-fast evaluate: give either --val ROOT or --dataset digits, not both")
     cfg = config_from_args(args, EvalConfig, _EVAL_MAP)
+    if not os.path.isdir(cfg.distilled):
+        raise SystemExit(f"infer-fast evaluate: DIR {cfg.distilled}: not a folder (expected a distilled dataset "
+                         "written by `infer-fast distill`)")
     if args.val is not None:
         cfg.val = args.val
     elif args.dataset is not None:
         cfg.val = args.dataset
+    elif not (args.config and "val" in _load_config_file(args.config, EvalConfig)):
+        cfg.val = _manifest_source(cfg.distilled)
     if cfg.val != "digits" and not os.path.isdir(cfg.val):
         raise SystemExit(f"infer-fast evaluate: --val {cfg.val}: not a folder (expected a dataset root with val/ or "
                          "test/ class folders, or --dataset digits)")
-    if not os.path.isdir(cfg.distilled):
-        raise SystemExit(f"infer-fast evaluate: DIR {cfg.distilled}: not a folder (expected a distilled dataset "
-                         "written by `infer-fast distill`)")
     try:
         cfg.validate()
     except ValueError as exc:
@@ -95,7 +110,8 @@ def register(subparsers) -> None:
         argument_default=None)
     p.add_argument("distilled", metavar="DIR", help="distilled dataset folder")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--val", metavar="ROOT", help="dataset root holding val/ or test/ class folders")
+    src.add_argument("--val", metavar="ROOT",
+                     help="dataset root holding val/ or test/ class folders (default: the manifest's data source)")
     src.add_argument("--dataset", choices=["digits"], help="validate on the embedded digits test split")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file with EvalConfig fields (flags override it)")
     p.add_argument("--student", help=f"student architecture (models.ARCHS); default {d.student}: resnet18_cifar "
