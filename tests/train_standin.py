@@ -47,7 +47,8 @@ def write_standin_distilled(directory: str, per_class: int = 4, image_size: int 
     naturals = ds.images.view(c, per_class, 3, image_size, image_size).transpose(0, 1).contiguous()  # [K, C, ...]
     labels = (F.one_hot(torch.arange(c).repeat(per_class), c).float() * 8.0 - 4.0).half()  # image i: class i % C
     manifest = {"method": "random", "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
-                "image_size": image_size, "small": ds.small, "ipc": per_class, "teachers": [], "source": {"source": "digits"},
+                "image_size": image_size, "small": ds.small, "ipc": per_class, "teachers": [],
+                "source": {"source": "digits"},
                 "label_bytes": labels.numel() * 2}
     write_distilled(directory, manifest, {"naturals": naturals, "labels": labels})
     return directory
