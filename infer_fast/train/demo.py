@@ -45,7 +45,8 @@ class DemoConfig:
     def quick(self) -> DemoConfig:
         """A much smaller setting for tests and CI (not the one the report's numbers come from)."""
         return dataclasses.replace(self, ipc=min(self.ipc, 3), iterations=min(self.iterations, 10),
-                                   epochs=min(self.epochs, 3), width=min(self.width, 0.25))
+                                   epochs=min(self.epochs, 10), width=min(self.width, 0.25),
+                                   batch_size=min(self.batch_size, 16))
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
