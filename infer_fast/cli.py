@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "infer_fast.data.commands",
     "infer_fast.models.commands",
     "infer_fast.synth.commands",
+    "infer_fast.train.commands",
 ]
 
 

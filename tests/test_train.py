@@ -1,0 +1,233 @@
+"""Student training: mixed-label loss, a short real run on digits, resume, dynamic labels, argument errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from train_standin import StandInDistilled  # noqa: E402
+
+from infer_fast.train import EvalConfig, train_student  # noqa: E402
+from infer_fast.train.student import TeacherEnsemble, loss_function, mixup_inputs  # noqa: E402
+
+S = 16  # digits image size used by these tests (small and fast)
+
+
+def _plain_mixed_kl(logits, y, perm, lam, t):
+    """What the paper writes, in plain PyTorch: KL(softmax(mix(y)/T) || softmax(z/T)), batch mean."""
+    y_mix = lam * y + (1 - lam) * y[perm]
+    return F.kl_div(F.log_softmax(logits / t, dim=1), F.softmax(y_mix / t, dim=1), reduction="batchmean")
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("lam,t", [(0.3, 30.0), (1.0, 4.0), (0.77, 1.0)])
+def test_mixed_label_loss_matches_plain_pytorch(backend, lam, t):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(9, 10, generator=g, dtype=torch.float64) * 5
+    y = torch.randn(9, 10, generator=g, dtype=torch.float64) * 8
+    perm = torch.randperm(9, generator=g)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = loss_function(backend)(z1.float() if backend == "fused" else z1, y.float() if backend == "fused" else y,
+                                  perm, lam, t)
+    plain = _plain_mixed_kl(z2, y, perm, lam, t)
+    tol = 1e-5 if backend == "fused" else 1e-10
+    torch.testing.assert_close(ours.double(), plain, atol=tol, rtol=tol)
+    ours.backward()
+    plain.backward()
+    torch.testing.assert_close(z1.grad, z2.grad, atol=tol, rtol=1e-4)
+
+
+def test_mixup_inputs_is_the_convex_combination():
+    x = torch.randn(5, 3, 4, 4)
+    perm = torch.tensor([2, 0, 1, 4, 3])
+    torch.testing.assert_close(mixup_inputs(x, 0.25, perm), 0.25 * x + 0.75 * x[perm])
+    assert mixup_inputs(x, 1.0, perm) is x and mixup_inputs(x, 0.4, None) is x
+
+
+def _cfg(tmp_path, name="run", **kw) -> EvalConfig:
+    base = dict(epochs=3, batch_size=32, out=str(tmp_path / name), progress=False, eval_every=1, temperature=1.0,
+                lr=1e-2, device="cpu", val="digits", workers=0, student="convnet", width=0.25)
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def test_short_static_run_beats_chance_and_writes_outputs(tmp_path):
+    ds = StandInDistilled(per_class=10, image_size=S)
+    summary = train_student(_cfg(tmp_path, epochs=4), ds)
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert all("top1" in r and "loss" in r and "lr" in r for r in rows)
+    assert "top5" not in rows[-1], "top-5 is reported only for more than 10 classes"
+    assert summary["top1"] == rows[-1]["top1"]
+    assert summary["top1"] > 20.0, f"4 short epochs on real digits should beat chance (10%) clearly: {summary}"
+    png = (out / "accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert json.loads((out / "summary.json").read_text())["method"] == "standin"
+    assert load_file(str(out / "student.safetensors")), "final student weights written"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["epochs"] == 4 and cfg["effective_epochs"] == 4 and "commit" in cfg
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    ds = StandInDistilled(per_class=6, image_size=S)
+    full = train_student(_cfg(tmp_path, "full", epochs=3), ds)
+    part = train_student(_cfg(tmp_path, "split", epochs=3, stop_after=2), ds)
+    assert part["stopped_after"] == 2 and not (tmp_path / "split" / "student.safetensors").exists()
+    resumed = train_student(_cfg(tmp_path, "split", epochs=3, resume=True), ds)
+    a = load_file(str(tmp_path / "full" / "student.safetensors"))
+    b = load_file(str(tmp_path / "split" / "student.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # exact: same seeded per-epoch generators, same restored optimizer state, same CPU kernels
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert resumed["top1"] == full["top1"]
+    rows = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = torch.nn.Linear(3 * S * S, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_dynamic_labels_run_and_divide_epochs(tmp_path):
+    ds = StandInDistilled(per_class=4, image_size=S, soft=False)  # no stored labels: dynamic needs none
+    teachers = TeacherEnsemble([(_Linear(1), None), (_Linear(2), None), (_Linear(3), None)], ds.mean, ds.std, S)
+    seen = []
+    orig = teachers.forward
+
+    def spy(x):
+        seen.append(x.shape)
+        return orig(x)
+
+    teachers.forward = spy
+    summary = train_student(_cfg(tmp_path, labels="dynamic", epochs=8, eval_every=0), ds, teachers=teachers)
+    assert summary["epochs"] == 2, "dynamic labels train epochs // (M + 1) = 8 // 4"
+    assert seen and all(s[1:] == (3, S, S) for s in seen)
+    assert sum(s[0] for s in seen) == 2 * len(ds), "teachers label every (augmented, mixed) training image"
+    assert summary["top1"] is not None
+
+
+def test_dynamic_labels_load_teacher_files_from_the_manifest(tmp_path):
+    from infer_fast.models import build_model, save_teacher
+    from infer_fast.models.checkpoint import TeacherMeta
+
+    ds = StandInDistilled(per_class=3, image_size=S)
+    paths = []
+    for i, arch in enumerate(["convnet", "resnet18_cifar"]):
+        torch.manual_seed(i)
+        meta = TeacherMeta(arch=arch, num_classes=10, classes=ds.classes, mean=ds.mean, std=ds.std, image_size=S,
+                           width=0.125)
+        path = str(tmp_path / f"{arch}.safetensors")
+        save_teacher(build_model(arch, 10, image_size=S, width=0.125), meta, path)
+        paths.append(path)
+    ds.manifest["teachers"] = [{"path": p, "arch": "x"} for p in paths]
+    summary = train_student(_cfg(tmp_path, labels="dynamic", epochs=3, eval_every=0), ds)
+    assert summary["epochs"] == 1, "3 // (M + 1) with M = 2 teachers from the manifest"
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["num_teachers"] == 2
+    with pytest.raises(FileNotFoundError, match="teacher file"):
+        train_student(_cfg(tmp_path, "missing", labels="dynamic", teachers=[str(tmp_path / "nope.safetensors")]), ds)
+
+
+def test_teacher_ensemble_is_the_mean_and_renormalises():
+    class Meta:
+        mean, std, image_size = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), S
+
+    a, b = _Linear(1), _Linear(2)
+    x = torch.randn(4, 3, S, S)
+    ens = TeacherEnsemble([(a, None), (b, None)], (0.3,) * 3, (0.2,) * 3, S)
+    torch.testing.assert_close(ens(x), (a(x) + b(x)) / 2)
+    ens2 = TeacherEnsemble([(a, Meta)], (0.3,) * 3, (0.2,) * 3, S)
+    x_t = (x * 0.2 + 0.3 - 0.5) / 0.25  # same pixels, teacher's normalisation
+    torch.testing.assert_close(ens2(x), a(x_t), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_settings_give_clear_errors(tmp_path):
+    ds = StandInDistilled(per_class=2, image_size=S)
+    for kw, msg in [({"labels": "soft"}, "--labels"), ({"epochs": 0}, "--epochs"), ({"temperature": 0.0},
+                                                                                     "--temperature"),
+                    ({"backend": "cuda"}, "--backend"), ({"batch_size": -1}, "--batch-size")]:
+        with pytest.raises(ValueError, match=msg):
+            train_student(_cfg(tmp_path, **kw), ds)
+    with pytest.raises(ValueError, match="stores no soft labels"):
+        train_student(_cfg(tmp_path, "nolabels"), StandInDistilled(per_class=2, image_size=S, soft=False))
+    with pytest.raises(ValueError, match="names no teacher files"):
+        train_student(_cfg(tmp_path, "noteachers", labels="dynamic"), ds)
+    train_student(_cfg(tmp_path, "once", epochs=1), ds)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_student(_cfg(tmp_path, "once", epochs=1), ds)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train_student(_cfg(tmp_path, "once", epochs=1, lr=0.5, resume=True), ds)
+
+
+def test_cli_errors(tmp_path, capsys):
+    from infer_fast.cli import main
+
+    with pytest.raises(SystemExit, match="DIR .*not a folder"):
+        main(["evaluate", str(tmp_path / "missing"), "--dataset", "digits"])
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path), "--labels", "sometimes"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--val .*not a folder"):
+        main(["evaluate", str(tmp_path), "--val", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="--epochs"):
+        main(["evaluate", str(tmp_path), "--dataset", "digits", "--epochs", "0"])
+
+
+def test_evaluate_cli_on_the_distilled_format(tmp_path, capsys):
+    from train_standin import write_standin_distilled
+
+    from infer_fast.cli import main
+
+    d = write_standin_distilled(str(tmp_path / "distilled"), per_class=3, image_size=S)
+    out = tmp_path / "cli"
+    # no --val/--dataset: validates on the split of the manifest's data source (digits)
+    rc = main(["evaluate", d, "--student", "convnet", "--width", "0.25", "--epochs", "2",
+               "--out", str(out), "--no-progress", "--workers", "0"])
+    assert rc == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("evaluate: random labels=static")]
+    assert line and "top1=" in line[0]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_images"] == 360, "the whole digits validation split is evaluated"
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_gloo(tmp_path):
+    """torchrun with 2 CPU ranks: same steps on each rank, validation counts summed over the two shards."""
+    import socket
+    import subprocess
+
+    from train_standin import write_standin_distilled
+
+    d = write_standin_distilled(str(tmp_path / "distilled"), per_class=4, image_size=S)
+    out = tmp_path / "ddp"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
+           "infer_fast", "evaluate", d, "--dataset", "digits", "--student", "convnet", "--width", "0.25",
+           "--epochs", "2", "--batch-size", "16", "--out", str(out), "--no-progress", "--workers", "0"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["local_batch"] == 8
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6], "40 images over 2 ranks at 8 per rank: 3 steps per epoch"
+    assert rows[-1]["val_images"] == 360
+    assert (out / "student.safetensors").exists()
