@@ -22,7 +22,7 @@ build: $(DEPS)
 setup: build
 
 demo: build
-	$(BIN)/python bench/bench_ops.py --quick
+	$(BIN)/infer-fast demo
 
 lint: $(DEPS)
 	$(BIN)/ruff check infer_fast tests bench setup.py
