@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-stamp
 export MAX_JOBS ?= 2
 
-.PHONY: setup build demo test lint cmake-build wheel bench clean
+.PHONY: setup build demo test lint cmake-build wheel wheel-check bench clean
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ test: build lint
 
 wheel: $(DEPS)
 	$(BIN)/pip wheel . --no-build-isolation --no-deps -w wheelhouse
+
+# Install the wheel into a scratch folder and import it from outside the project (uses the venv's torch).
+wheel-check: wheel
+	rm -rf build/wheel-check && $(BIN)/pip install -q --no-deps --target build/wheel-check wheelhouse/infer_fast-*.whl
+	cd build/wheel-check && PYTHONPATH=. ../../$(BIN)/python -c "import infer_fast, torch; \
+	  assert infer_fast.__file__.startswith('$(abspath build/wheel-check)'), infer_fast.__file__; \
+	  print('wheel ok:', infer_fast.__version__, 'cuda kernels:', infer_fast.cuda_enabled())"
 
 bench: build
 	$(BIN)/python bench/bench_ops.py
