@@ -15,6 +15,7 @@ from infer_fast import (
     _C,  # noqa: F401  (registers the ops)
     reference,
 )
+from infer_fast.ops._autograd import block_double_backward
 
 _OP = "infer_fast::bn_stat_loss"
 _BWD = "infer_fast::_bn_stat_loss_backward"
@@ -102,14 +103,7 @@ def _inv_norm(d: torch.Tensor) -> torch.Tensor:
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "infer_fast::_bn_stat_loss_backward is not differentiable: double backward through bn_stat_loss is not "
-        "supported (use infer_fast.reference.bn_stat_loss for higher-order gradients)"
-    )
-
-
-torch.library.register_autograd(_BWD, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+block_double_backward(_BWD, "bn_stat_loss")
 
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from infer_fast import _C  # noqa: F401  (registers torch.ops.infer_fast.*)
+from infer_fast.ops._autograd import block_double_backward
 
 __all__ = ["compensator_broadcast"]
 
@@ -129,17 +130,4 @@ def _backward(ctx, grad_out):
 torch.library.register_autograd("infer_fast::compensator_broadcast", _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, grad):
-    raise RuntimeError(
-        "infer_fast::_compensator_broadcast_backward is not differentiable (double backward through "
-        "compensator_broadcast is not supported)"
-    )
-
-
-def _setup_nothing(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd(
-    "infer_fast::_compensator_broadcast_backward", _no_double_backward, setup_context=_setup_nothing
-)
+block_double_backward("infer_fast::_compensator_broadcast_backward", "compensator_broadcast")

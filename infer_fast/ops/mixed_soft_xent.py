@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from infer_fast import _C  # noqa: F401  (loads the extension that defines the ops)
+from infer_fast.ops._autograd import block_double_backward
 
 __all__ = ["mixed_soft_xent"]
 
@@ -97,17 +98,4 @@ class _MixedSoftXent(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _no_double_backward(ctx, grad):
-    raise RuntimeError(
-        "infer_fast::_mixed_soft_xent_backward is not differentiable: mixed_soft_xent supports first-order "
-        "gradients only (use infer_fast.reference.mixed_soft_xent for higher-order derivatives)"
-    )
-
-
-def _backward_setup_context(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd(
-    "infer_fast::_mixed_soft_xent_backward", _no_double_backward, setup_context=_backward_setup_context
-)
+block_double_backward("infer_fast::_mixed_soft_xent_backward", "mixed_soft_xent")
