@@ -93,6 +93,21 @@ void dispatch_types(const at::Tensor& base, const at::Tensor& ufc, F&& fn) {
   });
 }
 
+// Per-channel mean/std/lo/hi in the accumulation type (contiguous, on ufc's device) and the base pixel scale.
+template <typename acc>
+struct ChannelConstants {
+  at::Tensor mean, std, lo, hi;
+  acc scale;
+};
+
+template <typename acc>
+ChannelConstants<acc> channel_constants(const at::Tensor& base, const at::Tensor& ufc, const at::Tensor& mean,
+                                        const at::Tensor& std, const at::Tensor& lo, const at::Tensor& hi) {
+  const auto opt = ufc.options().dtype(c10::CppTypeToScalarType<acc>::value);
+  return {mean.to(opt).contiguous(), std.to(opt).contiguous(), lo.to(opt).contiguous(), hi.to(opt).contiguous(),
+          base_is_uint8(base) ? acc(1) / acc(255) : acc(1)};
+}
+
 dim3 grid_for(int64_t n, int64_t rows) {
   const int64_t gx = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20);
   return dim3(static_cast<unsigned>(std::max<int64_t>(gx, 1)), static_cast<unsigned>(std::min(rows, kMaxGridY)));
@@ -109,17 +124,14 @@ at::Tensor compensator_broadcast_cuda(const at::Tensor& base, const at::Tensor& 
   if (out.numel() == 0) return out;
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     using acc = at::opmath_type<oT>;
-    const auto opt = ufc.options().dtype(c10::CppTypeToScalarType<acc>::value);
-    const auto m = mean.to(opt).contiguous(), s = std.to(opt).contiguous();
-    const auto l = lo.to(opt).contiguous(), h = hi.to(opt).contiguous();
-    const acc scale = base_is_uint8(base) ? acc(1) / acc(255) : acc(1);
+    const auto k = channel_constants<acc>(base, ufc, mean, std, lo, hi);
     forward_kernel<bT, oT, acc><<<grid_for(C * HW, B), kThreads, 4 * C * sizeof(acc),
                                   at::cuda::getCurrentCUDAStream()>>>(
         p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(), out.mutable_data_ptr<oT>(),
         p.base_index.const_data_ptr<int64_t>(), p.ufc_index.const_data_ptr<int64_t>(),
-        m.template const_data_ptr<acc>(), s.template const_data_ptr<acc>(), l.template const_data_ptr<acc>(),
-        h.template const_data_ptr<acc>(), B, C, HW, p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0),
-        p.ufc.stride(0), scale);
+        k.mean.template const_data_ptr<acc>(), k.std.template const_data_ptr<acc>(),
+        k.lo.template const_data_ptr<acc>(), k.hi.template const_data_ptr<acc>(), B, C, HW,
+        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), k.scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -142,18 +154,15 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
   const auto offsets = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)});
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     using acc = at::opmath_type<oT>;
-    const auto opt = ufc.options().dtype(c10::CppTypeToScalarType<acc>::value);
-    const auto m = mean.to(opt).contiguous(), s = std.to(opt).contiguous();
-    const auto l = lo.to(opt).contiguous(), h = hi.to(opt).contiguous();
-    const acc scale = base_is_uint8(base) ? acc(1) / acc(255) : acc(1);
+    const auto k = channel_constants<acc>(base, ufc, mean, std, lo, hi);
     backward_kernel<bT, oT, acc><<<grid_for(C * HW, U), kThreads, 4 * C * sizeof(acc),
                                    at::cuda::getCurrentCUDAStream()>>>(
         p.grad.const_data_ptr<oT>(), p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(),
         grad_ufc.mutable_data_ptr<oT>(), p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), m.template const_data_ptr<acc>(), s.template const_data_ptr<acc>(),
-        l.template const_data_ptr<acc>(), h.template const_data_ptr<acc>(), U, C, HW,
-        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), p.grad.stride(0),
-        p.grad_broadcast, scale);
+        offsets.const_data_ptr<int64_t>(), k.mean.template const_data_ptr<acc>(),
+        k.std.template const_data_ptr<acc>(), k.lo.template const_data_ptr<acc>(),
+        k.hi.template const_data_ptr<acc>(), U, C, HW, p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0),
+        p.ufc.stride(0), p.grad.stride(0), p.grad_broadcast, k.scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_ufc;
