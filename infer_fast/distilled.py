@@ -164,7 +164,7 @@ class DistilledDataset:
                              f"{int(idx.max())}]")
         dev = torch.device(device) if device is not None else torch.device("cpu")
         base, ufc, mean, std, lo, hi = self._on(dev)
-        compose, _ = get_backend(self.backend)
+        compose = get_backend(self.backend)
         return compose(base, ufc, self._base_index[idx].to(dev), self._ufc_index[idx].to(dev), mean, std, lo, hi)
 
     def get_batch(self, indices: torch.Tensor | list[int], device: torch.device | str | None = None):

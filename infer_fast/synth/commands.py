@@ -7,7 +7,7 @@ import dataclasses
 import types
 import typing
 
-from infer_fast.synth.config import BACKENDS, METHODS, DistillConfig, load_config_file
+from infer_fast.synth.config import BACKENDS, METHODS, PRECISIONS, DistillConfig, load_config_file
 
 _HELP = {
     "data": "dataset root folder (ImageFolder split folders train/ and val/ or test/)",
@@ -19,10 +19,15 @@ _HELP = {
     "resume": "continue an interrupted run in --out (the result equals an uninterrupted run)",
     "iterations": "optimisation steps T per problem (default: 1000 small images, 2000 ImageNet-style)",
     "r_bn": "weight of the BN-statistic matching loss (default: 1 small images, 0.01 ImageNet-style)",
-    "problems_per_batch": "(k, m) problems of one teacher per forward pass, each its own BN-statistics group",
+    "problems_per_batch": "(k, m) problems of one teacher per forward pass, each its own BN-statistics group "
+    "(0: auto, enough for the pixels of 32 CIFAR images per forward)",
     "class_chunk": "images of a problem per forward (0: all classes); each chunk its own BN group",
     "stop_after": "stop after this many finished batches (resumable with --resume)",
     "backend": "fused: infer_fast kernels; reference: pure-PyTorch references",
+    "fold_bn": "fold each BatchNorm into its convolution (BN statistics recovered exactly from the folded output)",
+    "channels_last": "run the teacher channels-last (fastest convolution layout of oneDNN and cuDNN)",
+    "compile": "torch.compile the prepared teacher",
+    "precision": "fp32, or bf16 autocast of the teacher (GPU lever; refused where it would crash)",
 }
 
 
@@ -49,7 +54,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif is_list:
             parser.add_argument(flag, nargs="+", type=tp, metavar="FILE", **kw)
         else:
-            choices = {"method": METHODS, "backend": BACKENDS}.get(f.name)
+            choices = {"method": METHODS, "backend": BACKENDS, "precision": PRECISIONS}.get(f.name)
             parser.add_argument(flag, type=tp, choices=choices, **kw)
 
 

@@ -13,6 +13,18 @@ from dataclasses import dataclass, field
 
 METHODS = ("infer", "sre2l", "random")
 BACKENDS = ("fused", "reference")
+PRECISIONS = ("fp32", "bf16")
+# problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py
+# measured 4 CIFAR-10 problems per forward fastest; at 224 px one class chunk is already batch enough).
+AUTO_MIN_PIXELS = 32 * 32 * 32
+AUTO_MAX_PROBLEMS = 16
+
+
+def auto_problems_per_batch(images_per_problem: int, class_chunk: int, image_size: int) -> int:
+    """Problems per forward for ``problems_per_batch=0``: enough for AUTO_MIN_PIXELS pixels per forward."""
+    per_forward = min(images_per_problem, class_chunk) if class_chunk > 0 else images_per_problem
+    pixels = max(1, per_forward) * image_size * image_size
+    return min(AUTO_MAX_PROBLEMS, max(1, -(-AUTO_MIN_PIXELS // pixels)))
 
 
 @dataclass
@@ -41,13 +53,20 @@ class DistillConfig:
     per_image_crop: bool = False  # ImageNet-style: one crop+flip per problem and iteration (research code) or per image
     sre2l_init: str = "noise"  # sre2l: "noise" (standard normal in normalised space, as SRe2L) or "natural"
     # ---- execution ----------------------------------------------------------------------------
-    problems_per_batch: int = 8  # (k, m) problems sharing a teacher in one forward, each its own BN group
+    # (k, m) problems sharing a teacher in one forward, each its own BN group. 0: auto, enough problems for
+    # AUTO_MIN_PIXELS pixels per forward (small images gain from bigger batches; a 224 px chunk is batch enough).
+    problems_per_batch: int = 0
     class_chunk: int = 0  # images of one problem per forward (0: all classes); each chunk its own BN group
     label_batch: int = 256  # images per teacher forward when computing the static labels
     log_every: int = 50  # iterations between host reads of the losses (tqdm postfix, NaN/Inf check)
     threads: int | None = None  # CPU intra-op threads per process (None: torch's default; torchrun gives 1 per rank)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank uses cuda:LOCAL_RANK)
     backend: str = "fused"  # fused: infer_fast.ops kernels; reference: pure-PyTorch infer_fast.reference
+    # Speed levers of the teacher (bench/bench_synthesis.py measures each); results agree to float rounding.
+    fold_bn: bool = True  # fold each BN into its conv, statistics recovered from the folded output
+    channels_last: bool = True  # teacher and inputs channels-last (oneDNN/cuDNN's fastest conv layout)
+    compile: bool = False  # torch.compile the prepared teacher (pays off on GPU and for long runs)
+    precision: str = "fp32"  # fp32 | bf16 (bf16 autocast: a GPU lever; refused on CPUs where it would crash)
     teacher_cache: str | None = None  # digits without --teachers: where the default ensemble is cached
     stop_after: int | None = None  # stop (resumably) after this many finished batches in this run; None: run all
 
@@ -59,9 +78,13 @@ class DistillConfig:
             raise ValueError(f"distill: --method must be one of {METHODS}, got {self.method!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"distill: --backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"distill: --precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.sre2l_init not in ("noise", "natural"):
             raise ValueError(f"distill: --sre2l-init must be 'noise' or 'natural', got {self.sre2l_init!r}")
-        for name in ("ipc", "problems_per_batch", "label_batch", "log_every"):
+        if self.problems_per_batch < 0:
+            raise ValueError(f"distill: --problems-per-batch must be >= 0 (0 = auto), got {self.problems_per_batch}")
+        for name in ("ipc", "label_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.iterations is not None and self.iterations < 1:

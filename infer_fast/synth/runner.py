@@ -34,7 +34,8 @@ from infer_fast.distilled import (
     write_distilled,
 )
 from infer_fast.synth import baselines, budget
-from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
+from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.labels import static_labels
 from infer_fast.synth.ufc import AugSettings, optimise_batch
 
@@ -85,12 +86,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def resolve(cfg: DistillConfig, small: bool) -> DistillConfig:
-    """The config with the per-dataset defaults filled in (T and r_bn depend on the image regime)."""
+def resolve(cfg: DistillConfig, small: bool, num_classes: int) -> DistillConfig:
+    """The config with the per-dataset defaults filled in (T and r_bn depend on the image regime; the automatic
+    problems per forward on the class count, chunk and image size)."""
     return dataclasses.replace(
         cfg,
         iterations=cfg.iterations if cfg.iterations is not None else (1000 if small else 2000),
         r_bn=cfg.r_bn if cfg.r_bn is not None else (1.0 if small else 0.01),
+        problems_per_batch=cfg.problems_per_batch or auto_problems_per_batch(num_classes, cfg.class_chunk,
+                                                                            int(cfg.image_size)),
     )
 
 
@@ -215,7 +219,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     info = data.dataset_info(cfg.source, image_size=cfg.image_size)
-    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small)
+    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     c = len(classes)
     teachers, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
@@ -258,6 +262,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
         mean_d, std_d, lo_d, hi_d = (t.to(device) for t in (mean, std, lo, hi))
         aug = AugSettings(small=info.small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
                           per_image_crop=cfg.per_image_crop)
+        prepared: dict[int, SynthesisTeacher] = {}  # per teacher index, built on first use
         desc = f"distill {cfg.method}" + (f" rank {dist.rank}" if dist.world > 1 else "")
         bar = tqdm(total=len(todo) * cfg.iterations, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
         finished = 0
@@ -272,11 +277,22 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
                     if ce is not None:
                         bar.set_postfix(batch=f"{_b + 1}/{len(batches)}", ce=f"{ce:.4f}", bn=f"{bn:.4f}")
 
+                m = batch[0].teacher
+                if m not in prepared:
+                    prepared[m] = SynthesisTeacher(
+                        teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
+                        fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
+                        probe_size=s)
+                    teachers[m] = None  # the prepared copy is all this loop needs; labels reload the file
+                    if prepared[m].report["fold_error"]:
+                        tqdm.write(f"distill: teacher {tmeta[m]['arch']} used unfolded: "
+                                   f"{prepared[m].report['fold_error']}", file=sys.stderr)
                 res = optimise_batch(
-                    batch, teachers[batch[0].teacher], base_d, mean_d, std_d, lo_d, hi_d,
+                    batch, prepared[m], base_d, mean_d, std_d, lo_d, hi_d,
                     seed=cfg.seed, iterations=cfg.iterations, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     r_bn=cfg.r_bn, first_bn_multiplier=cfg.first_bn_multiplier, aug=aug,
-                    class_chunk=cfg.class_chunk, backend=cfg.backend, log_every=cfg.log_every,
+                    class_chunk=cfg.class_chunk, backend=cfg.backend, precision=cfg.precision,
+                    log_every=cfg.log_every,
                     on_progress=on_progress,
                 )
                 tensors = {f"p{j}": p for j, p in enumerate(res.params)}
@@ -307,6 +323,11 @@ def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, m
     from infer_fast import __version__
 
     c, s, m_count = len(classes), int(info.image_size), len(teachers)
+    if any(t is None for t in teachers):  # dropped once prepared for the optimisation: load them again
+        from infer_fast import models
+
+        teachers = [t if t is not None else models.load_teacher(meta["path"], device=str(device))[0].eval()
+                    for t, meta in zip(teachers, tmeta, strict=True)]
     metrics = []
     tensors: dict[str, torch.Tensor] = {}
     if cfg.method == "infer":

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from infer_fast import reference
+from infer_fast.synth.fold import SynthesisTeacher, autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,21 +68,15 @@ class BatchResult:
 # ---- backends ---------------------------------------------------------------------------------
 
 
-def get_backend(name: str) -> tuple[Callable, Callable]:
-    """(compensator_broadcast, matcher factory ``(model, groups, first_bn_multiplier) -> BNStatMatcher``).
-
-    "fused": the infer_fast.ops kernels; "reference": the pure-PyTorch definitions in infer_fast.reference.
-    """
-    from infer_fast.ops.bn_stat_loss import BNStatMatcher
-
+def get_backend(name: str) -> Callable:
+    """The compensator broadcast of a backend: "fused" (the infer_fast.ops kernel) or "reference" (pure PyTorch)."""
     if name == "reference":
-        compose = reference.compensator_broadcast
-    elif name == "fused":
-        from infer_fast.ops.compensator_broadcast import compensator_broadcast as compose
-    else:
-        raise ValueError(f"unknown backend {name!r} (expected 'fused' or 'reference')")
-    return compose, lambda model, groups, fbm: BNStatMatcher(model, groups=groups, first_bn_multiplier=fbm,
-                                                             backend=name)
+        return reference.compensator_broadcast
+    if name == "fused":
+        from infer_fast.ops.compensator_broadcast import compensator_broadcast
+
+        return compensator_broadcast
+    raise ValueError(f"unknown backend {name!r} (expected 'fused' or 'reference')")
 
 
 # ---- augmentation -----------------------------------------------------------------------------
@@ -168,7 +163,7 @@ def clamp_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) ->
 
 def optimise_batch(
     problems: list[Problem],
-    model: nn.Module,
+    model: nn.Module | SynthesisTeacher,
     base: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
@@ -185,17 +180,27 @@ def optimise_batch(
     aug: AugSettings,
     class_chunk: int = 0,
     backend: str = "fused",
+    precision: str = "fp32",
     log_every: int = 50,
     on_progress: Callable[[int, float | None, float | None], None] | None = None,
 ) -> BatchResult:
     """Optimise ``problems`` (all for ``model``, all with the same image count) together for ``iterations`` steps.
 
-    ``base`` [Nb, 3, S, S] (uint8 images or float images in [0, 1]) and the [3] tensors live on the model's
-    device. ``on_progress(n_iterations_done, ce_mean, bn_mean)`` is called every iteration (losses None except
-    every ``log_every`` iterations, when the host reads them). Raises NonFiniteLossError naming the problem.
+    ``model`` is a prepared :class:`~infer_fast.synth.fold.SynthesisTeacher` (prepare it once per teacher: BN
+    folding, channels-last, compilation), or a plain eval-mode teacher, used as it is with the BN loss on every
+    BN input. ``base`` [Nb, 3, S, S] (uint8 images or float images in [0, 1]) and the [3] tensors live on the
+    model's device. ``precision="bf16"`` runs the teacher under bf16 autocast (GPU lever; refused where it
+    cannot run, see :func:`infer_fast.synth.fold.autocast`). ``on_progress(n_iterations_done, ce_mean, bn_mean)``
+    is called every iteration (losses None except every ``log_every`` iterations, when the host reads them).
+    Raises NonFiniteLossError naming the problem.
     """
-    compose, matcher_factory = get_backend(backend)
+    compose = get_backend(backend)
     device = base.device
+    size = base.shape[-1]
+    if not isinstance(model, SynthesisTeacher):
+        model = SynthesisTeacher(model, first_bn_multiplier=first_bn_multiplier, backend=backend, fold_bn=False,
+                                 probe_size=size)
+    teacher = model.runner()
     n = problems[0].num_images
     if any(p.num_images != n for p in problems):
         raise ValueError("optimise_batch: all problems of a batch must have the same number of images")
@@ -223,38 +228,35 @@ def optimise_batch(
     opt = torch.optim.Adam([param], lr=lr, betas=betas, eps=eps)
     ce_hist = torch.zeros(iterations, num_p, device=device)
     bn_hist = torch.zeros(iterations, num_p, device=device)
-    size = base.shape[-1]
     checked = 0
-    matcher = matcher_factory(model, num_p, first_bn_multiplier)
-    try:
-        for t in range(iterations):
-            for group in opt.param_groups:
-                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * t / iterations))  # cosine to 0, no warm-up
-            opt.zero_grad(set_to_none=False)
-            augs = [draw_aug(g, aug, n, size) for g in gens]
-            for ids, bidx, uidx, tgt in chunk_idx:
-                x = compose(base, param, bidx, uidx, mean, std, lo, hi)
-                nj = len(ids)
-                x = torch.cat([apply_aug(x[j * nj:(j + 1) * nj], augs[j], ids) for j in range(num_p)])
-                logits = model(x)
-                bn = matcher.loss()
-                ce = F.cross_entropy(logits, tgt, reduction="none").view(num_p, nj).mean(1)
-                loss = (ce + r_bn * bn) / len(chunks)
-                loss.sum().backward()
-                ce_hist[t] += ce.detach() / len(chunks)
-                bn_hist[t] += bn.detach() / len(chunks)
-            opt.step()
-            with torch.no_grad():
-                param.copy_(torch.clamp(param, lower, upper))
-            logged = (t + 1) % log_every == 0 or t + 1 == iterations
-            if logged:
-                _check_finite(ce_hist, bn_hist, checked, t + 1, problems)
-                checked = t + 1
-                ce_m, bn_m = float(ce_hist[t].mean()), float(bn_hist[t].mean())
-            if on_progress is not None:
-                on_progress(1, ce_m if logged else None, bn_m if logged else None)
-    finally:
-        matcher.remove()
+    model.groups = num_p
+    amp = autocast(device, precision)
+    for t in range(iterations):
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * t / iterations))  # cosine to 0, no warm-up
+        opt.zero_grad(set_to_none=False)
+        augs = [draw_aug(g, aug, n, size) for g in gens]
+        for ids, bidx, uidx, tgt in chunk_idx:
+            x = compose(base, param, bidx, uidx, mean, std, lo, hi)
+            nj = len(ids)
+            x = torch.cat([apply_aug(x[j * nj:(j + 1) * nj], augs[j], ids) for j in range(num_p)])
+            with amp:
+                logits, bn = teacher(x)
+            ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(num_p, nj).mean(1)
+            loss = (ce + r_bn * bn) / len(chunks)
+            loss.sum().backward()
+            ce_hist[t] += ce.detach() / len(chunks)
+            bn_hist[t] += bn.detach() / len(chunks)
+        opt.step()
+        with torch.no_grad():
+            param.copy_(torch.clamp(param, lower, upper))
+        logged = (t + 1) % log_every == 0 or t + 1 == iterations
+        if logged:
+            _check_finite(ce_hist, bn_hist, checked, t + 1, problems)
+            checked = t + 1
+            ce_m, bn_m = float(ce_hist[t].mean()), float(bn_hist[t].mean())
+        if on_progress is not None:
+            on_progress(1, ce_m if logged else None, bn_m if logged else None)
     params = param.detach().float().cpu()
     out = [params[off:off + p.init.shape[0]].clone() for p, off in zip(problems, offsets, strict=True)]
     return BatchResult(out, ce_hist.cpu(), bn_hist.cpu())

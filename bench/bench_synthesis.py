@@ -1,0 +1,344 @@
+"""Throughput and peak memory of UFC optimisation: infer_fast's `distill` path vs the research code's loop.
+
+    python bench/bench_synthesis.py [--quick] [--levers] [--json PATH] [--workloads cifar10,imagenet]
+
+Workloads (the teacher's weights are random, its BN statistics calibrated on other images of the workload's
+distribution; images are seeded random pixels: throughput does not depend on what they show):
+
+- ``cifar10``: C=10 classes at 32x32, ResNet-18 (CIFAR stem). The paper's ipc 10 problem count: K=7 natural
+  sets x M=4 teachers = 28 UFC problems (all on this one teacher). ``--quick``: 8 problems.
+- ``imagenet``: 224x224 ResNet-18 with 1000 classes; each problem holds ``2 * chunk`` classes of its set,
+  optimised in class chunks of ``chunk`` (each chunk its own BN group, gradients accumulated), as a 1000-class
+  set is. Full: 4 problems, chunk 32; ``--quick``: 2 problems, chunk 16.
+
+Providers, each in its own process (so that peak RSS is its own): ``reference`` (bench/synthesis_reference.py,
+one problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig
+defaults, exactly what ``infer-fast distill`` runs). ``--levers`` adds the levers one at a time, cumulatively:
+grouped problems in plain PyTorch, fused statistics, BN folding, then channels-last (= the default), then
+torch.compile and bf16 autocast (where it can run). images/s counts the images of every forward and backward
+after each batch's warm-up iterations; GFLOP/s uses the FLOPs of one image's forward + input-gradient backward
+(FlopCounterMode) and is set against a float32 matmul measured in the same run. Both providers must reach the same
+per-iteration losses for the same seed: iteration 0 within 1e-4 relative, every timed iteration within 2e-2
+(bf16: 2e-2 and 1e-1); see TOLERANCE for why the later iterations get more room than rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import base_parser, git_commit, markdown_table, write_json  # noqa: E402
+
+from infer_fast.models.archs import build_model  # noqa: E402
+from infer_fast.synth import baselines  # noqa: E402
+from infer_fast.synth.config import DistillConfig, auto_problems_per_batch  # noqa: E402
+from infer_fast.synth.fold import SynthesisTeacher, cpu_bf16_error  # noqa: E402
+from infer_fast.synth.ufc import AugSettings, optimise_batch  # noqa: E402
+
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+# Loss agreement with the reference. Iteration 0 sees identical parameters: only float32 rounding differs. Later,
+# Adam's normalised steps move pixels whose gradient is at rounding level by a full step either way, so the
+# trajectories drift apart by more than rounding without either being wrong (tests/test_fold.py checks the
+# prepared teacher against the hooked model in float64). bf16 rounds every activation.
+TOLERANCE = {"fp32": (1e-4, 2e-2), "bf16": (2e-2, 1e-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    arch: str
+    num_classes: int
+    size: int
+    problems: int
+    images: int  # per problem
+    class_chunk: int  # 0: all images of a problem in one forward
+    warmup: int  # iterations per batch not timed
+    timed: int
+    small: bool
+    r_bn: float
+
+
+def workloads(quick: bool) -> dict[str, Workload]:
+    return {
+        "cifar10": Workload("cifar10", "resnet18_cifar", 10, 32, 8 if quick else 28, 10, 0, 1, 3 if quick else 6,
+                            True, 1.0),
+        "imagenet": Workload("imagenet", "resnet18", 1000, 224, 2 if quick else 4, 32 if quick else 64,
+                             16 if quick else 32, 1, 2 if quick else 3, False, 0.01),
+    }
+
+
+# Provider -> the DistillConfig fields it changes; the levers are cumulative, "infer_fast" is the default config.
+_D = DistillConfig()
+DEFAULT = {"problems_per_batch": _D.problems_per_batch, "backend": _D.backend, "fold_bn": _D.fold_bn,
+           "channels_last": _D.channels_last, "compile": _D.compile, "precision": _D.precision}
+LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, is the default (infer_fast)
+    "grouped": {**DEFAULT, "backend": "reference", "fold_bn": False, "channels_last": False},
+    "+fused_stats": {**DEFAULT, "fold_bn": False, "channels_last": False},
+    "+bn_fold": {**DEFAULT, "channels_last": False},
+    "+compile": {**DEFAULT, "compile": True},
+    "+bf16": {**DEFAULT, "precision": "bf16"},
+}
+
+
+# ---- one provider in this process -----------------------------------------------------------------
+
+
+def build(w: Workload) -> tuple[nn.Module, torch.Tensor, list, torch.Tensor, torch.Tensor]:
+    """(teacher, base uint8 [K*n, 3, S, S], problems, lo, hi): deterministic for the workload."""
+    torch.manual_seed(0)
+    model = build_model(w.arch, w.num_classes, w.size)
+    k_sets = w.problems  # one teacher here: one problem per natural set
+    g = torch.Generator().manual_seed(1)
+    naturals = torch.randint(0, 256, (k_sets, w.images, 3, w.size, w.size), generator=g, dtype=torch.uint8)
+    lo, hi = -MEAN / STD, (1 - MEAN) / STD
+    base = naturals.reshape(-1, 3, w.size, w.size)
+    for m in model.modules():  # running statistics from other images of the same distribution, as a teacher's
+        if isinstance(m, nn.BatchNorm2d):  # come from its whole training set rather than the sampled naturals
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            calib = torch.randint(0, 256, (16, 3, w.size, w.size), generator=g, dtype=torch.uint8)
+            model(baselines.normalise(calib, MEAN, STD))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, base, baselines.infer_problems(naturals, 1, MEAN, STD, lo, hi), lo, hi
+
+
+def _common(w: Workload) -> dict:
+    d = DistillConfig()
+    return {"lr": d.lr, "betas": (d.beta1, d.beta2), "eps": d.eps, "r_bn": w.r_bn,
+            "first_bn_multiplier": d.first_bn_multiplier,
+            "aug": AugSettings(small=w.small, jitter=d.jitter, scale=(d.crop_scale_min, d.crop_scale_max))}
+
+
+def run_provider(w: Workload, provider: str) -> dict:
+    model, base, problems, lo, hi = build(w)
+    iters = w.warmup + w.timed
+    stamps: list[float] = []  # end of every iteration (batches concatenated); None marks a batch start
+    starts: list[int] = []
+    images_per_iter: list[int] = []
+    ce = torch.zeros(iters, len(problems))
+    bn = torch.zeros(iters, len(problems))
+    t_setup = time.perf_counter()
+    if provider == "reference":
+        from synthesis_reference import optimise_problem
+
+        setup_s = time.perf_counter() - t_setup
+        for j, p in enumerate(problems):
+            starts.append(len(stamps))
+            images_per_iter.append(p.num_images)
+            stamps.append(time.perf_counter())
+            _, ces, bns = optimise_problem(p, model, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
+                                           class_chunk=w.class_chunk,
+                                           on_iteration=lambda *a: stamps.append(time.perf_counter()), **_common(w))
+            ce[:, j], bn[:, j] = torch.tensor(ces), torch.tensor(bns)
+    else:
+        opts = DEFAULT if provider == "infer_fast" else LEVERS[provider]
+        teacher = SynthesisTeacher(model, first_bn_multiplier=_common(w)["first_bn_multiplier"],
+                                   backend=opts["backend"], fold_bn=opts["fold_bn"],
+                                   channels_last=opts["channels_last"], compile=opts["compile"], probe_size=w.size)
+        del model  # as infer-fast distill does: only the prepared copy stays during the optimisation
+        setup_s = time.perf_counter() - t_setup
+        per_batch = opts["problems_per_batch"] or auto_problems_per_batch(w.images, w.class_chunk, w.size)
+        batches = baselines.make_batches(problems, per_batch)
+        col = 0
+        for batch in batches:
+            starts.append(len(stamps))
+            images_per_iter.append(sum(p.num_images for p in batch))
+            stamps.append(time.perf_counter())
+            res = optimise_batch(batch, teacher, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
+                                 class_chunk=w.class_chunk, backend=opts["backend"], precision=opts["precision"],
+                                 log_every=iters, on_progress=lambda *a: stamps.append(time.perf_counter()),
+                                 **_common(w))
+            ce[:, col:col + len(batch)], bn[:, col:col + len(batch)] = res.ce, res.bn
+            col += len(batch)
+    timed_s, timed_images, warm_s, per_iter = 0.0, 0, 0.0, []
+    for s0, n_img in zip(starts, images_per_iter, strict=True):
+        t = stamps[s0:s0 + iters + 1]
+        warm_s += t[w.warmup] - t[0]
+        timed_s += t[-1] - t[w.warmup]
+        timed_images += n_img * w.timed
+        per_iter += [n_img / (b - a) for a, b in zip(t[w.warmup:-1], t[w.warmup + 1:], strict=True)]
+    per_iter.sort()
+    return {
+        "images_per_s": timed_images / timed_s,
+        "ips_p20": per_iter[int(0.2 * (len(per_iter) - 1))],
+        "ips_p50": per_iter[len(per_iter) // 2],
+        "ips_p80": per_iter[int(0.8 * (len(per_iter) - 1))],
+        "warmup_s": warm_s,
+        "setup_s": setup_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ce": ce.tolist(),
+        "bn": bn.tolist(),
+    }
+
+
+# ---- the parent: one process per provider ----------------------------------------------------------
+
+
+def flops_per_image(w: Workload) -> float:
+    """FLOPs of one image's forward + input-gradient backward through the teacher."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _, _, _, _ = build(w)
+    x = torch.randn(2, 3, w.size, w.size, requires_grad=True)
+    with FlopCounterMode(display=False) as fc:
+        model(x).sum().backward()
+    return fc.get_total_flops() / 2
+
+
+def matmul_gflops(seconds: float = 2.0) -> float:
+    """float32 GEMM throughput of this machine (all threads): the practical compute peak."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
+
+
+# ---- H100 projection (a projection, not a measurement) ---------------------------------------------
+
+H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense BF16 tensor-core peak (NVIDIA data sheet)
+ASSUMED_MFU = 0.15  # sustained fraction of that peak assumed for ResNet-18 forward+backward (ResNet-50 training
+# at MLPerf-class speed is ~15-20 % of this peak; ResNet-18's thinner layers do no better)
+PEERS = "FADRM 0.47 s, EDC 4.99 s, SRe2L-style 2.52 s per image (RTX 4090, published)"
+
+
+def h100_projection(flops_per_image: float, num_teachers: int = 3, iterations: int = 2000) -> list[dict]:
+    """ImageNet-1k INFER synthesis on one H100, from the measured FLOPs of one 224 px image's forward + input
+    gradient through ResNet-18 (all M teachers priced as ResNet-18), K*M UFCs x T iterations x C images, plus
+    the static labels (one forward of every synthetic image per teacher)."""
+    from infer_fast.synth import budget
+
+    rows = []
+    for ipc in (10, 50):
+        st = budget.storage("infer", ipc, 1000, num_teachers, 224)
+        ufc = st.num_natural_sets * num_teachers * iterations * 1000 * flops_per_image
+        labels = st.num_synthetic * num_teachers * flops_per_image / 3  # forward only: ~1/3 of fwd + bwd
+        seconds = (ufc + labels) / (H100_BF16_DENSE * ASSUMED_MFU)
+        rows.append({"ipc": ipc, "K": st.num_natural_sets, "UFCs": st.num_natural_sets * num_teachers,
+                     "PFLOP": (ufc + labels) / 1e15, "h100_hours": seconds / 3600,
+                     "s_per_budget_image": seconds / (ipc * 1000), "s_per_synthetic_image": seconds / st.num_synthetic})
+    return rows
+
+
+def spawn(workload: str, provider: str, quick: bool, threads: int | None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", workload, provider]
+    cmd += ["--quick"] if quick else []
+    cmd += ["--threads", str(threads)] if threads else []
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench_synthesis: {workload}/{provider} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def loss_agreement(ref: dict, res: dict, warmup: int) -> tuple[float, float]:
+    """(max relative difference at iteration 0, max over the timed iterations) of CE and BN losses."""
+    out = []
+    for rows in (slice(0, 1), slice(warmup, None)):
+        worst = 0.0
+        for key in ("ce", "bn"):
+            a, b = torch.tensor(ref[key])[rows], torch.tensor(res[key])[rows]
+            worst = max(worst, float(((a - b).abs() / a.abs().clamp_min(1e-6)).max()))
+        out.append(worst)
+    return out[0], out[1]
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--levers", action="store_true", help="also measure each lever on its own (cumulative)")
+    p.add_argument("--workloads", default="cifar10,imagenet", help="comma-separated subset of cifar10,imagenet")
+    p.add_argument("--repeat", type=int, default=1, help="runs per provider, interleaved; the median run is reported "
+                   "(this shared virtual machine drifts by 10-20 %% between minutes)")
+    p.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "PROVIDER"), help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    all_w = workloads(args.quick)
+    if args.worker:
+        print(json.dumps(run_provider(all_w[args.worker[0]], args.worker[1])))
+        return 0
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(all_w))
+    if unknown:
+        p.error(f"--workloads: unknown {unknown}; expected a subset of {sorted(all_w)}")
+    providers = ["reference", "infer_fast"]
+    if args.levers:
+        providers += [k for k in LEVERS if k != "+bf16" or cpu_bf16_error() is None]
+    peak = matmul_gflops()
+    print(f"float32 matmul peak of this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    records, failures = [], []
+    for name in names:
+        w = all_w[name]
+        fpi = flops_per_image(w)
+        if name == "imagenet":
+            fpi_imagenet = fpi
+        runs: dict[str, list[dict]] = {prov: [] for prov in providers}
+        for _ in range(max(1, args.repeat)):  # interleaved, so that a slow minute hits every provider
+            for prov in providers:
+                runs[prov].append(r := spawn(name, prov, args.quick, args.threads))
+                print(f"{name:9s} {prov:15s} {r['images_per_s']:8.2f} images/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                      f"setup {r['setup_s']:.1f} s  warm-up {r['warmup_s']:.1f} s", flush=True)
+        results = {prov: sorted(rs, key=lambda r: r["images_per_s"])[len(rs) // 2] for prov, rs in runs.items()}
+        ref = results["reference"]
+        for prov, r in results.items():
+            rec = {
+                "kernel": "synthesis", "workload": name, "provider": prov, "mode": "full", "metric": "images_per_s",
+                "unit": "images/s", "x_name": "workload", "x_value": name,
+                "images_per_s": r["images_per_s"], "p20": r["ips_p20"], "p50": r["ips_p50"], "p80": r["ips_p80"],
+                "peak_rss_mb": r["peak_rss_mb"], "gflops_per_s": r["images_per_s"] * fpi / 1e9,
+                "pct_of_matmul_peak": 100 * r["images_per_s"] * fpi / 1e9 / peak, "setup_s": r["setup_s"],
+                "warmup_s": r["warmup_s"], "device": "cpu", "threads": torch.get_num_threads(),
+                "torch_version": torch.__version__, "commit": git_commit(),
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            if prov != "reference":
+                rec["speedup_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
+                rec["peak_rss_ratio"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
+                first, timed = loss_agreement(ref, r, w.warmup)
+                rec["loss_rdiff_first"], rec["loss_rdiff_timed"] = first, timed
+                tol_first, tol_timed = TOLERANCE[(LEVERS.get(prov) or DEFAULT)["precision"]]
+                if first > tol_first or timed > tol_timed:
+                    failures.append(f"{name}/{prov}: losses differ from the reference by {first:.2e} at iteration 0 "
+                                    f"(allowed {tol_first}) and {timed:.2e} over the timed iterations "
+                                    f"(allowed {tol_timed})")
+            records.append(rec)
+    print()
+    print(f"device=cpu threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()} "
+          f"matmul peak {peak:.0f} GFLOP/s")
+    print(markdown_table(records, ["workload", "provider", "images_per_s", "speedup_vs_reference", "peak_rss_mb",
+                                   "peak_rss_ratio", "gflops_per_s", "pct_of_matmul_peak", "loss_rdiff_first",
+                                   "loss_rdiff_timed"]))
+    if "imagenet" in names:
+        print(f"\nPROJECTION (not a measurement): ImageNet-1k INFER synthesis on one H100 SXM, M=3 teachers priced as "
+              f"ResNet-18 ({fpi_imagenet / 1e9:.2f} GFLOP per image forward + input gradient, measured), T=2000, "
+              f"{ASSUMED_MFU:.0%} of the {H100_BF16_DENSE / 1e12:.0f} TFLOP/s bf16 dense peak. Peers: {PEERS}.")
+        print(markdown_table(h100_projection(fpi_imagenet), ["ipc", "K", "UFCs", "PFLOP", "h100_hours",
+                                                            "s_per_budget_image", "s_per_synthetic_image"]))
+    write_json(args.json, records)
+    for f in failures:
+        print(f"LOSS MISMATCH: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
