@@ -15,11 +15,12 @@ Providers, each in its own process (so that peak RSS is its own): ``reference`` 
 one problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig
 defaults, exactly what ``infer-fast distill`` runs). ``--levers`` adds the levers one at a time, cumulatively:
 grouped problems in plain PyTorch, fused statistics, BN folding, then channels-last (= the default), then
-torch.compile and bf16 autocast (where it can run). images/s counts the images of every forward and backward
+torch.compile and bf16 autocast (where it can run); and ``one_per_forward``, the default at the reference's batch
+of one problem per forward. images/s counts the images of every forward and backward
 after each batch's warm-up iterations; GFLOP/s uses the FLOPs of one image's forward + input-gradient backward
 (FlopCounterMode) and is set against a float32 matmul measured in the same run. Both providers must reach the same
-per-iteration losses for the same seed: iteration 0 within 1e-4 relative, every timed iteration within 2e-2
-(bf16: 2e-2 and 1e-1); see TOLERANCE for why the later iterations get more room than rounding.
+per-iteration losses for the same seed: every problem within 1e-4 relative at iteration 0, the mean over problems
+within 1e-2 at every timed iteration (bf16: 2e-2 and 5e-2); TOLERANCE says why later iterations get more room.
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ from infer_fast.synth.fold import SynthesisTeacher, cpu_bf16_error  # noqa: E402
 from infer_fast.synth.ufc import AugSettings, optimise_batch  # noqa: E402
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-# Loss agreement with the reference. Iteration 0 sees identical parameters: only float32 rounding differs. Later,
-# Adam's normalised steps move pixels whose gradient is at rounding level by a full step either way, so the
-# trajectories drift apart by more than rounding without either being wrong (tests/test_fold.py checks the
-# prepared teacher against the hooked model in float64). bf16 rounds every activation.
-TOLERANCE = {"fp32": (1e-4, 2e-2), "bf16": (2e-2, 1e-1)}
+# Loss agreement with the reference: (every problem at iteration 0, the mean over problems at every timed
+# iteration). Iteration 0 sees identical parameters: only float32 rounding differs. Later, Adam's normalised steps
+# move pixels whose gradient is at rounding level by a full step either way, so single problems drift apart by a few
+# per cent within ten iterations without either side being wrong (the worst single problem is reported;
+# tests/test_fold.py checks the prepared teacher against the hooked model in float64). bf16 rounds every activation.
+TOLERANCE = {"fp32": (1e-4, 1e-2), "bf16": (2e-2, 5e-2)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,7 @@ LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, 
     "+bn_fold": {**DEFAULT, "channels_last": False},
     "+compile": {**DEFAULT, "compile": True},
     "+bf16": {**DEFAULT, "precision": "bf16"},
+    "one_per_forward": {**DEFAULT, "problems_per_batch": 1},  # not cumulative: the default at the reference's batch
 }
 
 
@@ -245,22 +248,26 @@ def spawn(workload: str, provider: str, quick: bool, threads: int | None) -> dic
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def loss_agreement(ref: dict, res: dict, warmup: int) -> tuple[float, float]:
-    """(max relative difference at iteration 0, max over the timed iterations) of CE and BN losses."""
-    out = []
-    for rows in (slice(0, 1), slice(warmup, None)):
-        worst = 0.0
-        for key in ("ce", "bn"):
-            a, b = torch.tensor(ref[key])[rows], torch.tensor(res[key])[rows]
-            worst = max(worst, float(((a - b).abs() / a.abs().clamp_min(1e-6)).max()))
-        out.append(worst)
-    return out[0], out[1]
+def loss_agreement(ref: dict, res: dict, warmup: int) -> tuple[float, float, float]:
+    """Relative differences of the CE and BN losses: (worst problem at iteration 0, worst problem-mean over the
+    timed iterations, worst single problem over the timed iterations)."""
+    first = mean_timed = worst_timed = 0.0
+    for key in ("ce", "bn"):
+        a, b = torch.tensor(ref[key]), torch.tensor(res[key])
+        first = max(first, float(((a[0] - b[0]).abs() / a[0].abs().clamp_min(1e-6)).max()))
+        at, bt = a[warmup:], b[warmup:]
+        am, bm = at.mean(1), bt.mean(1)
+        mean_timed = max(mean_timed, float(((am - bm).abs() / am.abs().clamp_min(1e-6)).max()))
+        worst_timed = max(worst_timed, float(((at - bt).abs() / at.abs().clamp_min(1e-6)).max()))
+    return first, mean_timed, worst_timed
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--levers", action="store_true", help="also measure each lever on its own (cumulative)")
     p.add_argument("--workloads", default="cifar10,imagenet", help="comma-separated subset of cifar10,imagenet")
+    p.add_argument("--providers", help="comma-separated providers to run instead of the default set "
+                   f"(reference, infer_fast, {', '.join(LEVERS)})")
     p.add_argument("--repeat", type=int, default=1, help="runs per provider, interleaved; the median run is reported "
                    "(this shared virtual machine drifts by 10-20 %% between minutes)")
     p.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "PROVIDER"), help=argparse_hidden())
@@ -278,6 +285,11 @@ def main(argv=None) -> int:
     providers = ["reference", "infer_fast"]
     if args.levers:
         providers += [k for k in LEVERS if k != "+bf16" or cpu_bf16_error() is None]
+    if args.providers:
+        providers = [x.strip() for x in args.providers.split(",") if x.strip()]
+        bad = sorted(set(providers) - {"reference", "infer_fast", *LEVERS})
+        if bad or "reference" not in providers:
+            p.error(f"--providers: unknown {bad} or no 'reference'; known: reference, infer_fast, {', '.join(LEVERS)}")
     peak = matmul_gflops()
     print(f"float32 matmul peak of this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
     records, failures = [], []
@@ -308,20 +320,20 @@ def main(argv=None) -> int:
             if prov != "reference":
                 rec["speedup_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
                 rec["peak_rss_ratio"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
-                first, timed = loss_agreement(ref, r, w.warmup)
-                rec["loss_rdiff_first"], rec["loss_rdiff_timed"] = first, timed
+                first, timed, worst = loss_agreement(ref, r, w.warmup)
+                rec["loss_rdiff_first"], rec["loss_rdiff_timed"], rec["loss_rdiff_worst"] = first, timed, worst
                 tol_first, tol_timed = TOLERANCE[(LEVERS.get(prov) or DEFAULT)["precision"]]
                 if first > tol_first or timed > tol_timed:
                     failures.append(f"{name}/{prov}: losses differ from the reference by {first:.2e} at iteration 0 "
-                                    f"(allowed {tol_first}) and {timed:.2e} over the timed iterations "
-                                    f"(allowed {tol_timed})")
+                                    f"(allowed {tol_first}) and the mean over problems by {timed:.2e} over the timed "
+                                    f"iterations (allowed {tol_timed})")
             records.append(rec)
     print()
     print(f"device=cpu threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()} "
           f"matmul peak {peak:.0f} GFLOP/s")
     print(markdown_table(records, ["workload", "provider", "images_per_s", "speedup_vs_reference", "peak_rss_mb",
                                    "peak_rss_ratio", "gflops_per_s", "pct_of_matmul_peak", "loss_rdiff_first",
-                                   "loss_rdiff_timed"]))
+                                   "loss_rdiff_timed", "loss_rdiff_worst"]))
     if "imagenet" in names:
         print(f"\nPROJECTION (not a measurement): ImageNet-1k INFER synthesis on one H100 SXM, M=3 teachers priced as "
               f"ResNet-18 ({fpi_imagenet / 1e9:.2f} GFLOP per image forward + input gradient, measured), T=2000, "

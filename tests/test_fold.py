@@ -161,6 +161,7 @@ def test_compiled_teacher_matches_eager():
     eager = SynthesisTeacher(model, fold_bn=True, channels_last=True, probe_size=16)
     compiled = SynthesisTeacher(model, fold_bn=True, channels_last=True, compile=True, probe_size=16)
     assert eager.runner() is eager and compiled.runner() is compiled.runner() is not compiled
+    assert len(list(compiled.modules())) == len(list(eager.modules()))  # the compiled wrapper is no submodule
     x = torch.randn(4, 3, 16, 16)
     for groups in (2, 4):
         want = _prepared(eager, x, groups)

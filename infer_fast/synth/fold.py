@@ -217,8 +217,8 @@ class SynthesisTeacher(nn.Module):
         """What to call per iteration: this module, or its torch.compile'd form (compiled once, on first use)."""
         if not self.compile:
             return self
-        if self._compiled is None:
-            self._compiled = torch.compile(self, dynamic=False)
+        if self._compiled is None:  # kept out of the module tree: it wraps this very module
+            object.__setattr__(self, "_compiled", torch.compile(self, dynamic=False))
         return self._compiled
 
     @property
