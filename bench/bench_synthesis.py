@@ -25,6 +25,7 @@ within 1e-2 at every timed iteration (bf16: 2e-2 and 5e-2); TOLERANCE says why l
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -127,6 +128,7 @@ def _common(w: Workload) -> dict:
 
 def run_provider(w: Workload, provider: str) -> dict:
     model, base, problems, lo, hi = build(w)
+    common = _common(w)
     iters = w.warmup + w.timed
     stamps: list[float] = []  # end of every iteration (batches concatenated); None marks a batch start
     starts: list[int] = []
@@ -144,11 +146,11 @@ def run_provider(w: Workload, provider: str) -> dict:
             stamps.append(time.perf_counter())
             _, ces, bns = optimise_problem(p, model, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
                                            class_chunk=w.class_chunk,
-                                           on_iteration=lambda *a: stamps.append(time.perf_counter()), **_common(w))
+                                           on_iteration=lambda *a: stamps.append(time.perf_counter()), **common)
             ce[:, j], bn[:, j] = torch.tensor(ces), torch.tensor(bns)
     else:
         opts = DEFAULT if provider == "infer_fast" else LEVERS[provider]
-        teacher = SynthesisTeacher(model, first_bn_multiplier=_common(w)["first_bn_multiplier"],
+        teacher = SynthesisTeacher(model, first_bn_multiplier=common["first_bn_multiplier"],
                                    backend=opts["backend"], fold_bn=opts["fold_bn"],
                                    channels_last=opts["channels_last"], compile=opts["compile"], probe_size=w.size)
         del model  # as infer-fast distill does: only the prepared copy stays during the optimisation
@@ -163,7 +165,7 @@ def run_provider(w: Workload, provider: str) -> dict:
             res = optimise_batch(batch, teacher, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
                                  class_chunk=w.class_chunk, backend=opts["backend"], precision=opts["precision"],
                                  log_every=iters, on_progress=lambda *a: stamps.append(time.perf_counter()),
-                                 **_common(w))
+                                 **common)
             ce[:, col:col + len(batch)], bn[:, col:col + len(batch)] = res.ce, res.bn
             col += len(batch)
     timed_s, timed_images, warm_s, per_iter = 0.0, 0, 0.0, []
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
                    f"(reference, infer_fast, {', '.join(LEVERS)})")
     p.add_argument("--repeat", type=int, default=1, help="runs per provider, interleaved; the median run is reported "
                    "(this shared virtual machine drifts by 10-20 %% between minutes)")
-    p.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "PROVIDER"), help=argparse_hidden())
+    p.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "PROVIDER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -344,12 +346,6 @@ def main(argv=None) -> int:
     for f in failures:
         print(f"LOSS MISMATCH: {f}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

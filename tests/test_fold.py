@@ -266,3 +266,16 @@ def test_cuda_bf16_channels_last_synthesis_matches_fp32():
     bf16 = optimise_batch(problems, teacher, *d, precision="bf16", **kw)
     assert_close(bf16.ce[0], fp32.ce[0], atol=0.05, rtol=0.05, what="bf16 CE at iteration 0")
     assert_close(bf16.bn[0], fp32.bn[0], atol=0.05, rtol=0.05, what="bf16 BN loss at iteration 0")
+
+
+def test_optimise_batch_refuses_a_teacher_prepared_for_other_settings():
+    model = _calibrated(build_model("convnet", 5, 16, width=0.125), 16)
+    teacher = SynthesisTeacher(model, first_bn_multiplier=3.0, probe_size=16)
+    naturals = torch.randint(0, 256, (1, 5, 3, 16, 16), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.45, 0.4]), torch.tensor([0.25, 0.2, 0.3])
+    lo, hi = -mean / std, (1 - mean) / std
+    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    with pytest.raises(ValueError, match="first_bn_multiplier=3.0"):
+        optimise_batch(problems, teacher, naturals.reshape(-1, 3, 16, 16), mean, std, lo, hi, seed=0, iterations=1,
+                       lr=0.25, betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
+                       aug=AugSettings(small=True, jitter=0))

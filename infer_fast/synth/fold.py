@@ -55,9 +55,8 @@ class FoldedTap(nn.Module):
 
     def __init__(self, bn: _BatchNorm, weight: float, sink: _Sum, stat_fn: Callable) -> None:
         super().__init__()
-        scale, _ = bn_affine(bn)
+        scale, beta = bn_affine(bn)
         dt = torch.float64 if bn.running_var.dtype == torch.float64 else torch.float32  # the op's statistics dtype
-        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(scale)
         self.register_buffer("inv_scale", (1.0 / scale).to(dt))
         self.register_buffer("inv_scale2", (1.0 / scale.square()).to(dt))
         self.register_buffer("beta", beta.to(dt))
@@ -97,16 +96,16 @@ class InputTap(nn.Module):
 
 
 def bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) of the eval-mode BN as ``y = a * x + b`` (float64)."""
-    rv, rm = bn.running_var.detach().double(), bn.running_mean.detach().double()
+    """(a, beta) of the eval-mode BN ``y = a * (x - running_mean) + beta`` (float64)."""
+    rv = bn.running_var.detach().double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(rv)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(rv)
-    a = gamma / torch.sqrt(rv + bn.eps)
-    return a, beta - a * rm
+    return gamma / torch.sqrt(rv + bn.eps), beta
 
 
 def _fold_conv(conv: nn.Module, bn: _BatchNorm) -> None:
-    a, b = bn_affine(bn)
+    a, beta = bn_affine(bn)
+    b = beta - a * bn.running_mean.detach().double()
     w = conv.weight.detach().double()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(a)
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -165,7 +164,8 @@ class SynthesisTeacher(nn.Module):
     The original ``model`` is not modified (a copy is prepared). ``fold_bn`` folds every BN fed by a conv (see
     the module docstring); ``channels_last`` converts the copy (and each input) to channels-last, the layout in
     which oneDNN's convolutions run fastest on CPU; ``probe_size`` is the input side for the fold discovery and
-    verification. ``compile`` makes :meth:`runner` return ``torch.compile(self)``. ``report`` says what was folded.
+    verification. ``compile`` makes :meth:`runner` return ``torch.compile(self)``. ``report`` says what was folded;
+    ``first_bn_multiplier`` and ``backend`` are kept so that callers can check they optimise what they meant to.
     """
 
     def __init__(
@@ -202,20 +202,21 @@ class SynthesisTeacher(nn.Module):
             self.report["fold_error"] = err
         if net is None:
             net = self._unfolded(model, bns, first_bn_multiplier, stat_fn)
-        else:
-            self.report["folded"] = sum(isinstance(m, FoldedTap) for m in net.modules())
+        self.report["folded"] = sum(isinstance(m, FoldedTap) for m in net.modules())
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.compile = bool(compile)
+        self.first_bn_multiplier = float(first_bn_multiplier)
+        self.backend = backend
+        self.use_compile = bool(compile)  # not ``self.compile``: that is nn.Module's own method
         self._compiled: nn.Module | None = None
 
     def runner(self) -> nn.Module:
         """What to call per iteration: this module, or its torch.compile'd form (compiled once, on first use)."""
-        if not self.compile:
+        if not self.use_compile:
             return self
         if self._compiled is None:  # kept out of the module tree: it wraps this very module
             object.__setattr__(self, "_compiled", torch.compile(self, dynamic=False))

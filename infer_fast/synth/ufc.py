@@ -200,6 +200,10 @@ def optimise_batch(
     if not isinstance(model, SynthesisTeacher):
         model = SynthesisTeacher(model, first_bn_multiplier=first_bn_multiplier, backend=backend, fold_bn=False,
                                  probe_size=size)
+    elif (model.first_bn_multiplier, model.backend) != (float(first_bn_multiplier), backend):
+        raise ValueError(f"optimise_batch: the prepared teacher was built with first_bn_multiplier="
+                         f"{model.first_bn_multiplier}, backend={model.backend!r} but this call asks for "
+                         f"{first_bn_multiplier}, {backend!r}; prepare it with the settings of the run")
     teacher = model.runner()
     n = problems[0].num_images
     if any(p.num_images != n for p in problems):
