@@ -7,10 +7,12 @@
 // Math in at::opmath_type of ufc's dtype (fp32 for fp16/bf16/fp32, fp64 for fp64).
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -47,14 +49,21 @@ C10_HOST_DEVICE inline T clamp_grad(T g, T pre, T lo, T hi) {
   return (pre >= lo && pre <= hi) ? g : T(0);
 }
 
-// Per-channel affine of the normalisation: x * s / std - mean / std.
-template <typename T>
-C10_HOST_DEVICE inline void channel_affine(T s, T mean, T std, T& a, T& b) {
-  a = s / std;
-  b = -mean / std;
-}
-
 inline bool base_is_uint8(const at::Tensor& base) { return base.scalar_type() == at::kByte; }
+
+// Per-channel constants of both backends, computed once per call with ATen ops on the tensors' device, in the
+// accumulation type: a [4, C] table of rows a = s / std, b = -mean / std, lo, hi. IEEE division on either device
+// (the build has no fast-math), so CPU and CUDA compose with the same a and b and a pixel that lands exactly on lo or
+// hi gets the same clamp mask on both.
+inline at::Tensor channel_table(const at::Tensor& base, const at::Tensor& ufc, const at::Tensor& mean,
+                                const at::Tensor& std, const at::Tensor& lo, const at::Tensor& hi) {
+  const auto acc = at::toOpMathType(ufc.scalar_type());
+  const auto m = mean.to(acc), s = std.to(acc);
+  // 1/255 rounded to acc first, then divided by std: the same two roundings on every device
+  const double scale = acc == at::kDouble ? 1.0 / 255.0 : static_cast<double>(1.0f / 255.0f);
+  const auto a = at::full_like(s, base_is_uint8(base) ? scale : 1.0).div_(s);
+  return at::stack({a, m.neg().div_(s), lo.to(acc), hi.to(acc)}).contiguous();
+}
 
 // Memory format of the output and of grad_ufc: ufc's when it is channels_last, else contiguous.
 inline at::MemoryFormat output_format(const at::Tensor& ufc) {
@@ -85,18 +94,15 @@ inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// Index values are checked here for CPU tensors only (a serial pass over host memory). On CUDA that check would cost
+// a device->host copy per call; the public function (infer_fast/ops/compensator_broadcast.py) checks each index tensor
+// once on the host instead, with this same message, and the kernels device-assert as a backstop for raw op calls.
 inline void check_index_range(const at::Tensor& idx, const char* name, int64_t lo, int64_t hi_excl) {
-  int64_t mn = 0, mx = 0;
-  if (idx.is_cpu()) {
-    auto c = idx.contiguous();
-    const int64_t* p = c.const_data_ptr<int64_t>();
-    mn = mx = p[0];
-    for (int64_t k = 1; k < c.numel(); ++k) mn = std::min(mn, p[k]), mx = std::max(mx, p[k]);
-  } else {
-    // one device->host copy of two numbers: an out-of-range gather must be a clear error, not a device assert
-    auto mm = at::stack({idx.min(), idx.max()}).cpu();
-    mn = mm[0].item<int64_t>(), mx = mm[1].item<int64_t>();
-  }
+  if (!idx.is_cpu()) return;
+  auto c = idx.contiguous();
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  int64_t mn = p[0], mx = p[0];
+  for (int64_t k = 1; k < c.numel(); ++k) mn = std::min(mn, p[k]), mx = std::max(mx, p[k]);
   TORCH_CHECK(mn >= lo && mx < hi_excl, "compensator_broadcast: ", name, " values must lie in [", lo, ", ", hi_excl - 1,
               "], got min ", mn, " and max ", mx);
 }

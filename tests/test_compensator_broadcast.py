@@ -273,3 +273,170 @@ def test_device_mismatch_raises():
     inputs[0] = inputs[0].cpu()
     with pytest.raises(RuntimeError, match="compensator_broadcast: base must be on ufc's device"):
         OP(*inputs)
+
+
+def _bound_inputs(device: str = "cpu"):
+    """Two images on one base image of black and white pixels (0, 1, 0, 1), with UFCs that put some pixels exactly
+    on lo or hi and others just outside or inside (+-1e-3). float base: mean 0.5, std 0.25 give a = 4, b = -2 exactly,
+    so lo = -2, hi = 2. uint8 base (ImageNet mean/std): lo and hi are the unclamped values the op computes on the CPU
+    for a black and a white pixel, so the check is that both backends clamp and mask at exactly those values.
+    """
+    ufc = torch.tensor([[0.0, 0.0, -1e-3, 1e-3], [1e-3, -1e-3, 0.0, 0.0]]).view(2, 1, 2, 2).expand(2, 2, 2, 2)
+    ufc = ufc.contiguous()
+    idx = [torch.tensor([0, 0]), torch.tensor([0, 1])]
+    fbase = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(1, 1, 2, 2).expand(1, 2, 2, 2).contiguous()
+    float_case = [
+        fbase,
+        ufc,
+        *idx,
+        torch.full((2,), 0.5),
+        torch.full((2,), 0.25),
+        torch.full((2,), -2.0),
+        torch.full((2,), 2.0),
+    ]
+    ubase = torch.tensor([0, 255, 0, 255], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 2, 2, 2).contiguous()
+    m8, s8 = torch.tensor([0.485, 0.456]), torch.tensor([0.229, 0.224])
+    wide = torch.full((2,), 1e6)
+    raw = OP(ubase, torch.zeros(1, 2, 2, 2), torch.tensor([0]), torch.tensor([0]), m8, s8, -wide, wide)
+    uint8_case = [ubase, ufc, *idx, m8, s8, raw[0, :, 0, 0].clone(), raw[0, :, 0, 1].clone()]
+    return [[t.to(device) for t in case] for case in (float_case, uint8_case)]
+
+
+# Expected gradient mask: image 0 has pixels on lo, on hi, below lo, above hi; image 1 two inside, two on the bounds.
+_BOUND_MASK = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2).expand(2, 2, 2, 2)
+
+
+@pytest.mark.parametrize("which", ["float base", "uint8 base"])
+def test_pixels_exactly_on_clamp_bounds_keep_their_gradient(which):
+    """torch.clamp's mask is inclusive: a pixel exactly on lo or hi passes its gradient, one ulp outside does not."""
+    inputs = _bound_inputs()[0 if which == "float base" else 1]
+    ufc = inputs[1].clone().requires_grad_()
+    out = compensator_broadcast(inputs[0], ufc, *inputs[2:])
+    lo, hi = inputs[6].view(1, 2, 1, 1), inputs[7].view(1, 2, 1, 1)
+    on_bound = (out == lo) | (out == hi)
+    assert on_bound.sum() >= 8, f"{which}: expected pixels exactly on the bounds, got {int(on_bound.sum())}"
+    (g,) = torch.autograd.grad(out, ufc, torch.ones_like(out))
+    assert torch.equal(g, _BOUND_MASK), f"{which}: gradient mask {g.flatten().tolist()}"
+
+
+def test_many_channels_match_reference():
+    """4,000 channels: the channel table no longer fits 48 KiB of shared memory on CUDA (read in place there)."""
+    inputs = make_inputs(nb=2, u=2, b=3, c=4000, h=2, w=3)
+    grad = torch.randn(3, 4000, 2, 3)
+    out = OP(*inputs)
+    ref_out, ref_g = _ref_fwd_bwd(inputs, grad)
+    assert_close(out, ref_out, atol=2e-5, rtol=1e-5, what="forward")
+    assert_close(BWD(grad, *inputs), ref_g, atol=2e-5, rtol=1e-5, what="backward")
+
+
+def test_host_index_check_message_is_the_cpu_kernels():
+    """The once-per-tensor host check used on CUDA raises exactly the CPU kernel's message."""
+    from infer_fast.ops._index_check import range_message
+
+    for changes, name, lo, hi in (
+        (dict(base_index=torch.tensor([0, 1, 5, 2, 0, 1, 1])), "base_index", 0, 4),
+        (dict(ufc_index=torch.tensor([0, -2, 1, 2, 0, 1, 1])), "ufc_index", -1, 3),
+    ):
+        args = _bad(**changes)
+        with pytest.raises(RuntimeError) as err:
+            OP(*args)
+        idx = changes[name]
+        assert range_message("compensator_broadcast", name, idx, lo, hi) == str(err.value).splitlines()[0]
+        assert range_message("compensator_broadcast", name, idx.clamp(lo, hi - 1), lo, hi) is None
+
+
+def test_index_check_runs_once_per_tensor_state():
+    from infer_fast.ops import _index_check
+
+    calls = []
+    idx = torch.tensor([0, 1, 2])
+    for _ in range(3):
+        _index_check.check_cached(idx, ("k", 3), calls.append)
+    assert len(calls) == 1, "an unchanged index tensor must be checked once"
+    idx[0] = 1  # in-place write: version bump, checked again
+    _index_check.check_cached(idx, ("k", 3), calls.append)
+    _index_check.check_cached(idx, ("other", 4), calls.append)
+    _index_check.check_cached(idx.clone(), ("k", 3), calls.append)
+    assert len(calls) == 4
+    assert isinstance(calls[0], torch.Tensor) and calls[0].device.type == "cpu"
+    key = id(idx)
+    del idx
+    assert key not in _index_check._SEEN, "the record must go with the tensor"
+    with pytest.raises(ValueError, match="bad"):
+        _index_check.check_cached(torch.tensor([7]), ("k",), lambda t: (_ for _ in ()).throw(ValueError("bad")))
+
+
+@requires_cuda
+@pytest.mark.parametrize("ufc_dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("ufc_cl", [False, True])
+def test_cpu_matches_cuda_ufc_dtypes(ufc_dtype, ufc_cl):
+    cpu = make_inputs(nb=5, u=3, b=11, h=9, w=13, ufc_dtype=ufc_dtype, ufc_cl=ufc_cl)
+    cuda = [t.cuda() for t in cpu]
+    tol = dict(atol=1e-12, rtol=1e-12) if ufc_dtype == torch.float64 else dict(atol=1e-2, rtol=1e-2)
+    assert_close(OP(*cuda), OP(*cpu), what=f"{ufc_dtype} forward", **tol)
+    grad = torch.randn(OP(*cpu).shape, dtype=torch.float64).to(ufc_dtype)
+    assert_close(BWD(grad.cuda(), *cuda), BWD(grad, *cpu), what=f"{ufc_dtype} backward", **tol)
+
+
+@requires_cuda
+def test_cuda_u0_and_broadcast_and_strided_grad_out():
+    cpu = make_inputs(u=0, b=6)
+    cuda = [t.cuda() for t in cpu]
+    assert_close(OP(*cuda), OP(*cpu), atol=1e-5, rtol=1e-5, what="U=0 forward")
+    assert BWD(torch.ones(6, 3, 5, 7).cuda(), *cuda).shape == (0, 3, 5, 7)
+    cpu = make_inputs(nb=3, u=2, b=9, h=8, w=9)
+    cuda = [t.cuda() for t in cpu]
+    expanded = torch.arange(9.0).view(9, 1, 1, 1).expand(9, 3, 8, 9)
+    assert_close(BWD(expanded.cuda(), *cuda), BWD(expanded, *cpu), atol=1e-4, rtol=1e-5, what="broadcast grad")
+    strided = torch.randn(9, 3, 9, 8).transpose(2, 3)
+    assert_close(BWD(strided.cuda(), *cuda), BWD(strided, *cpu), atol=1e-4, rtol=1e-5, what="strided grad")
+
+
+@requires_cuda
+@pytest.mark.parametrize("which", [0, 1])
+def test_cuda_pixels_on_clamp_bounds_match_cpu_exactly(which):
+    cpu, cuda = _bound_inputs()[which], _bound_inputs("cuda")[which]
+    assert torch.equal(OP(*cuda).cpu(), OP(*cpu)), "forward differs on the clamp bounds"
+    ones = torch.ones(2, 2, 2, 2)
+    assert torch.equal(BWD(ones.cuda(), *cuda).cpu(), BWD(ones, *cpu)), "gradient mask differs on the clamp bounds"
+    assert torch.equal(BWD(ones, *cpu), _BOUND_MASK)
+
+
+@requires_cuda
+def test_cuda_many_channels_match_cpu():
+    cpu = make_inputs(nb=2, u=2, b=3, c=4000, h=2, w=3)
+    cuda = [t.cuda() for t in cpu]
+    assert_close(OP(*cuda), OP(*cpu), atol=1e-5, rtol=1e-5, what="forward, table in global memory")
+    grad = torch.randn(3, 4000, 2, 3)
+    assert_close(BWD(grad.cuda(), *cuda), BWD(grad, *cpu), atol=1e-4, rtol=1e-5, what="backward")
+
+
+@requires_cuda
+@pytest.mark.parametrize("name,bad", [("base_index", 4), ("ufc_index", 3), ("ufc_index", -2)])
+def test_cuda_out_of_range_index_raises_the_cpu_error(name, bad):
+    cpu = make_inputs()
+    pos = 2 if name == "base_index" else 3
+    cpu[pos] = cpu[pos].clone()
+    cpu[pos][4] = bad
+    with pytest.raises(RuntimeError) as cpu_err:
+        compensator_broadcast(*cpu)
+    with pytest.raises(RuntimeError) as cuda_err:
+        compensator_broadcast(*[t.cuda() for t in cpu])
+    assert str(cuda_err.value).splitlines()[0] == str(cpu_err.value).splitlines()[0]
+    cpu[pos][4] = 0
+    compensator_broadcast(*[t.cuda() for t in cpu]).sum().item()  # the context is still usable
+
+
+@requires_cuda
+def test_cuda_forward_backward_do_not_synchronise_once_indices_are_checked():
+    cuda = make_inputs(nb=4, u=3, b=12, h=8, w=8, device="cuda")
+    ufc = cuda[1].clone().requires_grad_()
+    compensator_broadcast(cuda[0], ufc, *cuda[2:]).sum().backward()  # first call: indices checked (one copy)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = compensator_broadcast(cuda[0], ufc, *cuda[2:])
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ufc.grad.isfinite().all()

@@ -99,28 +99,13 @@ struct ChannelParams {
   std::vector<acc> a, b, lo, hi;
 };
 
+// The [4, C] table of channel_table() (rows a, b, lo, hi), read into per-row vectors.
 template <typename acc>
-std::vector<acc> read_channels(const at::Tensor& t) {
-  std::vector<acc> v(t.size(0));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "compensator_broadcast_params", [&] {
-    auto x = t.accessor<scalar_t, 1>();
-    for (int64_t c = 0; c < t.size(0); ++c) v[c] = static_cast<acc>(x[c]);
-  });
-  return v;
-}
-
-template <typename acc>
-ChannelParams<acc> channel_params(const at::Tensor& base, const at::Tensor& mean, const at::Tensor& std,
-                                  const at::Tensor& lo, const at::Tensor& hi) {
-  ChannelParams<acc> p;
-  const auto m = read_channels<acc>(mean), s = read_channels<acc>(std);
-  const acc scale = base_is_uint8(base) ? acc(1) / acc(255) : acc(1);
-  p.a.resize(m.size());
-  p.b.resize(m.size());
-  for (size_t c = 0; c < m.size(); ++c) channel_affine(scale, m[c], s[c], p.a[c], p.b[c]);
-  p.lo = read_channels<acc>(lo);
-  p.hi = read_channels<acc>(hi);
-  return p;
+ChannelParams<acc> channel_params(const at::Tensor& table) {
+  const int64_t C = table.size(1);
+  const acc* t = table.const_data_ptr<acc>();
+  using V = std::vector<acc>;
+  return {V(t, t + C), V(t + C, t + 2 * C), V(t + 2 * C, t + 3 * C), V(t + 3 * C, t + 4 * C)};
 }
 
 // Per-chunk L1 buffers: per-element scale, clamp bounds (depend on the chunk only) and shift (chunk and group).
@@ -281,8 +266,9 @@ at::Tensor compensator_broadcast_cpu(const at::Tensor& base, const at::Tensor& u
   if (out.numel() == 0) return out;
   advise_huge_pages(out);
   const Groups grp = group_by_ufc(p.ufc_index.const_data_ptr<int64_t>(), B, ufc.size(0));
+  const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
-    const auto prm = channel_params<at::opmath_type<oT>>(p.base, mean, std, lo, hi);
+    const auto prm = channel_params<at::opmath_type<oT>>(table);
     forward_kernel<bT, oT>(p, prm, grp, out);
   });
   return out;
@@ -298,8 +284,9 @@ at::Tensor compensator_broadcast_backward_cpu(const at::Tensor& grad_out, const 
   if (grad_ufc.numel() == 0) return grad_ufc;
   advise_huge_pages(grad_ufc);
   const Groups grp = group_by_ufc(p.ufc_index.const_data_ptr<int64_t>(), base_index.size(0), ufc.size(0));
+  const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
-    const auto prm = channel_params<at::opmath_type<oT>>(p.base, mean, std, lo, hi);
+    const auto prm = channel_params<at::opmath_type<oT>>(table);
     backward_kernel<bT, oT>(p, prm, grp, grad_ufc);
   });
   return grad_ufc;

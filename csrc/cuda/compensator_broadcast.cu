@@ -3,6 +3,8 @@
 // Shapes: base [Nb,C,H,W] uint8|float, ufc [U,C,H,W] float, indices int64 [B], mean/std/lo/hi [C]; out [B,C,H,W].
 // Forward: one thread per output element (grid y over images). Backward is deterministic without atomics: images
 // are grouped by UFC with a stable sort (CSR), and one thread per UFC pixel sums its group in image order.
+// No host synchronisation: index ranges are checked once on the host by the Python function (device asserts here),
+// the CSR offsets come from a binary search in the sorted keys, and the channel table is computed on the device.
 #include "compensator_broadcast.h"
 
 #include <ATen/Dispatch.h>
@@ -17,32 +19,31 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
+constexpr size_t kMaxSharedTable = 48 * 1024;  // dynamic shared memory available without an opt-in
 
-// Per-channel a = s/std, b = -mean/std, lo, hi into shared memory (4 * C values) at block start.
+// The [4, C] channel table (rows a, b, lo, hi): copied to shared memory when it fits (launched with its size as
+// dynamic shared memory), else read from global memory through the read-only cache (thousands of channels).
 template <typename acc>
-__device__ inline void load_channels(acc* sh, const acc* mean, const acc* std, const acc* lo, const acc* hi,
-                                     int64_t C, acc scale) {
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    channel_affine(scale, mean[c], std[c], sh[c], sh[C + c]);
-    sh[2 * C + c] = lo[c];
-    sh[3 * C + c] = hi[c];
-  }
+__device__ inline const acc* load_table(const acc* __restrict__ table, int64_t C, bool in_smem) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  if (!in_smem) return table;
+  acc* sh = reinterpret_cast<acc*>(smem);
+  for (int64_t k = threadIdx.x; k < 4 * C; k += blockDim.x) sh[k] = table[k];
   __syncthreads();
+  return sh;
 }
 
 template <typename bT, typename oT, typename acc>
 __global__ void forward_kernel(const bT* __restrict__ base, const oT* __restrict__ ufc, oT* __restrict__ out,
                                const int64_t* __restrict__ bidx, const int64_t* __restrict__ uidx,
-                               const acc* __restrict__ mean, const acc* __restrict__ std, const acc* __restrict__ lo,
-                               const acc* __restrict__ hi, int64_t B, int64_t C, int64_t HW, bool channels_last,
-                               int64_t bs0, int64_t us0, acc scale) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  acc* sh = reinterpret_cast<acc*>(smem);
-  load_channels(sh, mean, std, lo, hi, C, scale);
+                               const acc* __restrict__ table, bool in_smem, int64_t B, int64_t Nb, int64_t U,
+                               int64_t C, int64_t HW, bool channels_last, int64_t bs0, int64_t us0) {
+  const acc* sh = load_table(table, C, in_smem);
   const int64_t n = C * HW;
   for (int64_t i = blockIdx.y; i < B; i += gridDim.y) {
-    const bT* x = base + bidx[i] * bs0;
-    const int64_t u = uidx[i];
+    const int64_t bi = bidx[i], u = uidx[i];
+    CUDA_KERNEL_ASSERT(bi >= 0 && bi < Nb && u >= -1 && u < U && "compensator_broadcast: index out of range");
+    const bT* x = base + bi * bs0;
     const oT* uf = u >= 0 ? ufc + u * us0 : nullptr;
     oT* y = out + i * n;
     for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
@@ -58,12 +59,10 @@ template <typename bT, typename oT, typename acc>
 __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restrict__ base, const oT* __restrict__ ufc,
                                 oT* __restrict__ grad_ufc, const int64_t* __restrict__ bidx,
                                 const int64_t* __restrict__ images, const int64_t* __restrict__ offsets,
-                                const acc* __restrict__ mean, const acc* __restrict__ std, const acc* __restrict__ lo,
-                                const acc* __restrict__ hi, int64_t U, int64_t C, int64_t HW, bool channels_last,
-                                int64_t bs0, int64_t us0, int64_t gs0, bool grad_broadcast, acc scale) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  acc* sh = reinterpret_cast<acc*>(smem);
-  load_channels(sh, mean, std, lo, hi, C, scale);
+                                const acc* __restrict__ table, bool in_smem, int64_t Nb, int64_t U, int64_t C,
+                                int64_t HW, bool channels_last, int64_t bs0, int64_t us0, int64_t gs0,
+                                bool grad_broadcast) {
+  const acc* sh = load_table(table, C, in_smem);
   const int64_t n = C * HW;
   for (int64_t u = blockIdx.y; u < U; u += gridDim.y) {
     // group u + 1 of the CSR holds the images composed with UFC u (group 0: no compensator)
@@ -75,9 +74,10 @@ __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restric
       const acc shift = pixel_shift(sh[C + c], static_cast<acc>(uf[e]));
       acc sum = 0;
       for (int64_t j = first; j < last; ++j) {
-        const int64_t i = images[j];
+        const int64_t i = images[j], bi = bidx[i];
+        CUDA_KERNEL_ASSERT(bi >= 0 && bi < Nb && "compensator_broadcast: base_index out of range");
         const acc g = static_cast<acc>(grad[i * gs0 + (grad_broadcast ? 0 : e)]);
-        sum += clamp_grad(g, pre_value(static_cast<acc>(base[bidx[i] * bs0 + e]), a, shift), l, h);
+        sum += clamp_grad(g, pre_value(static_cast<acc>(base[bi * bs0 + e]), a, shift), l, h);
       }
       grad_ufc[u * n + e] = static_cast<oT>(sum);
     }
@@ -93,19 +93,10 @@ void dispatch_types(const at::Tensor& base, const at::Tensor& ufc, F&& fn) {
   });
 }
 
-// Per-channel mean/std/lo/hi in the accumulation type (contiguous, on ufc's device) and the base pixel scale.
-template <typename acc>
-struct ChannelConstants {
-  at::Tensor mean, std, lo, hi;
-  acc scale;
-};
-
-template <typename acc>
-ChannelConstants<acc> channel_constants(const at::Tensor& base, const at::Tensor& ufc, const at::Tensor& mean,
-                                        const at::Tensor& std, const at::Tensor& lo, const at::Tensor& hi) {
-  const auto opt = ufc.options().dtype(c10::CppTypeToScalarType<acc>::value);
-  return {mean.to(opt).contiguous(), std.to(opt).contiguous(), lo.to(opt).contiguous(), hi.to(opt).contiguous(),
-          base_is_uint8(base) ? acc(1) / acc(255) : acc(1)};
+// Dynamic shared memory for the channel table: its size when it fits, else 0 (the kernels then read it in place).
+size_t table_smem(const at::Tensor& table) {
+  const size_t bytes = table.nbytes();
+  return bytes <= kMaxSharedTable ? bytes : 0;
 }
 
 dim3 grid_for(int64_t n, int64_t rows) {
@@ -122,16 +113,15 @@ at::Tensor compensator_broadcast_cuda(const at::Tensor& base, const at::Tensor& 
   const int64_t B = base_index.size(0), C = ufc.size(1), HW = ufc.size(2) * ufc.size(3);
   auto out = at::empty({B, C, ufc.size(2), ufc.size(3)}, ufc.options().memory_format(p.fmt));
   if (out.numel() == 0) return out;
+  const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
+  const size_t smem = table_smem(table);
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     using acc = at::opmath_type<oT>;
-    const auto k = channel_constants<acc>(base, ufc, mean, std, lo, hi);
-    forward_kernel<bT, oT, acc><<<grid_for(C * HW, B), kThreads, 4 * C * sizeof(acc),
-                                  at::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<bT, oT, acc><<<grid_for(C * HW, B), kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
         p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(), out.mutable_data_ptr<oT>(),
         p.base_index.const_data_ptr<int64_t>(), p.ufc_index.const_data_ptr<int64_t>(),
-        k.mean.template const_data_ptr<acc>(), k.std.template const_data_ptr<acc>(),
-        k.lo.template const_data_ptr<acc>(), k.hi.template const_data_ptr<acc>(), B, C, HW,
-        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), k.scale);
+        table.const_data_ptr<acc>(), smem > 0, B, p.base.size(0), ufc.size(0), C, HW,
+        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -147,22 +137,22 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
   const int64_t U = ufc.size(0), C = ufc.size(1), HW = ufc.size(2) * ufc.size(3);
   auto grad_ufc = at::empty(ufc.sizes(), ufc.options().memory_format(p.fmt));
   if (grad_ufc.numel() == 0) return grad_ufc;
-  // CSR of images per group (group 0: uidx -1, group u + 1: UFC u); the stable sort keeps image order in a group
-  const auto groups = p.ufc_index + 1;
-  const auto images = std::get<1>(at::sort(groups, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const auto counts = at::bincount(groups, /*weights=*/{}, /*minlength=*/U + 1);
-  const auto offsets = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)});
+  // CSR of images per group (group 0: uidx -1, group u + 1: UFC u); the stable sort keeps image order in a group.
+  // offsets[g] = number of keys below g, found by binary search in the sorted keys: no count ever reaches the host.
+  const auto sorted = at::sort(p.ufc_index + 1, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor& keys = std::get<0>(sorted);
+  const at::Tensor& images = std::get<1>(sorted);
+  const auto offsets = at::searchsorted(keys, at::arange(U + 2, keys.options()));
+  const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
+  const size_t smem = table_smem(table);
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     using acc = at::opmath_type<oT>;
-    const auto k = channel_constants<acc>(base, ufc, mean, std, lo, hi);
-    backward_kernel<bT, oT, acc><<<grid_for(C * HW, U), kThreads, 4 * C * sizeof(acc),
-                                   at::cuda::getCurrentCUDAStream()>>>(
+    backward_kernel<bT, oT, acc><<<grid_for(C * HW, U), kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
         p.grad.const_data_ptr<oT>(), p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(),
         grad_ufc.mutable_data_ptr<oT>(), p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), k.mean.template const_data_ptr<acc>(),
-        k.std.template const_data_ptr<acc>(), k.lo.template const_data_ptr<acc>(),
-        k.hi.template const_data_ptr<acc>(), U, C, HW, p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0),
-        p.ufc.stride(0), p.grad.stride(0), p.grad_broadcast, k.scale);
+        offsets.const_data_ptr<int64_t>(), table.const_data_ptr<acc>(), smem > 0, p.base.size(0), U, C, HW,
+        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), p.grad.stride(0),
+        p.grad_broadcast);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_ufc;

@@ -14,6 +14,7 @@ import torch
 
 from infer_fast import _C  # noqa: F401  (registers torch.ops.infer_fast.*)
 from infer_fast.ops._autograd import block_double_backward
+from infer_fast.ops._index_check import check_once, range_message
 
 __all__ = ["compensator_broadcast"]
 
@@ -50,7 +51,12 @@ def compensator_broadcast(
         ``[B, C, H, W]`` in ufc's dtype, channels_last when ``ufc`` is channels_last, contiguous otherwise.
         Math in float32 (float64 for float64 ufc). A base stored in the other memory format is gathered to the
         ``B`` images used, not converted whole.
+
+    On a GPU the index values are checked on the host the first time each index tensor is seen (one copy), then
+    never again while it is unchanged: reuse the same index tensors across iterations and no call synchronises.
     """
+    _check_index_values(base_index, "base_index", 0, base.shape[0])
+    _check_index_values(ufc_index, "ufc_index", -1, ufc.shape[0])
     return torch.ops.infer_fast.compensator_broadcast.default(
         base,
         ufc,
@@ -61,6 +67,16 @@ def compensator_broadcast(
         _channels(lo, ufc),
         _channels(hi, ufc),
     )
+
+
+def _check_index_values(idx: torch.Tensor, name: str, lo: int, hi_excl: int) -> None:
+    def check(host: torch.Tensor) -> None:
+        msg = range_message("compensator_broadcast", name, host, lo, hi_excl)
+        if msg:
+            raise RuntimeError(msg)
+
+    if isinstance(idx, torch.Tensor) and idx.dim() == 1 and idx.dtype == torch.int64:  # else the op's check speaks
+        check_once(idx, ("compensator_broadcast", lo, hi_excl), check)
 
 
 def _out_format(ufc: torch.Tensor) -> torch.memory_format:
