@@ -50,8 +50,9 @@ C10_HOST_DEVICE inline acc_t hard_p(int64_t k, int64_t c1, int64_t c2, acc_t wl,
 
 }  // namespace mixed_soft_xent_math
 
-// Every metadata check of the op, shared by both backends (values of perm/targets are range-checked by the
-// traversals: serially on CPU, device asserts on CUDA, to avoid a host synchronisation).
+// Every metadata check of the op, shared by both backends. Values of perm/targets are range-checked serially by
+// the CPU traversal; on CUDA the public function checks them once per index tensor on the host, with the same
+// message (infer_fast/ops/mixed_soft_xent.py), and the kernels device-assert as a backstop.
 // Returns true for hard (integer class index) targets.
 inline bool check_mixed_soft_xent_inputs(const at::Tensor& logits, const at::Tensor& target,
                                          const std::optional<at::Tensor>& perm, double lam, double temperature) {

@@ -276,3 +276,86 @@ def test_device_mismatch():
         OP(z.cuda(), y, p.cuda(), 0.5, 1.0)
     with pytest.raises(RuntimeError, match="perm must be on logits' device"):
         OP(z.cuda(), y.cuda(), p, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_infinite_logits_give_nan_rows_like_softmax(hard):
+    """+inf and -inf logits (and an inf in a soft target) make that row's loss and gradient NaN, on every backend."""
+    logits, target, perm = _inputs(5, 9, hard=hard, target_dtype=torch.int64 if hard else torch.float32, mix=False)
+    logits[1, 3] = float("inf")
+    logits[2, 0] = float("-inf")
+    if not hard:
+        target[3, 4] = float("-inf")
+    _, grad = OP(logits, target, perm, 1.0, 2.0)
+    nan_rows = [1, 2] if hard else [1, 2, 3]
+    for r in range(5):
+        assert grad[r].isnan().all() if r in nan_rows else grad[r].isfinite().all(), f"row {r}: {grad[r]}"
+
+
+def test_host_index_check_messages_are_the_cpu_kernels():
+    """The once-per-tensor host check used on CUDA raises exactly the CPU kernel's message."""
+    from infer_fast.ops.mixed_soft_xent import _perm_error, _target_error
+
+    z, y, p = _inputs(4, 6)
+    bad_perm, bad_target = torch.tensor([0, 1, 4, 2]), torch.tensor([0, -1, 5, 2])
+    for perm, target, want in ((bad_perm, y, _perm_error(bad_perm, 4)), (p, bad_target, _target_error(bad_target, 6))):
+        with pytest.raises(RuntimeError) as err:
+            OP(z, target, perm, 0.5, 1.0)
+        assert want == str(err.value).splitlines()[0]
+    assert _perm_error(p, 4) is None and _target_error(torch.tensor([0, 5, 3, 1]), 6) is None
+
+
+@requires_cuda
+@pytest.mark.parametrize("hard", [False, True])
+def test_cuda_infinite_and_nan_logits_give_nan_rows_like_cpu(hard):
+    logits, target, perm = _inputs(5, 9, hard=hard, target_dtype=torch.int64 if hard else torch.float32)
+    logits[1, 3] = float("inf")
+    logits[2, 0] = float("-inf")
+    logits[4, 2] = float("nan")
+    cpu = OP(logits, target, perm, 0.5, 2.0)
+    gpu = OP(logits.cuda(), target.cuda(), perm.cuda(), 0.5, 2.0)
+    assert torch.isnan(gpu[0]).item() and torch.isnan(cpu[0])
+    assert torch.equal(gpu[1].isnan().cpu(), cpu[1].isnan()), "NaN rows differ between CPU and CUDA"
+    assert_close(gpu[1][[0, 3]].cpu(), cpu[1][[0, 3]], atol=1e-6, rtol=1e-5, what="finite rows")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("k", [1025, 3000])
+def test_cpu_matches_cuda_wide_rows_and_half(k, hard, dtype):
+    """K > 1024 takes the 256-thread blocks; fp16 logits were not covered by the CUDA tests."""
+    logits, target, perm = _inputs(6, k, hard, torch.int64 if hard else torch.float16, True, dtype)
+    cpu = OP(logits, target, perm, 0.3, 4.0)
+    gpu = OP(logits.cuda(), target.cuda(), perm.cuda(), 0.3, 4.0)
+    tol = 2e-3 if dtype == torch.float16 else 2e-6
+    assert_close(gpu[0].cpu(), cpu[0], atol=tol, rtol=tol, what="loss")
+    assert_close(gpu[1].cpu(), cpu[1], atol=tol * float(cpu[1].abs().max()), rtol=tol, what="grad_logits")
+
+
+@requires_cuda
+@pytest.mark.parametrize("hard", [False, True])
+def test_cuda_out_of_range_indices_raise_the_cpu_error(hard):
+    z, y, p = _inputs(4, 6, hard=hard, target_dtype=torch.int64)
+    bad = [(torch.tensor([0, 1, 4, 2]), y)] + ([(p, torch.tensor([0, -1, 5, 2]))] if hard else [])
+    for perm, target in bad:
+        with pytest.raises(RuntimeError) as cpu_err:
+            mixed_soft_xent(z, target, perm, 0.5, 1.0)
+        with pytest.raises(RuntimeError) as cuda_err:
+            mixed_soft_xent(z.cuda(), target.cuda(), perm.cuda(), 0.5, 1.0)
+        assert str(cuda_err.value).splitlines()[0] == str(cpu_err.value).splitlines()[0]
+    mixed_soft_xent(z.cuda(), y.cuda(), p.cuda(), 0.5, 1.0).item()  # the context is still usable
+
+
+@requires_cuda
+def test_cuda_call_does_not_synchronise_once_indices_are_checked():
+    z, y, p = (t.cuda() for t in _inputs(8, 10, hard=True, target_dtype=torch.int64))
+    z.requires_grad_(True)
+    mixed_soft_xent(z, y, p, 0.5, 2.0).backward()  # first call: perm and targets checked (one copy each)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mixed_soft_xent(z, y, p, 0.5, 2.0).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert z.grad.isfinite().all()

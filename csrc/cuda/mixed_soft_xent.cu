@@ -2,7 +2,8 @@
 // logits z [B,K] (fp32/fp64/fp16/bf16), target [B,K] floating or [B] integer, perm [B] int64 or None.
 // One thread block per row: three sweeps (max, exp sums, gradient) over z_b, y_b, y_perm(b), the later ones served
 // from L1/L2, with CUB block reductions. Per-row losses go to a [B] buffer; the loss is its sum (fixed reduction
-// order, deterministic) / B. Index ranges are device-asserted, so no host synchronisation is needed.
+// order, deterministic) / B. No host synchronisation: the public function checks perm/class indices once per index
+// tensor on the host (infer_fast/ops/_index_check.py); the device asserts here only back up raw op calls.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -23,21 +24,27 @@ namespace math = mixed_soft_xent_math;
 __device__ __forceinline__ float dev_exp(float x) { return __expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return ::exp(x); }
 
-template <typename T>
-struct MaxOp {
-  __device__ __forceinline__ T operator()(const T& a, const T& b) const { return a > b ? a : b; }
-};
-
+// Row maxima of the target (a) and logit (s) sides, and f = the sum of the row's values: a non-finite f flags a row
+// holding inf or NaN (the exp of the shifted values would hide it), which then gets a NaN loss and gradient, as on
+// the CPU and as softmax gives.
 template <typename acc_t>
 struct Pair {
-  acc_t a, s;
+  acc_t a, s, f;
 };
 template <typename acc_t>
 struct PairMaxOp {
   __device__ __forceinline__ Pair<acc_t> operator()(const Pair<acc_t>& x, const Pair<acc_t>& y) const {
-    return {x.a > y.a ? x.a : y.a, x.s > y.s ? x.s : y.s};
+    return {x.a > y.a ? x.a : y.a, x.s > y.s ? x.s : y.s, x.f + y.f};
   }
 };
+
+// A flagged row: NaN gradient and NaN loss (written by the block's threads; returns for the whole block).
+template <typename zt, typename acc_t>
+__device__ inline void nan_row(zt* __restrict__ g, acc_t* __restrict__ row_loss, int64_t b, int64_t k, int block) {
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  for (int64_t i = threadIdx.x; i < k; i += block) g[b * k + i] = static_cast<zt>(nan);
+  if (threadIdx.x == 0) row_loss[b] = nan;
+}
 
 template <typename acc_t>
 struct Sums {
@@ -67,6 +74,7 @@ __global__ void __launch_bounds__(BLOCK)
     typename SumsReduce::TempStorage sums;
   } tmp;
   __shared__ acc_t sh_max_a, sh_max_s, sh_ra, sh_rs;
+  __shared__ bool sh_nan;
 
   const int64_t b = blockIdx.x, k = prm.k;
   const int64_t bp = perm ? perm[b] : b;
@@ -75,18 +83,20 @@ __global__ void __launch_bounds__(BLOCK)
   const yt* yb = y + b * k;
   const yt* yp = y + bp * k;
 
-  Pair<acc_t> m{-std::numeric_limits<acc_t>::infinity(), -std::numeric_limits<acc_t>::infinity()};
+  Pair<acc_t> m{-std::numeric_limits<acc_t>::infinity(), -std::numeric_limits<acc_t>::infinity(), acc_t(0)};
   for (int64_t i = threadIdx.x; i < k; i += BLOCK) {
     const acc_t a = math::mixed(static_cast<acc_t>(yb[i]), static_cast<acc_t>(yp[i]), prm.wl, prm.wr, prm.inv_t);
     const acc_t s = static_cast<acc_t>(zr[i]) * prm.inv_t;
-    m = PairMaxOp<acc_t>()(m, Pair<acc_t>{a, s});
+    m = PairMaxOp<acc_t>()(m, Pair<acc_t>{a, s, a + s});
   }
   m = PairReduce(tmp.pair).Reduce(m, PairMaxOp<acc_t>());
   if (threadIdx.x == 0) {
     sh_max_a = m.a;
     sh_max_s = m.s;
+    sh_nan = !::isfinite(m.f);
   }
   __syncthreads();
+  if (sh_nan) return nan_row(g, row_loss, b, k, BLOCK);
   const acc_t max_a = sh_max_a, max_s = sh_max_s;
 
   Sums<acc_t> sums{0, 0, 0};
@@ -122,8 +132,13 @@ __global__ void __launch_bounds__(BLOCK)
     hard_kernel(const zt* __restrict__ z, const int64_t* __restrict__ cls, const int64_t* __restrict__ perm,
                 zt* __restrict__ g, acc_t* __restrict__ row_loss, const RowParams<acc_t> prm) {
   using Reduce = cub::BlockReduce<acc_t, BLOCK>;
-  __shared__ typename Reduce::TempStorage tmp;
+  using PairReduce = cub::BlockReduce<Pair<acc_t>, BLOCK>;
+  __shared__ union {
+    typename PairReduce::TempStorage pair;
+    typename Reduce::TempStorage sum;
+  } tmp;
   __shared__ acc_t sh_max, sh_rs;
+  __shared__ bool sh_nan;
 
   const int64_t b = blockIdx.x, k = prm.k;
   const int64_t bp = perm ? perm[b] : b;
@@ -132,16 +147,24 @@ __global__ void __launch_bounds__(BLOCK)
   CUDA_KERNEL_ASSERT(c1 >= 0 && c1 < k && c2 >= 0 && c2 < k && "mixed_soft_xent: class index out of range");
   const zt* zr = z + b * k;
 
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t i = threadIdx.x; i < k; i += BLOCK) m = MaxOp<acc_t>()(m, static_cast<acc_t>(zr[i]) * prm.inv_t);
-  m = Reduce(tmp).Reduce(m, MaxOp<acc_t>());
-  if (threadIdx.x == 0) sh_max = m;
+  // the a side is unused here: only the logits' max (s) and their finiteness sum (f)
+  Pair<acc_t> m{acc_t(0), -std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+  for (int64_t i = threadIdx.x; i < k; i += BLOCK) {
+    const acc_t s = static_cast<acc_t>(zr[i]) * prm.inv_t;
+    m = PairMaxOp<acc_t>()(m, Pair<acc_t>{acc_t(0), s, s});
+  }
+  m = PairReduce(tmp.pair).Reduce(m, PairMaxOp<acc_t>());
+  if (threadIdx.x == 0) {
+    sh_max = m.s;
+    sh_nan = !::isfinite(m.f);
+  }
   __syncthreads();
+  if (sh_nan) return nan_row(g, row_loss, b, k, BLOCK);
   const acc_t max_s = sh_max;
 
   acc_t sum = 0;
   for (int64_t i = threadIdx.x; i < k; i += BLOCK) sum += dev_exp(static_cast<acc_t>(zr[i]) * prm.inv_t - max_s);
-  sum = Reduce(tmp).Sum(sum);
+  sum = Reduce(tmp.sum).Sum(sum);
   if (threadIdx.x == 0) {
     const acc_t log_sum = ::log(sum);
     const acc_t log_q1 = static_cast<acc_t>(zr[c1]) * prm.inv_t - max_s - log_sum;

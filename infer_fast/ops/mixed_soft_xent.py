@@ -6,6 +6,7 @@ import torch
 
 from infer_fast import _C  # noqa: F401  (loads the extension that defines the ops)
 from infer_fast.ops._autograd import block_double_backward
+from infer_fast.ops._index_check import check_once, first_out_of_range
 
 __all__ = ["mixed_soft_xent"]
 
@@ -33,9 +34,37 @@ def mixed_soft_xent(
     loss in float32 (float64 for float64 logits). Gradient flows to ``logits`` only:
     ``dloss/dz = (softmax(z / T) - p) / (T * B)``, computed by the forward in the same pass per row.
     """
+    _check_index_values(logits, target, perm)
     if torch.compiler.is_compiling():  # traced through the op's registered fake and autograd kernels
         return _FORWARD(logits, target, perm, float(lam), float(temperature))[0]
     return _MixedSoftXent.apply(logits, target, perm, float(lam), float(temperature))
+
+
+def _perm_error(host: torch.Tensor, b: int) -> str | None:
+    bad = first_out_of_range(host, 0, b)
+    return bad and f"mixed_soft_xent: perm[{bad[0]}] = {bad[1]} is out of range, expected an index in [0, {b})"
+
+
+def _target_error(host: torch.Tensor, k: int) -> str | None:
+    bad = first_out_of_range(host.long(), 0, k)
+    return bad and f"mixed_soft_xent: target[{bad[0]}] = {bad[1]} is not a class index, expected one in [0, {k})"
+
+
+def _raise_if(msg: str | None) -> None:
+    if msg:
+        raise RuntimeError(msg)
+
+
+def _check_index_values(logits: torch.Tensor, target: torch.Tensor, perm: torch.Tensor | None) -> None:
+    """On a GPU: perm and integer class targets checked once per tensor on the host, with the CPU kernel's message
+    (the CUDA kernel would otherwise hit a device assert, which ends the CUDA context)."""
+    if logits.dim() != 2:
+        return  # the op's shape check speaks
+    b, k = logits.shape
+    if perm is not None and perm.dtype == torch.int64 and perm.shape == (b,):
+        check_once(perm, ("mixed_soft_xent perm", b), lambda host: _raise_if(_perm_error(host, b)))
+    if not target.dtype.is_floating_point and target.dtype != torch.bool and target.shape == (b,):
+        check_once(target, ("mixed_soft_xent target", k), lambda host: _raise_if(_target_error(host, k)))
 
 
 @torch.library.register_fake("infer_fast::mixed_soft_xent")
