@@ -332,3 +332,55 @@ def test_matcher_bad_models():
         BNStatMatcher(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, track_running_stats=False)))
     with pytest.raises(ValueError, match="backend must be"):
         BNStatMatcher(nn.BatchNorm1d(3), backend="cuda")
+
+
+def test_more_groups_than_a_cuda_grid_dimension():
+    """groups = N = 65,540 (> 65,535, the CUDA grid's y limit the channels-last stats kernel strides over)."""
+    x, rm, rv = _inputs((65540, 3, 2, 2), "channels_last", dtype=torch.float32, stat_dtype=torch.float32)
+    got = bn_stat_loss(x, rm, rv, 65540)
+    want = reference.bn_stat_loss(x, rm, rv, 65540)
+    for name, a, b in zip(("loss", "mean", "var"), got, want, strict=True):
+        assert_close(a, b, atol=1e-5, rtol=1e-5, what=name)
+
+
+def _cuda_agree(shape, groups, layout, dtype, use=(0, 1, 2), tol=1e-5):
+    x, rm, rv = _inputs(shape, layout, dtype=dtype, stat_dtype=torch.float32)
+    xc = x.cuda().requires_grad_(True)
+    x.requires_grad_(True)
+    out, outc = bn_stat_loss(x, rm, rv, groups), bn_stat_loss(xc, rm.cuda(), rv.cuda(), groups)
+    for name, a, b in zip(("loss", "mean", "var"), out, outc, strict=True):
+        assert_close(b, a, atol=tol, rtol=tol, what=name)
+    (dx,) = torch.autograd.grad(sum(out[i].sum() for i in use), x)
+    (dxc,) = torch.autograd.grad(sum(outc[i].sum() for i in use), xc)
+    assert dxc.stride() == xc.stride()
+    assert_close(dxc, dx, atol=tol, rtol=tol, what="dx")
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_many_elements_per_group_and_channel(layout):
+    """> 4,096 elements per (group, channel): the NCHW stats split one (g, c) over several blocks."""
+    _cuda_agree((8, 5, 48, 50), 2, layout, torch.float32)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_bfloat16(layout):
+    _cuda_agree((12, 33, 7, 9), 3, layout, torch.bfloat16, tol=2e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("use", [(1,), (2,), (1, 2)])
+def test_cuda_gradient_through_mean_and_var_only(use):
+    _cuda_agree((6, 7, 5, 5), 2, "contiguous", torch.float64, use=use, tol=1e-10)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_groups_equal_n(layout):
+    _cuda_agree((9, 16, 6, 6), 9, layout, torch.float32)
+
+
+@requires_cuda
+def test_cuda_more_groups_than_a_grid_dimension():
+    _cuda_agree((65540, 3, 2, 2), 65540, "channels_last", torch.float32)

@@ -4,9 +4,12 @@
 //   backward: one block per group computes the [C] coefficients, then one grid-stride pass
 //             dx = p[g,c] * (x - mean[g,c]) + q[g,c] in x's dtype and memory format.
 // dtypes: x fp32/fp64/fp16/bf16, accumulation and statistics in at::opmath_type (fp32, fp64 for fp64 x).
+// Index arithmetic: when x has fewer than 2^31 elements, element -> (sample, channel) is a 32-bit multiply-high
+// division by an invariant (at::cuda::detail::IntDivider<uint32_t>); 64-bit division only for larger tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -14,6 +17,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include <algorithm>
+#include <limits>
 
 #include "bn_stat_loss.h"
 
@@ -23,6 +27,19 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlockNhwc = kThreads / 32;  // channels-last: 32 channels x 8 rows per block
 constexpr int64_t kMinPerSplit = 4096;            // elements per block before splitting a (g, c) further
+constexpr int64_t kMaxGridYZ = 65535;             // gridDim.y and gridDim.z limit
+
+template <typename I>
+using Divider = at::cuda::detail::IntDivider<I>;
+
+// 32-bit index arithmetic (fast invariant division) when every element offset fits, else 64-bit.
+template <typename F>
+void with_index_type(int64_t numel, const F& f) {
+  if (numel <= std::numeric_limits<int32_t>::max())
+    f(uint32_t{});
+  else
+    f(int64_t{});
+}
 
 template <typename A>
 struct ChanMergeOp {
@@ -32,17 +49,18 @@ struct ChanMergeOp {
 };
 
 // Contiguous x: block (g*C + c, split) reduces elements [split*per_split, ...) of the group's N/G rows of channel c.
-template <typename T, typename A>
+template <typename T, typename A, typename I>
 __global__ void stats_nchw_kernel(const T* __restrict__ x, int64_t c, int64_t s, int64_t ng, int64_t per_split,
-                                  BnWelford<A>* __restrict__ part) {
+                                  Divider<I> div_s, BnWelford<A>* __restrict__ part) {
   const int64_t gc = blockIdx.x, g = gc / c, ch = gc % c;
   const int64_t total = ng * s, b = blockIdx.y * per_split;
   const int64_t e = b + per_split < total ? b + per_split : total;
   const T* base = x + (g * ng * c + ch) * s;
+  const int64_t row = c * s;
   BnWelford<A> w;
-  for (int64_t i = b + threadIdx.x; i < e; i += kThreads) {
-    const int64_t n = i / s;
-    bn_welford_add(w, static_cast<A>(base[n * c * s + (i - n * s)]));
+  for (I i = static_cast<I>(b + threadIdx.x); i < static_cast<I>(e); i += kThreads) {
+    const auto nr = div_s.divmod(i);  // (sample within the group, position within its plane)
+    bn_welford_add(w, static_cast<A>(base[static_cast<int64_t>(nr.div) * row + nr.mod]));
   }
   using Reduce = cub::BlockReduce<BnWelford<A>, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
@@ -51,25 +69,29 @@ __global__ void stats_nchw_kernel(const T* __restrict__ x, int64_t c, int64_t s,
 }
 
 // Channels-last x ([N*S, C] rows): block (32 channels, g, split), threads (32 channels) x (8 rows), coalesced on C.
+// Groups beyond gridDim.y's limit are strided over (groups = N with a large N).
 template <typename T, typename A>
-__global__ void stats_nhwc_kernel(const T* __restrict__ x, int64_t c, int64_t rows_g, int64_t per_split,
-                                  BnWelford<A>* __restrict__ part) {
-  const int64_t ch = blockIdx.x * 32 + threadIdx.x, g = blockIdx.y, b = blockIdx.z * per_split;
+__global__ void stats_nhwc_kernel(const T* __restrict__ x, int64_t c, int64_t groups, int64_t rows_g,
+                                  int64_t per_split, BnWelford<A>* __restrict__ part) {
+  const int64_t ch = blockIdx.x * 32 + threadIdx.x, b = blockIdx.z * per_split;
   const int64_t e = b + per_split < rows_g ? b + per_split : rows_g;
-  BnWelford<A> w;
-  if (ch < c)
-    for (int64_t r = b + threadIdx.y; r < e; r += kRowsPerBlockNhwc)
-      bn_welford_add(w, static_cast<A>(x[(g * rows_g + r) * c + ch]));
   // Column reduction over the 8 rows through shared memory (plain arrays: __shared__ needs trivial types).
   __shared__ A sn[kRowsPerBlockNhwc][32], smean[kRowsPerBlockNhwc][32], sm2[kRowsPerBlockNhwc][32];
-  sn[threadIdx.y][threadIdx.x] = w.n;
-  smean[threadIdx.y][threadIdx.x] = w.mean;
-  sm2[threadIdx.y][threadIdx.x] = w.m2;
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    for (int y = 1; y < kRowsPerBlockNhwc; ++y)
-      w = bn_chan_merge(w, BnWelford<A>{sn[y][threadIdx.x], smean[y][threadIdx.x], sm2[y][threadIdx.x]});
-    part[(g * c + ch) * gridDim.z + blockIdx.z] = w;
+  for (int64_t g = blockIdx.y; g < groups; g += gridDim.y) {
+    BnWelford<A> w;
+    if (ch < c)
+      for (int64_t r = b + threadIdx.y; r < e; r += kRowsPerBlockNhwc)
+        bn_welford_add(w, static_cast<A>(x[(g * rows_g + r) * c + ch]));
+    sn[threadIdx.y][threadIdx.x] = w.n;
+    smean[threadIdx.y][threadIdx.x] = w.mean;
+    sm2[threadIdx.y][threadIdx.x] = w.m2;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+      for (int y = 1; y < kRowsPerBlockNhwc; ++y)
+        w = bn_chan_merge(w, BnWelford<A>{sn[y][threadIdx.x], smean[y][threadIdx.x], sm2[y][threadIdx.x]});
+      part[(g * c + ch) * gridDim.z + blockIdx.z] = w;
+    }
+    __syncthreads();  // the next group reuses the shared rows
   }
 }
 
@@ -126,14 +148,22 @@ __global__ void coef_kernel(const A* __restrict__ gl, const A* __restrict__ gm, 
   }
 }
 
-template <typename T, typename A, bool kChannelsLast>
+// dx in x's memory order: NCHW i = (n*C + ch)*S + pos, channels-last i = (n*S + pos)*C + ch; row gi = g*C + ch.
+template <typename T, typename A, bool kChannelsLast, typename I>
 __global__ void dx_kernel(const T* __restrict__ x, T* __restrict__ dx, const A* __restrict__ p,
-                          const A* __restrict__ q, const A* __restrict__ mean, int64_t numel, int64_t c, int64_t s,
-                          int64_t ng) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += stride) {
-    const int64_t ch = kChannelsLast ? i % c : (i / s) % c;
-    const int64_t gi = (i / (s * c) / ng) * c + ch;
+                          const A* __restrict__ q, const A* __restrict__ mean, I numel, I c, Divider<I> div_c,
+                          Divider<I> div_s, Divider<I> div_ng) {
+  const I stride = static_cast<I>(gridDim.x) * kThreads;
+  for (I i = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += stride) {
+    I n, ch;
+    if constexpr (kChannelsLast) {
+      const auto r = div_c.divmod(i);
+      n = div_s.div(r.div), ch = r.mod;
+    } else {
+      const auto r = div_c.divmod(div_s.div(i));
+      n = r.div, ch = r.mod;
+    }
+    const int64_t gi = static_cast<int64_t>(div_ng.div(n)) * c + ch;
     dx[i] = static_cast<T>(bn_dx<A>(static_cast<A>(x[i]), mean[gi], p[gi], q[gi]));
   }
 }
@@ -171,17 +201,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stat_loss_cuda(const at::Tenso
       splits = num_splits(cblocks * groups, rows_g * 32);
       const int64_t per_split = ceil_div(rows_g, splits);
       part = at::empty({groups * c * splits, 3}, opts);
-      const dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
+      const dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(std::min(groups, kMaxGridYZ)),
+                      static_cast<unsigned>(splits));
       stats_nhwc_kernel<scalar_t, A><<<grid, dim3(32, kRowsPerBlockNhwc), 0, stream>>>(
-          x, c, rows_g, per_split, reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>()));
+          x, c, groups, rows_g, per_split, reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>()));
     } else {
       const int64_t total = ng * s;
       splits = num_splits(groups * c, total);
       const int64_t per_split = ceil_div(total, splits);
       part = at::empty({groups * c * splits, 3}, opts);
       const dim3 grid(static_cast<unsigned>(groups * c), static_cast<unsigned>(splits));
-      stats_nchw_kernel<scalar_t, A>
-          <<<grid, kThreads, 0, stream>>>(x, c, s, ng, per_split, reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>()));
+      auto* out = reinterpret_cast<BnWelford<A>*>(part.data_ptr<A>());
+      with_index_type(v.x.numel(), [&](auto idx) {
+        using I = decltype(idx);
+        stats_nchw_kernel<scalar_t, A, I>
+            <<<grid, kThreads, 0, stream>>>(x, c, s, ng, per_split, Divider<I>(static_cast<I>(s)), out);
+      });
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     finalize_kernel<A><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(
@@ -221,12 +256,13 @@ at::Tensor bn_stat_loss_backward_cuda(const at::Tensor& grad_loss, const at::Ten
     const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(numel, kThreads), sms * 32));
     const scalar_t* x = v.x.const_data_ptr<scalar_t>();
     scalar_t* out = dx.data_ptr<scalar_t>();
-    if (v.channels_last)
-      dx_kernel<scalar_t, A, true>
-          <<<blocks, kThreads, 0, stream>>>(x, out, p, q, mc.const_data_ptr<A>(), numel, c, s, ng);
-    else
-      dx_kernel<scalar_t, A, false>
-          <<<blocks, kThreads, 0, stream>>>(x, out, p, q, mc.const_data_ptr<A>(), numel, c, s, ng);
+    with_index_type(numel, [&](auto idx) {
+      using I = decltype(idx);
+      const Divider<I> div_c(static_cast<I>(c)), div_s(static_cast<I>(s)), div_ng(static_cast<I>(ng));
+      const auto kernel = v.channels_last ? dx_kernel<scalar_t, A, true, I> : dx_kernel<scalar_t, A, false, I>;
+      kernel<<<blocks, kThreads, 0, stream>>>(x, out, p, q, mc.const_data_ptr<A>(), static_cast<I>(numel),
+                                              static_cast<I>(c), div_c, div_s, div_ng);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
