@@ -4,10 +4,14 @@ Sources are globbed from csrc/, csrc/cpu/ and csrc/cuda/: a new kernel never tou
 
 Environment:
   INFER_FAST_CUDA=0|1        force the CPU-only or the CUDA build (default: CUDA when torch has CUDA and nvcc exists)
-  TORCH_CUDA_ARCH_LIST       CUDA architectures (default without a visible GPU: "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST       CUDA architectures (default without a visible GPU: DEFAULT_ARCH_LIST below)
   INFER_FAST_CPU_ARCH        -march for the CPU kernels (default x86-64-v3 on x86_64: AVX2+FMA; "native" for this host)
   MAX_JOBS                   parallel compile jobs (ninja)
   INFER_FAST_SKIP_EXT=1      package only (the Makefile builds _C in place first, then installs editable with this)
+
+A build with the extension writes infer_fast/_build.py (what _C was compiled against: torch, CUDA, architectures,
+CPU ISA) and versions the package 0.1.0+pt<torch>cu<cuda> (or +pt<torch>cpu), pinning that torch: compiled
+PyTorch extensions are tied to the exact torch they were built with.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
+# SASS for A100 (8.0), H100/H200 (9.0), B200/GB200 (10.0, runs on 10.3 too) and RTX 50xx/RTX PRO (12.0, runs on 12.1),
+# plus PTX of the newest for what comes after. nvcc 13 has no sm_70 and below.
+DEFAULT_ARCH_LIST = "8.0;9.0;10.0;12.0+PTX"
 
 
 def _resolve_cuda_home() -> None:
@@ -45,8 +52,6 @@ def _resolve_cuda_home() -> None:
 _resolve_cuda_home()
 
 INSTALL_REQUIRES = [
-    "torch==2.14.1",
-    "torchvision==0.29.1",
     "numpy",
     "safetensors",
     "tqdm",
@@ -83,6 +88,55 @@ def _cuda_config() -> tuple[bool, str]:
     return True, f"torch CUDA {torch.version.cuda}, nvcc at {CUDA_HOME}"
 
 
+def _torch_requirements() -> list[str]:
+    """The torch this build is for, and the torchvision of that release (its minor is torch's + 15)."""
+    import torch
+
+    public = torch.__version__.split("+")[0]
+    major, minor = (int(v) for v in public.split(".")[:2])
+    return [f"torch=={public}", f"torchvision>=0.{minor + 15},<0.{minor + 16}" if major == 2 else "torchvision"]
+
+
+def _local_version(use_cuda: bool) -> str:
+    """0.1.0+pt2141cu130: the torch (and CUDA) that _C is compiled against, as the wheel's local version."""
+    import torch
+
+    tag = "pt" + "".join(torch.__version__.split("+")[0].split(".")[:3])
+    tag += "cu" + torch.version.cuda.replace(".", "") if use_cuda else "cpu"
+    return f"{VERSION}+{tag}"
+
+
+def _dali_version() -> str | None:
+    from importlib import metadata
+
+    for name in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def _write_build_info(use_cuda: bool, cpu_arch: str | None) -> None:
+    """infer_fast/_build.py, read at import before _C is loaded (a torch mismatch is then a one-line error)."""
+    import torch
+
+    values = {
+        "VERSION": _local_version(use_cuda),
+        "TORCH_VERSION": torch.__version__,
+        "CUDA_VERSION": torch.version.cuda if use_cuda else None,
+        "CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST") if use_cuda else None,
+        "CPU_ARCH": cpu_arch,
+        "DALI": _dali_version(),
+    }
+    lines = ["# Written by setup.py when infer_fast._C is built: what it was compiled against. Not in git.\n"]
+    lines += [f"{k} = {v!r}\n" for k, v in values.items()]
+    path = os.path.join(ROOT, "infer_fast", "_build.py")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
 def _extensions():
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
@@ -93,18 +147,21 @@ def _extensions():
 
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
-        cxx.append(f"-march={os.environ.get('INFER_FAST_CPU_ARCH', 'x86-64-v3')}")
+        cpu_arch = os.environ.get("INFER_FAST_CPU_ARCH", "x86-64-v3")
+        cxx.append(f"-march={cpu_arch}")
     else:
-        arch = os.environ.get("INFER_FAST_CPU_ARCH")
-        if arch:
-            cxx.append(f"-mcpu={arch}")
+        cpu_arch = os.environ.get("INFER_FAST_CPU_ARCH")
+        if cpu_arch:
+            cxx.append(f"-mcpu={cpu_arch}")
     define_macros = [("INFER_FAST_VERSION", f'"{VERSION}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     kwargs = dict(extra_link_args=["-fopenmp"])
 
     if use_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # A100, H100; with a GPU torch picks its arch
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # the visible GPUs' architectures, spelled out so that _build.py records them; none visible: the default
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps) or DEFAULT_ARCH_LIST
         # torch's CUDA headers (CUDAContext.h -> cublas etc.) live in the pip nvidia wheels
         try:
             import nvidia
@@ -114,7 +171,9 @@ def _extensions():
         except ImportError:
             pass
         define_macros.append(("INFER_FAST_WITH_CUDA", "1"))
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo"]
+        # No --use_fast_math: it made s/std, log and 1/sqrt approximate, so CUDA disagreed with the CPU on pixels that
+        # sit exactly on the clamp bounds. Intrinsics are spelled out where wanted (__expf in mixed_soft_xent.cu).
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
         ext = CUDAExtension(
             "infer_fast._C",
             sources + cuda_sources,
@@ -138,10 +197,12 @@ def _extensions():
         f"  arch list   : {os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)') if use_cuda else '-'}\n"
         f"  cxx flags   : {' '.join(cxx)}\n"
         f"  sources     : {len(sources)} C++ + {len(cuda_sources) if use_cuda else 0} CUDA\n"
-        f"  torch       : {torch.__version__}",
+        f"  torch       : {torch.__version__}\n"
+        f"  version     : {_local_version(use_cuda)}",
         flush=True,
     )
-    return [ext]
+    _write_build_info(use_cuda, cpu_arch)
+    return [ext], _local_version(use_cuda)
 
 
 def _cmdclass():
@@ -150,17 +211,22 @@ def _cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+if os.environ.get("INFER_FAST_SKIP_EXT") == "1":
+    EXT_MODULES, FULL_VERSION = [], VERSION
+else:
+    EXT_MODULES, FULL_VERSION = _extensions()
+
 setup(
     name="infer_fast",
-    version=VERSION,
+    version=FULL_VERSION,
     description="Fast INFER dataset distillation (Inter-Class Feature Compensator) with fused CPU/CUDA kernels",
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["infer_fast", "infer_fast.*"]),
-    ext_modules=[] if os.environ.get("INFER_FAST_SKIP_EXT") == "1" else _extensions(),
+    ext_modules=EXT_MODULES,
     cmdclass=_cmdclass(),
-    install_requires=INSTALL_REQUIRES,
+    install_requires=_torch_requirements() + INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["infer-fast=infer_fast.cli:main"]},
     zip_safe=False,

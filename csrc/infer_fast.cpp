@@ -5,6 +5,13 @@
 //   compensator_broadcast: out[i] = clamp((base[bidx[i]] * s - mean) / std + ufc[uidx[i]], lo, hi)  (uidx -1: no ufc)
 //   mixed_soft_xent:       mean_b KL(p_b || softmax(z_b / T)),  p = softmax(mix(y) / T) or mix(onehot(y))
 #include <torch/extension.h>
+#include <torch/version.h>
+
+#include <string>
+
+#ifdef INFER_FAST_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 TORCH_LIBRARY(infer_fast, m) {
   // ---- bn_stat_loss -------------------------------------------------------------------------
@@ -44,4 +51,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "infer_fast fused kernels; the ops are reached as torch.ops.infer_fast.<name>";
   m.def("cuda_enabled", &cuda_enabled, "whether this build contains the CUDA kernels");
   m.attr("version") = INFER_FAST_VERSION;
+  // What the headers said at compile time; infer_fast/_build.py (written by setup.py) holds the full strings and is
+  // read before this module is loaded, so that a torch mismatch is a one-line error instead of an undefined symbol.
+  m.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                            std::to_string(TORCH_VERSION_PATCH);
+#ifdef INFER_FAST_WITH_CUDA
+  m.attr("cuda_version") = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  m.attr("cuda_version") = pybind11::none();
+#endif
 }

@@ -10,6 +10,18 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 __version__ = "0.1.0"
 
+
+def _check_build_torch() -> None:
+    from infer_fast.buildinfo import recorded_build, torch_mismatch
+
+    build = recorded_build()
+    msg = build and torch_mismatch(build.TORCH_VERSION, torch.__version__)
+    if msg:
+        raise ImportError(msg)
+
+
+_check_build_torch()
+
 try:
     from infer_fast import _C
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install

@@ -29,7 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    info = sub.add_parser("info", help="the build (torch, CUDA, architectures, CPU ISA) beside this runtime (GPUs)")
+    info.set_defaults(func=_info)
     return parser
+
+
+def _info(args: argparse.Namespace) -> int:
+    from infer_fast.buildinfo import format_info
+
+    print(format_info())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

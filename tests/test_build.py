@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 import infer_fast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OPS = [
     "bn_stat_loss",
@@ -59,3 +64,70 @@ def _cuda_toolkit_present() -> bool:
     if os.environ.get("INFER_FAST_CUDA") == "0":
         return False
     return bool(CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))) or bool(shutil.which("nvcc"))
+
+
+def test_build_records_the_torch_and_cuda_it_was_compiled_against():
+    from infer_fast.buildinfo import recorded_build
+
+    build = recorded_build()
+    assert build is not None, "setup.py writes infer_fast/_build.py whenever it builds the extension"
+    assert build.TORCH_VERSION.split("+")[0] == infer_fast._C.torch_version == torch.__version__.split("+")[0]
+    assert (build.CUDA_VERSION is None) == (not infer_fast.cuda_enabled())
+    if infer_fast.cuda_enabled():
+        assert build.CUDA_VERSION == torch.version.cuda == infer_fast._C.cuda_version
+    tag = "pt" + "".join(torch.__version__.split("+")[0].split(".")[:3])
+    tag += "cu" + build.CUDA_VERSION.replace(".", "") if build.CUDA_VERSION else "cpu"
+    assert build.VERSION == f"{infer_fast.__version__}+{tag}", build.VERSION
+
+
+def test_torch_mismatch_is_one_line_naming_both_versions():
+    from infer_fast.buildinfo import torch_mismatch
+
+    assert torch_mismatch("2.14.1+cu130", "2.14.1+cu130") is None
+    msg = torch_mismatch("2.11.0+cu130", "2.14.1+cu130")
+    assert "\n" not in msg and "built against torch 2.11.0+cu130" in msg and "torch 2.14.1+cu130 is installed" in msg
+
+
+def test_import_under_another_torch_fails_with_that_line():
+    """Fake the recorded build torch (no second torch here): the import stops before loading _C."""
+    import subprocess
+    import sys
+
+    fake = (
+        "import sys, types; m = types.ModuleType('infer_fast._build'); m.TORCH_VERSION = '2.11.0+cu130'; "
+        "sys.modules['infer_fast._build'] = m; import infer_fast"
+    )
+    r = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: infer_fast was built against torch 2.11.0+cu130 but torch "), r.stderr
+    assert f"torch {torch.__version__} is installed" in last
+    assert "undefined symbol" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "cap,archs,want",
+    [
+        ((9, 0), "8.0;9.0;10.0;12.0+PTX", "yes (SASS)"),
+        ((10, 3), "8.0;9.0;10.0;12.0+PTX", "yes (SASS)"),
+        ((12, 1), "8.0;9.0;10.0;12.0+PTX", "yes (SASS)"),
+        ((13, 0), "8.0;9.0;10.0;12.0+PTX", "yes (PTX"),
+        ((8, 6), "8.0;9.0", "yes (SASS)"),
+        ((10, 0), "8.0;9.0", "NO: built for 8.0;9.0"),
+        ((7, 5), "8.0;9.0;10.0;12.0+PTX", "NO"),
+        ((9, 0), None, "no (CPU-only build)"),
+    ],
+)
+def test_kernels_for_a_gpu(cap, archs, want):
+    from infer_fast.buildinfo import kernels_for
+
+    assert kernels_for(cap, archs).startswith(want)
+
+
+def test_info_prints_build_and_runtime_sides(capsys):
+    from infer_fast.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("build:\n") and "\nruntime:\n" in out
+    assert f"torch: {torch.__version__}" in out and "CUDA architectures" in out
