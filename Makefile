@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-stamp
 export MAX_JOBS ?= 2
 
-.PHONY: setup build demo test lint cmake-build wheel wheel-check bench clean
+.PHONY: setup build demo test lint cmake-build wheel wheel-check bench gpu-check clean
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,5 +47,11 @@ wheel-check: wheel
 bench: build
 	$(BIN)/python bench/bench_ops.py
 
+# A GPU machine's own python3 (torch with CUDA, nvcc, ninja, pytest; no venv, no network): build for the local GPU,
+# every CUDA test, CPU-vs-CUDA agreement, benchmarks; under 8 minutes. Results: $(GPU_CHECK_OUT)/summary.md.
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check:
+	$(PY) bench/gpu_check.py $(GPU_CHECK_OUT)
+
 clean:
-	rm -rf build dist wheelhouse *.egg-info infer_fast/_C*.so
+	rm -rf build dist wheelhouse *.egg-info infer_fast/_C*.so infer_fast/_build.py

@@ -1,6 +1,8 @@
 """Throughput and peak memory of UFC optimisation: infer_fast's `distill` path vs the research code's loop.
 
-    python bench/bench_synthesis.py [--quick] [--levers] [--json PATH] [--workloads cifar10,imagenet]
+    python bench/bench_synthesis.py [--quick] [--levers] [--json PATH] [--workloads cifar10,imagenet] [--device D]
+
+``--device`` defaults to cuda when a GPU is visible; on a GPU every iteration's end is stamped after a synchronise.
 
 Workloads (the teacher's weights are random, its BN statistics calibrated on other images of the workload's
 distribution; images are seeded random pixels: throughput does not depend on what they show):
@@ -96,8 +98,9 @@ LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, 
 # ---- one provider in this process -----------------------------------------------------------------
 
 
-def build(w: Workload) -> tuple[nn.Module, torch.Tensor, list, torch.Tensor, torch.Tensor]:
-    """(teacher, base uint8 [K*n, 3, S, S], problems, lo, hi): deterministic for the workload."""
+def build(w: Workload, device: str = "cpu") -> tuple[nn.Module, torch.Tensor, list, torch.Tensor, torch.Tensor]:
+    """(teacher, base uint8 [K*n, 3, S, S], problems, lo, hi) on ``device``: deterministic for the workload
+    (drawn on the CPU, then moved)."""
     torch.manual_seed(0)
     model = build_model(w.arch, w.num_classes, w.size)
     k_sets = w.problems  # one teacher here: one problem per natural set
@@ -116,7 +119,12 @@ def build(w: Workload) -> tuple[nn.Module, torch.Tensor, list, torch.Tensor, tor
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, base, baselines.infer_problems(naturals, 1, MEAN, STD, lo, hi), lo, hi
+    problems = baselines.infer_problems(naturals, 1, MEAN, STD, lo, hi)
+    if device != "cpu":
+        first = problems[0]
+        moved = [f.name for f in dataclasses.fields(first) if isinstance(getattr(first, f.name), torch.Tensor)]
+        problems = [dataclasses.replace(p, **{k: getattr(p, k).to(device) for k in moved}) for p in problems]
+    return model.to(device), base.to(device), problems, lo.to(device), hi.to(device)
 
 
 def _common(w: Workload) -> dict:
@@ -126,9 +134,17 @@ def _common(w: Workload) -> dict:
             "aug": AugSettings(small=w.small, jitter=d.jitter, scale=(d.crop_scale_min, d.crop_scale_max))}
 
 
-def run_provider(w: Workload, provider: str) -> dict:
-    model, base, problems, lo, hi = build(w)
+def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
+    model, base, problems, lo, hi = build(w, device)
+    mean, std = MEAN.to(device), STD.to(device)
     common = _common(w)
+    cuda = device.startswith("cuda")
+
+    def stamp(*_) -> None:  # on a GPU an iteration ends when its kernels have run, not when they are queued
+        if cuda:
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
     iters = w.warmup + w.timed
     stamps: list[float] = []  # end of every iteration (batches concatenated); None marks a batch start
     starts: list[int] = []
@@ -144,9 +160,8 @@ def run_provider(w: Workload, provider: str) -> dict:
             starts.append(len(stamps))
             images_per_iter.append(p.num_images)
             stamps.append(time.perf_counter())
-            _, ces, bns = optimise_problem(p, model, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
-                                           class_chunk=w.class_chunk,
-                                           on_iteration=lambda *a: stamps.append(time.perf_counter()), **common)
+            _, ces, bns = optimise_problem(p, model, base, mean, std, lo, hi, seed=0, iterations=iters,
+                                           class_chunk=w.class_chunk, on_iteration=stamp, **common)
             ce[:, j], bn[:, j] = torch.tensor(ces), torch.tensor(bns)
     else:
         opts = DEFAULT if provider == "infer_fast" else LEVERS[provider]
@@ -162,10 +177,9 @@ def run_provider(w: Workload, provider: str) -> dict:
             starts.append(len(stamps))
             images_per_iter.append(sum(p.num_images for p in batch))
             stamps.append(time.perf_counter())
-            res = optimise_batch(batch, teacher, base, MEAN, STD, lo, hi, seed=0, iterations=iters,
+            res = optimise_batch(batch, teacher, base, mean, std, lo, hi, seed=0, iterations=iters,
                                  class_chunk=w.class_chunk, backend=opts["backend"], precision=opts["precision"],
-                                 log_every=iters, on_progress=lambda *a: stamps.append(time.perf_counter()),
-                                 **common)
+                                 log_every=iters, on_progress=stamp, **common)
             ce[:, col:col + len(batch)], bn[:, col:col + len(batch)] = res.ce, res.bn
             col += len(batch)
     timed_s, timed_images, warm_s, per_iter = 0.0, 0, 0.0, []
@@ -184,6 +198,7 @@ def run_provider(w: Workload, provider: str) -> dict:
         "warmup_s": warm_s,
         "setup_s": setup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "ce": ce.tolist(),
         "bn": bn.tolist(),
     }
@@ -203,15 +218,19 @@ def flops_per_image(w: Workload) -> float:
     return fc.get_total_flops() / 2
 
 
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """float32 GEMM throughput of this machine (all threads): the practical compute peak."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_gflops(seconds: float = 2.0, device: str = "cpu") -> float:
+    """float32 GEMM throughput of the device (all threads on a CPU): the practical compute peak."""
+    size = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
+        sync()
         n += 1
-    return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
+    return 2 * size**3 * n / (time.perf_counter() - t0) / 1e9
 
 
 # ---- H100 projection (a projection, not a measurement) ---------------------------------------------
@@ -240,8 +259,8 @@ def h100_projection(flops_per_image: float, num_teachers: int = 3, iterations: i
     return rows
 
 
-def spawn(workload: str, provider: str, quick: bool, threads: int | None) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", workload, provider]
+def spawn(workload: str, provider: str, quick: bool, threads: int | None, device: str = "cpu") -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", workload, provider, "--device", device]
     cmd += ["--quick"] if quick else []
     cmd += ["--threads", str(threads)] if threads else []
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -278,7 +297,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     all_w = workloads(args.quick)
     if args.worker:
-        print(json.dumps(run_provider(all_w[args.worker[0]], args.worker[1])))
+        print(json.dumps(run_provider(all_w[args.worker[0]], args.worker[1], args.device)))
         return 0
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = sorted(set(names) - set(all_w))
@@ -292,8 +311,8 @@ def main(argv=None) -> int:
         bad = sorted(set(providers) - {"reference", "infer_fast", *LEVERS})
         if bad or "reference" not in providers:
             p.error(f"--providers: unknown {bad} or no 'reference'; known: reference, infer_fast, {', '.join(LEVERS)}")
-    peak = matmul_gflops()
-    print(f"float32 matmul peak of this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    peak = matmul_gflops(device=args.device)
+    print(f"float32 matmul peak of {args.device}: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
     records, failures = [], []
     for name in names:
         w = all_w[name]
@@ -303,7 +322,7 @@ def main(argv=None) -> int:
         runs: dict[str, list[dict]] = {prov: [] for prov in providers}
         for _ in range(max(1, args.repeat)):  # interleaved, so that a slow minute hits every provider
             for prov in providers:
-                runs[prov].append(r := spawn(name, prov, args.quick, args.threads))
+                runs[prov].append(r := spawn(name, prov, args.quick, args.threads, args.device))
                 print(f"{name:9s} {prov:15s} {r['images_per_s']:8.2f} images/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                       f"setup {r['setup_s']:.1f} s  warm-up {r['warmup_s']:.1f} s", flush=True)
         results = {prov: sorted(rs, key=lambda r: r["images_per_s"])[len(rs) // 2] for prov, rs in runs.items()}
@@ -315,7 +334,8 @@ def main(argv=None) -> int:
                 "images_per_s": r["images_per_s"], "p20": r["ips_p20"], "p50": r["ips_p50"], "p80": r["ips_p80"],
                 "peak_rss_mb": r["peak_rss_mb"], "gflops_per_s": r["images_per_s"] * fpi / 1e9,
                 "pct_of_matmul_peak": 100 * r["images_per_s"] * fpi / 1e9 / peak, "setup_s": r["setup_s"],
-                "warmup_s": r["warmup_s"], "device": "cpu", "threads": torch.get_num_threads(),
+                "warmup_s": r["warmup_s"], "peak_gpu_mb": r["peak_gpu_mb"], "device": args.device,
+                "threads": torch.get_num_threads(),
                 "torch_version": torch.__version__, "commit": git_commit(),
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -331,7 +351,7 @@ def main(argv=None) -> int:
                                     f"iterations (allowed {tol_timed})")
             records.append(rec)
     print()
-    print(f"device=cpu threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()} "
+    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()} "
           f"matmul peak {peak:.0f} GFLOP/s")
     print(markdown_table(records, ["workload", "provider", "images_per_s", "speedup_vs_reference", "peak_rss_mb",
                                    "peak_rss_ratio", "gflops_per_s", "pct_of_matmul_peak", "loss_rdiff_first",
