@@ -336,7 +336,7 @@ def test_cpu_matches_cuda_wide_rows_and_half(k, hard, dtype):
 @requires_cuda
 @pytest.mark.parametrize("hard", [False, True])
 def test_cuda_out_of_range_indices_raise_the_cpu_error(hard):
-    z, y, p = _inputs(4, 6, hard=hard, target_dtype=torch.int64)
+    z, y, p = _inputs(4, 6, hard=hard, target_dtype=torch.int64 if hard else torch.float32)
     bad = [(torch.tensor([0, 1, 4, 2]), y)] + ([(p, torch.tensor([0, -1, 5, 2]))] if hard else [])
     for perm, target in bad:
         with pytest.raises(RuntimeError) as cpu_err:
