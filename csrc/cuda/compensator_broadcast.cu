@@ -1,7 +1,7 @@
 // compensator_broadcast, CUDA: out[i] = clamp(base[bidx[i]] * s/std - mean/std + ufc[uidx[i]], lo, hi) per channel;
 // backward grad_ufc[u] = sum_{i: uidx[i] == u} grad_out[i] * [lo <= pre_i <= hi], recomputing pre (no saved mask).
 // Shapes: base [Nb,C,H,W] uint8|float, ufc [U,C,H,W] float, indices int64 [B], mean/std/lo/hi [C]; out [B,C,H,W].
-// Forward: one thread per output element (grid y over images). Backward is deterministic without atomics: images
+// Forward: one thread per output element (grid y over images; an element's channel by 32-bit invariant division). Backward is deterministic without atomics: images
 // are grouped by UFC with a stable sort (CSR), and one thread per UFC pixel sums its group in image order.
 // No host synchronisation: index ranges are checked once on the host by the Python function (device asserts here),
 // the CSR offsets come from a binary search in the sorted keys, and the channel table is computed on the device.
@@ -9,10 +9,12 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace infer_fast::compensator_broadcast {
 namespace {
@@ -20,6 +22,22 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 constexpr size_t kMaxSharedTable = 48 * 1024;  // dynamic shared memory available without an opt-in
+
+// Channel of element e of one image: e % C (channels-last) or e / HW (NCHW), as a 32-bit multiply-high division by
+// an invariant (an image has fewer than 2^31 elements, checked on the host).
+struct ChannelOf {
+  at::cuda::detail::IntDivider<uint32_t> div;
+  bool channels_last;
+  ChannelOf(int64_t C, int64_t HW, bool cl) : div(static_cast<uint32_t>(cl ? C : HW)), channels_last(cl) {}
+  __device__ __forceinline__ uint32_t operator()(uint32_t e) const {
+    return channels_last ? div.mod(e) : div.div(e);
+  }
+};
+
+void check_image_size(int64_t n) {
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), "compensator_broadcast (CUDA): an image of C*H*W = ", n,
+              " elements exceeds the kernels' 32-bit per-image index (at most 2^31 - 1)");
+}
 
 // The [4, C] channel table (rows a, b, lo, hi): copied to shared memory when it fits (launched with its size as
 // dynamic shared memory), else read from global memory through the read-only cache (thousands of channels).
@@ -37,17 +55,16 @@ template <typename bT, typename oT, typename acc>
 __global__ void forward_kernel(const bT* __restrict__ base, const oT* __restrict__ ufc, oT* __restrict__ out,
                                const int64_t* __restrict__ bidx, const int64_t* __restrict__ uidx,
                                const acc* __restrict__ table, bool in_smem, int64_t B, int64_t Nb, int64_t U,
-                               int64_t C, int64_t HW, bool channels_last, int64_t bs0, int64_t us0) {
+                               int64_t C, uint32_t n, ChannelOf channel_of, int64_t bs0, int64_t us0) {
   const acc* sh = load_table(table, C, in_smem);
-  const int64_t n = C * HW;
   for (int64_t i = blockIdx.y; i < B; i += gridDim.y) {
     const int64_t bi = bidx[i], u = uidx[i];
     CUDA_KERNEL_ASSERT(bi >= 0 && bi < Nb && u >= -1 && u < U && "compensator_broadcast: index out of range");
     const bT* x = base + bi * bs0;
     const oT* uf = u >= 0 ? ufc + u * us0 : nullptr;
-    oT* y = out + i * n;
-    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-      const int64_t c = channels_last ? e % C : e / HW;
+    oT* y = out + i * int64_t(n);
+    for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+      const uint32_t c = channel_of(e);
       const acc shift = pixel_shift(sh[C + c], uf ? static_cast<acc>(uf[e]) : acc(0));
       const acc v = pre_value(static_cast<acc>(x[e]), sh[c], shift);
       y[e] = static_cast<oT>(clamp_value(v, sh[2 * C + c], sh[3 * C + c]));
@@ -60,16 +77,15 @@ __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restric
                                 oT* __restrict__ grad_ufc, const int64_t* __restrict__ bidx,
                                 const int64_t* __restrict__ images, const int64_t* __restrict__ offsets,
                                 const acc* __restrict__ table, bool in_smem, int64_t Nb, int64_t U, int64_t C,
-                                int64_t HW, bool channels_last, int64_t bs0, int64_t us0, int64_t gs0,
+                                uint32_t n, ChannelOf channel_of, int64_t bs0, int64_t us0, int64_t gs0,
                                 bool grad_broadcast) {
   const acc* sh = load_table(table, C, in_smem);
-  const int64_t n = C * HW;
   for (int64_t u = blockIdx.y; u < U; u += gridDim.y) {
     // group u + 1 of the CSR holds the images composed with UFC u (group 0: no compensator)
     const int64_t first = offsets[u + 1], last = offsets[u + 2];
     const oT* uf = ufc + u * us0;
-    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-      const int64_t c = channels_last ? e % C : e / HW;
+    for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+      const uint32_t c = channel_of(e);
       const acc a = sh[c], l = sh[2 * C + c], h = sh[3 * C + c];
       const acc shift = pixel_shift(sh[C + c], static_cast<acc>(uf[e]));
       acc sum = 0;
@@ -79,7 +95,7 @@ __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restric
         const acc g = static_cast<acc>(grad[i * gs0 + (grad_broadcast ? 0 : e)]);
         sum += clamp_grad(g, pre_value(static_cast<acc>(base[bi * bs0 + e]), a, shift), l, h);
       }
-      grad_ufc[u * n + e] = static_cast<oT>(sum);
+      grad_ufc[u * int64_t(n) + e] = static_cast<oT>(sum);
     }
   }
 }
@@ -113,6 +129,7 @@ at::Tensor compensator_broadcast_cuda(const at::Tensor& base, const at::Tensor& 
   const int64_t B = base_index.size(0), C = ufc.size(1), HW = ufc.size(2) * ufc.size(3);
   auto out = at::empty({B, C, ufc.size(2), ufc.size(3)}, ufc.options().memory_format(p.fmt));
   if (out.numel() == 0) return out;
+  check_image_size(C * HW);
   const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
   const size_t smem = table_smem(table);
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
@@ -120,8 +137,8 @@ at::Tensor compensator_broadcast_cuda(const at::Tensor& base, const at::Tensor& 
     forward_kernel<bT, oT, acc><<<grid_for(C * HW, B), kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
         p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(), out.mutable_data_ptr<oT>(),
         p.base_index.const_data_ptr<int64_t>(), p.ufc_index.const_data_ptr<int64_t>(),
-        table.const_data_ptr<acc>(), smem > 0, B, p.base.size(0), ufc.size(0), C, HW,
-        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0));
+        table.const_data_ptr<acc>(), smem > 0, B, p.base.size(0), ufc.size(0), C, static_cast<uint32_t>(C * HW),
+        ChannelOf(C, HW, p.fmt == at::MemoryFormat::ChannelsLast), p.base.stride(0), p.ufc.stride(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -137,6 +154,7 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
   const int64_t U = ufc.size(0), C = ufc.size(1), HW = ufc.size(2) * ufc.size(3);
   auto grad_ufc = at::empty(ufc.sizes(), ufc.options().memory_format(p.fmt));
   if (grad_ufc.numel() == 0) return grad_ufc;
+  check_image_size(C * HW);
   // CSR of images per group (group 0: uidx -1, group u + 1: UFC u); the stable sort keeps image order in a group.
   // offsets[g] = number of keys below g, found by binary search in the sorted keys: no count ever reaches the host.
   const auto sorted = at::sort(p.ufc_index + 1, /*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -150,9 +168,9 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
     backward_kernel<bT, oT, acc><<<grid_for(C * HW, U), kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
         p.grad.const_data_ptr<oT>(), p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(),
         grad_ufc.mutable_data_ptr<oT>(), p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), table.const_data_ptr<acc>(), smem > 0, p.base.size(0), U, C, HW,
-        p.fmt == at::MemoryFormat::ChannelsLast, p.base.stride(0), p.ufc.stride(0), p.grad.stride(0),
-        p.grad_broadcast);
+        offsets.const_data_ptr<int64_t>(), table.const_data_ptr<acc>(), smem > 0, p.base.size(0), U, C,
+        static_cast<uint32_t>(C * HW), ChannelOf(C, HW, p.fmt == at::MemoryFormat::ChannelsLast), p.base.stride(0),
+        p.ufc.stride(0), p.grad.stride(0), p.grad_broadcast);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_ufc;
