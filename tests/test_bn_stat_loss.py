@@ -384,3 +384,19 @@ def test_cuda_groups_equal_n(layout):
 @requires_cuda
 def test_cuda_more_groups_than_a_grid_dimension():
     _cuda_agree((65540, 3, 2, 2), 65540, "channels_last", torch.float32)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_forward_backward_do_not_synchronise(layout):
+    x, rm, rv = (t.cuda() for t in _inputs((8, 16, 9, 9), layout, dtype=torch.float32, stat_dtype=torch.float32))
+    x.requires_grad_(True)
+    bn_stat_loss(x, rm, rv, 2)[0].sum().backward()  # warm-up outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, mean, var = bn_stat_loss(x, rm, rv, 2)
+        (loss.sum() + mean.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.grad.isfinite().all()
