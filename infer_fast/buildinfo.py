@@ -85,7 +85,7 @@ def _probe(device: int) -> str:
         return f"kernel launch FAILED: {str(exc).splitlines()[0]}"
 
 
-def runtime_side(probe: bool = True) -> dict[str, object]:
+def runtime_side() -> dict[str, object]:
     import infer_fast
 
     b = recorded_build()
@@ -96,7 +96,7 @@ def runtime_side(probe: bool = True) -> dict[str, object]:
         cap = torch.cuda.get_device_capability(i)
         line = f"{i}: {torch.cuda.get_device_name(i)} (compute {cap[0]}.{cap[1]}), kernels: "
         line += kernels_for(cap, b.CUDA_ARCH_LIST) if b is not None else "unknown (no _build.py)"
-        if probe and infer_fast.cuda_enabled():
+        if infer_fast.cuda_enabled():
             line += f"; {_probe(i)}"
         gpus.append(line)
     out["GPUs"] = gpus or "none visible"
