@@ -87,12 +87,14 @@ def git_commit() -> str:
 
 
 def resolve(cfg: DistillConfig, small: bool, num_classes: int) -> DistillConfig:
-    """The config with the per-dataset defaults filled in (T and r_bn depend on the image regime; the automatic
-    problems per forward on the class count, chunk and image size)."""
+    """The config with every per-dataset default filled in, as it is written into the manifest (T, r_bn and the
+    jitter depend on the image regime, spec 3.2; the automatic problems per forward on the class count, chunk and
+    image size)."""
     return dataclasses.replace(
         cfg,
         iterations=cfg.iterations if cfg.iterations is not None else (1000 if small else 2000),
         r_bn=cfg.r_bn if cfg.r_bn is not None else (1.0 if small else 0.01),
+        jitter=cfg.jitter if cfg.jitter is not None else (4 if small else 32),
         problems_per_batch=cfg.problems_per_batch or auto_problems_per_batch(num_classes, cfg.class_chunk,
                                                                             int(cfg.image_size)),
     )
@@ -240,7 +242,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
         files = sample.files
 
     if cfg.method == "infer":
-        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi)
+        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
         base = naturals.reshape(-1, 3, s, s)
     elif cfg.method == "sre2l":
         problems = baselines.sre2l_problems(cfg.ipc, c, m_count, s, cfg.seed, mean, std, lo, hi, naturals)
