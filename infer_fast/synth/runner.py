@@ -37,7 +37,7 @@ from infer_fast.synth import baselines, budget
 from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.labels import static_labels
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
 
 PROGRESS_DIR = "progress"
 # Fields that do not change the result: excluded from the resume fingerprint.
@@ -388,5 +388,8 @@ def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, m
     shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
     stg = manifest["storage"]
     ratio = f", compression {stg['compression_ratio']:.4%}" if stg["compression_ratio"] else ""
+    pinned = ""
+    if cfg.method == "infer":  # spec 3.5: the share of u that stayed at ~0 (the withdrawn rule pinned most of it)
+        pinned = f"; u within 1/255 of 0 on {pinned_fraction(tensors['ufcs'], std):.1%} of its values"
     print(f"distill: wrote {cfg.out}: {st.num_synthetic} synthetic images from {stg['stored_images']} stored "
-          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes", file=sys.stderr)
+          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes{pinned}", file=sys.stderr)
