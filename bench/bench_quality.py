@@ -1,17 +1,28 @@
-"""The CIFAR-10 reproduction: INFER (static and dynamic labels) vs SRe2L vs random at the same budget.
+"""Quality benchmark: INFER (static and dynamic labels) vs SRe2L vs random real images with the same teacher labels,
+same teachers, same budget, same student recipe, over several seeds (mean +- sd of the final epoch).
 
-    python bench/bench_quality.py                 # ipc 10, the paper's synthesis/student settings (long on a CPU)
-    python bench/bench_quality.py --full          # ipc 50
-    python bench/bench_quality.py --smoke         # minutes: tiny teachers, few iterations/epochs (pipeline check)
+    python bench/bench_quality.py --workload tiny200                 # Tiny-ImageNet-32, C = 200, 3 seeds
+    python bench/bench_quality.py --workload tiny200 --quick --json F  # one seed, the acceptance check (< 25 min)
+    python bench/bench_quality.py --workload cifar10 --teacher-files ../shared/data/weights/cifar10-resnet/*.th
+    python bench/bench_quality.py --smoke                            # minutes: tiny teachers, pipeline check only
 
-Data: ``../shared/data/cifar10-jpeg.tar.gz`` (or ``--data`` PATH to the tarball or an extracted root), unpacked
-once into ``<cache>/data`` (``--cache``, default ``$INFER_FAST_CACHE`` or ``~/.cache/infer_fast``), outside the
-project. Teacher recipe (models.train_teacher): SGD nesterov momentum 0.9, one-cycle lr peak 0.1 (25 % warm-up),
-weight decay 5e-4, label smoothing 0.1, batch 128, the loader's pad-4 crop + flip, ``--teacher-epochs`` epochs at
-``--teacher-width``; the paper's CIFAR ensemble (ResNet-18 CIFAR stem, MobileNet-V2, EfficientNet-B0, ShuffleNet-V2).
-Teachers, distilled sets and student runs are cached by their settings, so a rerun only does what is missing
-(distillation resumes; a finished student run is reused). Every method uses the same teachers, budget, student
-(``--student``, default ResNet-18 CIFAR stem) and epochs (dynamic labels: epochs // (M + 1), as the research code).
+Workloads (data from ``../shared/data`` or ``--data``, unpacked once into ``<cache>/data``):
+
+- ``cifar10``: CIFAR-10 JPEGs, C = 10; teachers trained here with ``models.train_teacher`` (the paper's CIFAR
+  ensemble: ResNet-18 CIFAR stem, MobileNet-V2, EfficientNet-B0, ShuffleNet-V2) or ``--teacher-files``.
+- ``tiny200``: Tiny-ImageNet at 32 px, C = 200; teachers are the committed ``bench/teachers/tiny200/*.safetensors``
+  (how they were made: ``bench/teachers/README.md``), trained into the cache with the same recipe when absent.
+
+For every seed, each method is distilled with that seed (natural sets, problem RNGs) and its student trained with
+that seed; teachers are the same for every seed. Student compute is explicit: static labels train ``--epochs``
+epochs on every method; dynamic labels on an INFER set train ``epochs // (M + 1)`` (INFER's rule, about the steps
+that ``epochs`` give a baseline of the same budget), and every record states the optimizer steps taken.
+
+Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
+``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
+interrupted one resumes where it stopped. The script prints per-seed rows, the mean +- sd table, the fraction of
+every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; spec 3.5), and writes ``curves.png`` (every student's
+validation curve) in the run folder; ``--json`` writes the per-seed records.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import tarfile
 import time
@@ -30,49 +42,94 @@ if ROOT not in sys.path:
 
 from bench.common import git_commit, markdown_table, shared_data_dir, write_json  # noqa: E402
 
-TARBALL = "cifar10-jpeg.tar.gz"
-TARBALL_SHA256 = "7a3bafc056fb035dd9a189086d221ad2c4c40b1b898d59e7d1dc27f1f51f823b"
-CIFAR_TEACHERS = ["resnet18_cifar", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2"]
-PAPER_TOP1 = {10: {"infer/static": 32.0, "infer/dynamic": 30.7, "sre2l/static": 27.2},
-              50: {"infer/static": 60.4, "infer/dynamic": 60.7, "sre2l/static": 47.5}}
+METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
+TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
+
+# Per workload: data, teachers (arch, width, epochs) and the settings the table runs at, next to the paper's.
+WORKLOADS: dict[str, dict] = {
+    "cifar10": {
+        "tarball": "cifar10-jpeg.tar.gz",
+        "sha256": "7a3bafc056fb035dd9a189086d221ad2c4c40b1b898d59e7d1dc27f1f51f823b",
+        "root": "cifar10",
+        "teachers": [("resnet18_cifar", 1.0, 30), ("mobilenet_v2", 1.0, 30), ("efficientnet_b0", 1.0, 30),
+                     ("shufflenet_v2", 1.0, 30)],
+        "committed_teachers": None,
+        "settings": {"iterations": 1000, "epochs": 400, "student": "resnet18_cifar", "student_width": 1.0,
+                     "eval_points": 25, "seeds": [0, 1, 2]},
+        "quick": {"iterations": 100, "epochs": 50, "student_width": 0.25, "eval_points": 2, "seeds": [0]},
+        "paper": {10: {"infer/static": 32.0, "infer/dynamic": 30.7, "sre2l/static": 27.2},
+                  50: {"infer/static": 60.4, "infer/dynamic": 60.7, "sre2l/static": 47.5}},
+        "paper_settings": "ResNet-18 (CIFAR stem) student at full width, 400 epochs (dynamic 80), 1000 iterations, "
+                          "teachers ResNet-18 / MobileNet-V2 / EfficientNet-B0 / ShuffleNet-V2 at full width",
+    },
+    "tiny200": {
+        "tarball": "tiny-imagenet-32.tar.gz",
+        "sha256": "5530579007deca9e9060c09df75995e7974f1a938afc7eb76f7aa67dd62a688d",
+        "root": "tiny-imagenet-32",
+        # Three families that train in minutes per epoch on 2 CPU cores (bench/teachers/README.md).
+        "teachers": [("resnet18_cifar", 0.25, 2), ("convnet", 0.5, 2), ("cifar_resnet20", 0.5, 2)],
+        "committed_teachers": "tiny200",
+        "settings": {"iterations": 80, "epochs": 20, "student": "resnet18_cifar", "student_width": 0.25,
+                     "eval_points": 2, "seeds": [0, 1, 2]},
+        # One seed of the table's own (already reduced) settings: a quick run is seed 0 of the full table, which
+        # `--resume` then completes with seeds 1 and 2 in the same run folder.
+        "quick": {"seeds": [0]},
+        "paper": {10: {"infer/static": 32.0, "infer/dynamic": 41.0}, 50: {"infer/static": 52.9,
+                                                                         "infer/dynamic": 54.6}},
+        "paper_settings": "Tiny-ImageNet at 64 px, ResNet-18 student at full width, 1000 iterations, "
+                          "ImageNet-pretrained-style teachers at full width trained to convergence",
+    },
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help=f"{TARBALL} or an extracted CIFAR-10 root (default: shared data folder)")
-    p.add_argument("--cache", help="cache folder for the extracted data, teachers, distilled sets and student runs")
-    p.add_argument("--full", action="store_true", help="ipc 50 instead of 10")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="cifar10")
+    p.add_argument("--data", help="the workload's tarball or an extracted root (default: the shared data folder)")
+    p.add_argument("--cache", help="cache folder for extracted data, trained teachers and run folders")
+    p.add_argument("--run-dir", help="run folder (default: <cache>/bench_quality/<workload>-<settings key>)")
+    p.add_argument("--resume", action="store_true", help="continue the benchmark in an existing run folder")
+    p.add_argument("--ipc", type=int, default=10, help="storage budget, images per class (default 10)")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed, fewer iterations and epochs (stated in the output); explicit flags override")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny pipeline check: 2 teachers of width 0.125 for 1 epoch, 5 iterations, 2 student epochs "
-                        "of width 0.125 (numbers are meaningless; explicit flags override these)")
-    p.add_argument("--json", metavar="PATH", help="write the result rows as JSON")
-    p.add_argument("--teachers", nargs="+", help=f"teacher architectures (default {' '.join(CIFAR_TEACHERS)})")
+                   help="pipeline check: 2 teachers of width 0.125 for 1 epoch, 5 iterations, 2 student epochs "
+                        "(numbers are meaningless; explicit flags override these)")
+    p.add_argument("--json", metavar="PATH", help="write the per-seed records as a JSON list")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
+    p.add_argument("--teachers", nargs="+", metavar="ARCH", help="teacher architectures to train (default: the "
+                   "workload's ensemble)")
     p.add_argument("--teacher-files", nargs="+", metavar="PATH",
-                   help="use these teacher checkpoints instead of training (e.g. the shared cifar10-resnet .th files)")
-    p.add_argument("--teacher-width", type=float, help="teacher width multiplier (default 1.0)")
-    p.add_argument("--teacher-epochs", type=int, help="teacher training epochs (default 30)")
-    p.add_argument("--iterations", type=int, help="synthesis iterations per UFC / SRe2L image (default 1000)")
-    p.add_argument("--epochs", type=int, help="student epochs, static labels (default 400; dynamic: // (M + 1))")
-    p.add_argument("--student", default="resnet18_cifar", help="student architecture (default resnet18_cifar)")
-    p.add_argument("--student-width", type=float, help="student width multiplier (default 1.0)")
-    p.add_argument("--eval-every", type=int, default=0, help="validate every N student epochs (default ~25 points)")
-    p.add_argument("--methods", nargs="+", default=["infer/static", "infer/dynamic", "sre2l/static", "random/static"],
-                   help="method/labels pairs to run")
+                   help="use these teacher checkpoints instead (e.g. the shared cifar10-resnet .th files)")
+    p.add_argument("--teacher-width", type=float, help="width of trained teachers (default: the workload's)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of trained teachers (default: the workload's)")
+    p.add_argument("--iterations", type=int, help="synthesis iterations per UFC / SRe2L image")
+    p.add_argument("--epochs", type=int, help="student epochs (dynamic labels on INFER: // (M + 1))")
+    p.add_argument("--student", help="student architecture")
+    p.add_argument("--student-width", type=float, help="student width multiplier")
+    p.add_argument("--eval-points", type=int, help="validations per student run (the last epoch always)")
+    p.add_argument("--r-bn", type=float, help="BN-matching weight (default: the distill default for the data)")
+    p.add_argument("--ufc-bound", choices=["loose", "set"], default="loose",
+                   help="UFC bound rule (set: the withdrawn rule, for the ablation)")
+    p.add_argument("--class-chunk", type=int, default=0, help="distill --class-chunk (0: all classes at once)")
+    p.add_argument("--methods", nargs="+", default=list(METHOD_CHOICES), help="method/labels pairs to run")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    smoke = {"teachers": ["resnet18_cifar", "convnet"], "teacher_width": 0.125, "teacher_epochs": 1,
-             "iterations": 5, "epochs": 2, "student_width": 0.125}
-    full = {"teachers": CIFAR_TEACHERS, "teacher_width": 1.0, "teacher_epochs": 30, "iterations": 1000, "epochs": 400,
-            "student_width": 1.0}
-    for k, v in (smoke if a.smoke else full).items():
+    w = WORKLOADS[a.workload]
+    base = dict(w["settings"])
+    if a.quick:
+        base.update(w["quick"])
+    if a.smoke:
+        base.update({"iterations": 5, "epochs": 2, "student_width": 0.125, "eval_points": 1, "seeds": [0]})
+    for k, v in base.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    a.mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     for m in a.methods:
-        meth, _, labels = m.partition("/")
-        if meth not in ("infer", "sre2l", "random") or labels not in ("static", "dynamic"):
-            p.error(f"--methods: {m!r} is not <infer|sre2l|random>/<static|dynamic>")
-    a.ipc = 50 if a.full else 10
+        if m not in METHOD_CHOICES:
+            p.error(f"--methods: {m!r} is not one of {', '.join(METHOD_CHOICES)}")
+    if a.ipc < 1 or a.iterations < 1 or a.epochs < 1 or a.eval_points < 1:
+        p.error("--ipc, --iterations, --epochs and --eval-points must be >= 1")
     return a
 
 
@@ -82,26 +139,27 @@ def _cache_dir(a) -> str:
 
 
 def _key(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cifar_root(a) -> str:
-    """An extracted CIFAR-10 root (train/ and test/), unpacking the tarball once into the cache."""
-    src = a.data or os.path.join(shared_data_dir(), TARBALL)
+def data_root(a) -> str:
+    """An extracted root of the workload (train/ and val/ or test/), unpacking the tarball once into the cache."""
+    w = WORKLOADS[a.workload]
+    src = a.data or os.path.join(shared_data_dir(), w["tarball"])
     if os.path.isdir(src):
         return src
     if not os.path.isfile(src):
-        raise SystemExit(f"bench_quality: {src} not found; pass --data PATH ({TARBALL} or an extracted root)")
+        raise SystemExit(f"bench_quality: {src} not found; pass --data PATH ({w['tarball']} or an extracted root)")
     dest = os.path.join(_cache_dir(a), "data")
-    root = os.path.join(dest, "cifar10")
-    stamp = os.path.join(dest, ".extracted")
+    root = os.path.join(dest, w["root"])
+    stamp = os.path.join(dest, f".extracted-{w['root']}")
     if not os.path.exists(stamp):
         h = hashlib.sha256()
         with open(src, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        if src.endswith(TARBALL) and h.hexdigest() != TARBALL_SHA256:
-            raise SystemExit(f"bench_quality: {src} has sha256 {h.hexdigest()}, expected {TARBALL_SHA256}")
+        if src.endswith(w["tarball"]) and h.hexdigest() != w["sha256"]:
+            raise SystemExit(f"bench_quality: {src} has sha256 {h.hexdigest()}, expected {w['sha256']}")
         os.makedirs(dest, exist_ok=True)
         print(f"bench_quality: extracting {src} into {dest} (once)", flush=True)
         with tarfile.open(src) as t:
@@ -114,6 +172,7 @@ def cifar_root(a) -> str:
 
 
 def teachers(a, root: str) -> list[str]:
+    """Teacher files: --teacher-files, else the committed ones of the workload, else trained (and cached)."""
     from infer_fast.models import load_teacher
     from infer_fast.models.checkpoint import CheckpointError
     from infer_fast.models.teacher import TeacherConfig, train_teacher
@@ -123,21 +182,143 @@ def teachers(a, root: str) -> list[str]:
             _, meta = load_teacher(path)
             print(f"bench_quality: teacher {path} ({meta.arch}), val acc {meta.val_acc}", flush=True)
         return list(a.teacher_files)
+    w = WORKLOADS[a.workload]
+    ensemble = [(arch, width, ep) for arch, width, ep in w["teachers"]]
+    if a.smoke:
+        ensemble = [("resnet18_cifar", 0.125, 1), ("convnet", 0.125, 1)]
+    if a.teachers:
+        ensemble = [(arch, 1.0, 30) for arch in a.teachers]
+    ensemble = [(arch, a.teacher_width or width, a.teacher_epochs or ep) for arch, width, ep in ensemble]
     paths = []
-    for arch in a.teachers:
-        recipe = {"arch": arch, "width": a.teacher_width, "epochs": a.teacher_epochs, "seed": a.seed, "root": root}
-        path = os.path.join(_cache_dir(a), "teachers", f"{arch}-w{a.teacher_width:g}-e{a.teacher_epochs}-"
-                                                      f"{_key(recipe)}.safetensors")
+    for arch, width, epochs in ensemble:
+        name = f"{arch}-w{width:g}.safetensors"
+        committed = os.path.join(TEACHER_DIR, w["committed_teachers"] or "-", name)
+        if (w["committed_teachers"] and not a.smoke and not a.teacher_width and not a.teacher_epochs
+                and not a.teachers and os.path.isfile(committed)):
+            _, meta = load_teacher(committed)
+            print(f"bench_quality: committed teacher {committed}: val acc {meta.val_acc:.2%}", flush=True)
+            paths.append(committed)
+            continue
+        recipe = {"arch": arch, "width": width, "epochs": epochs, "seed": 0, "root": root}
+        path = os.path.join(_cache_dir(a), "teachers", f"{a.workload}-{arch}-w{width:g}-e{epochs}-"
+                                                       f"{_key(recipe)}.safetensors")
         try:
             _, meta = load_teacher(path)
-            print(f"bench_quality: cached teacher {arch}: val acc {meta.val_acc:.2%}", flush=True)
+            print(f"bench_quality: cached teacher {path}: val acc {meta.val_acc:.2%}", flush=True)
         except (FileNotFoundError, CheckpointError):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            train_teacher(TeacherConfig(source=root, arch=arch, out=path, epochs=a.teacher_epochs,
-                                        width=a.teacher_width, image_size=32, seed=a.seed,
+            train_teacher(TeacherConfig(source=root, arch=arch, out=path, epochs=epochs, width=width, seed=0,
                                         device=None if a.device == "auto" else a.device))
         paths.append(path)
     return paths
+
+
+def settings_of(a, tpaths: list[str]) -> dict:
+    keys = ("workload", "ipc", "iterations", "epochs", "student", "student_width", "eval_points", "r_bn",
+            "ufc_bound", "class_chunk")
+    s = {k: getattr(a, k) for k in keys}
+    s["teachers"] = [os.path.basename(p) for p in tpaths]
+    return s
+
+
+def _run_dir(a, settings: dict, tpaths: list[str]) -> str:
+    if a.run_dir:
+        d = a.run_dir
+    else:
+        from infer_fast.distilled import sha256_file
+
+        key = _key({**settings, "teacher_sha256": [sha256_file(p) for p in tpaths]})
+        d = os.path.join(_cache_dir(a), f"{a.workload}-ipc{a.ipc}-{key}")
+    if os.path.isdir(d) and os.listdir(d) and not a.resume:
+        raise SystemExit(f"bench_quality: run folder {d} already holds results of these settings; pass --resume to "
+                         "continue or reuse them, or --run-dir for a new folder")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def ufc_report(ddir: str) -> dict | None:
+    """Pinned fraction (|u| <= 1/255 in pixel units) of every UFC of a distilled INFER set."""
+    from safetensors.torch import load_file
+
+    from infer_fast.distilled import load_distilled
+    from infer_fast.synth.ufc import pinned_fraction
+
+    path = os.path.join(ddir, "ufcs.safetensors")
+    if not os.path.isfile(path):
+        return None
+    ds = load_distilled(ddir)
+    import torch
+
+    std = torch.tensor(ds.std, dtype=torch.float32)
+    ufcs = load_file(path)["ufcs"]
+    per = [[pinned_fraction(ufcs[k, m], std) for m in range(ufcs.shape[1])] for k in range(ufcs.shape[0])]
+    flat = [v for row in per for v in row]
+    return {"file": path, "per_ufc": per, "mean": sum(flat) / len(flat), "max": max(flat), "min": min(flat)}
+
+
+def _timed(path: str, fn) -> float:
+    """Run ``fn`` once and remember its wall time in ``path`` (a resumed benchmark reports the first run's)."""
+    from infer_fast.distilled import atomic_write_json
+
+    if os.path.isfile(path):
+        with open(path) as f:
+            return float(json.load(f)["seconds"])
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    atomic_write_json(path, {"seconds": seconds})
+    return seconds
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean +- sample sd over seeds per (method, labels)."""
+    out = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["labels"]), []).append(r)
+
+    def ms(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    for (method, labels), rs in groups.items():
+        t1, t1_sd = ms([r["top1"] for r in rs])
+        t5, t5_sd = ms([r["top5"] for r in rs])
+        out.append({
+            "method": method, "labels": labels, "seeds": len(rs), "top1_mean": t1, "top1_sd": t1_sd,
+            "top5_mean": t5, "top5_sd": t5_sd,
+            "top1": f"{t1:.2f} ± {t1_sd:.2f}" if t1 is not None else None,
+            "top5": f"{t5:.2f} ± {t5_sd:.2f}" if t5 is not None else None,
+            "paper_top1": rs[0]["paper_top1"], "synthetic_images": rs[0]["synthetic_images"],
+            "stored_bytes": rs[0]["stored_bytes"], "label_bytes": rs[0]["label_bytes"],
+            "student_epochs": rs[0]["student_epochs"], "student_steps": rs[0]["student_steps"],
+            "synthesis_s": statistics.fmean(r["synthesis_time_s"] for r in rs),
+            "student_s": statistics.fmean(r["student_time_s"] for r in rs),
+        })
+    return out
+
+
+def verdict(agg: list[dict]) -> list[str]:
+    by = {(r["method"], r["labels"]): r for r in agg}
+    lines = []
+    inf, rnd, sre = by.get(("infer", "static")), by.get(("random", "static")), by.get(("sre2l", "static"))
+    if inf and rnd and inf["top1_mean"] is not None and rnd["top1_mean"] is not None:
+        gap = inf["top1_mean"] - rnd["top1_mean"]
+        spread = 2 * max(inf["top1_sd"], rnd["top1_sd"])
+        lines.append(f"infer/static - random/static = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
+                     + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
+    if sre and inf and rnd and sre["top1_mean"] is not None:
+        below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
+        lines.append(f"sre2l/static {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
+    return lines
+
+
+def plot_all(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
+    from infer_fast.train.student import plot_curves
+
+    plot_curves(curves, path, title=title)
 
 
 def main(argv=None) -> list[dict]:
@@ -150,54 +331,77 @@ def main(argv=None) -> list[dict]:
     from infer_fast.train import EvalConfig, train_student
 
     t_all = time.perf_counter()
-    root = cifar_root(a)
+    w = WORKLOADS[a.workload]
+    root = data_root(a)
     t0 = time.perf_counter()
     tpaths = teachers(a, root)
     teacher_time = time.perf_counter() - t0
-    rows, distilled = [], {}
-    for spec in a.methods:
-        method, _, labels = spec.partition("/")
-        if method not in distilled:
-            dkey = _key({"method": method, "ipc": a.ipc, "iterations": a.iterations, "teachers": tpaths,
-                         "seed": a.seed})
-            ddir = os.path.join(_cache_dir(a), "distilled", f"{method}-ipc{a.ipc}-{dkey}")
-            t0 = time.perf_counter()
-            run_distill(DistillConfig(data=root, teachers=tpaths, method=method, ipc=a.ipc, iterations=a.iterations,
-                                      seed=a.seed, out=ddir, device=a.device, resume=os.path.isdir(ddir)))
-            distilled[method] = (ddir, time.perf_counter() - t0)
-        ddir, distill_time = distilled[method]
-        ds = load_distilled(ddir)
-        ekey = _key({"d": ddir, "labels": labels, "student": a.student, "w": a.student_width, "epochs": a.epochs,
-                     "seed": a.seed})
-        run = os.path.join(_cache_dir(a), "students", f"{method}-{labels}-ipc{a.ipc}-{ekey}")
-        if os.path.isfile(os.path.join(run, "summary.json")):
-            with open(os.path.join(run, "summary.json")) as f:
-                summary = json.load(f)
-            print(f"bench_quality: reusing finished student run {run}", flush=True)
-        else:
-            cfg = EvalConfig(distilled=ddir, val=root, student=a.student, width=a.student_width, labels=labels,
-                             epochs=a.epochs, eval_every=a.eval_every, device=a.device, seed=a.seed, out=run,
-                             resume=os.path.isdir(run))
-            summary = train_student(cfg, ds)
-        st = ds.manifest.get("storage", {})
-        rows.append({
-            "method": method, "labels": labels, "ipc": a.ipc, "top1": summary["top1"],
-            "best_top1_selected_on_val": summary.get("best_top1_selected_on_val"),
-            "paper_top1": PAPER_TOP1[a.ipc].get(spec), "synthetic_images": len(ds),
-            "stored_bytes": st.get("stored_bytes"), "compression_ratio": st.get("compression_ratio"),
-            "label_bytes": 0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
-            "student_epochs": summary["epochs"], "distill_time_s": distill_time,
-            "student_time_s": summary["wall_time_s"],
-        })
-    cols = ["method", "labels", "ipc", "top1", "paper_top1", "synthetic_images", "stored_bytes", "compression_ratio",
-            "label_bytes", "student_epochs", "distill_time_s", "student_time_s"]
-    settings = {k: getattr(a, k) for k in ("teachers", "teacher_files", "teacher_width", "teacher_epochs",
-                                           "iterations", "epochs", "student", "student_width", "ipc", "seed", "smoke")}
+    settings = settings_of(a, tpaths)
+    run_dir = _run_dir(a, settings, tpaths)
+    print(f"bench_quality: run folder {run_dir}", flush=True)
+    rows, curves, ufc_reports = [], {}, {}
+    for seed in a.seeds:
+        distilled: dict[str, tuple[str, float]] = {}
+        for spec in a.methods:
+            method, _, labels = spec.partition("/")
+            if method not in distilled:
+                ddir = os.path.join(run_dir, "distilled", f"{method}-seed{seed}")
+                cfg = DistillConfig(data=root, teachers=tpaths, method=method, ipc=a.ipc, iterations=a.iterations,
+                                    seed=seed, out=ddir, device=a.device, resume=True, r_bn=a.r_bn,
+                                    ufc_bound=a.ufc_bound, class_chunk=a.class_chunk)
+                seconds = _timed(os.path.join(run_dir, "distilled", f"{method}-seed{seed}.time.json"),
+                                 lambda cfg=cfg: run_distill(cfg))
+                distilled[method] = (ddir, seconds)
+                rep = ufc_report(ddir)
+                if rep is not None:
+                    ufc_reports[rep["file"]] = rep
+                    print(f"bench_quality: {rep['file']}: pinned fraction of u (|u| <= 1/255) mean "
+                          f"{rep['mean']:.2%}, min {rep['min']:.2%}, max {rep['max']:.2%} over "
+                          f"{sum(len(r) for r in rep['per_ufc'])} UFCs", flush=True)
+            ddir, distill_time = distilled[method]
+            ds = load_distilled(ddir)
+            run = os.path.join(run_dir, "students", f"{method}-{labels}-seed{seed}")
+            if os.path.isfile(os.path.join(run, "summary.json")):
+                with open(os.path.join(run, "summary.json")) as f:
+                    summary = json.load(f)
+                print(f"bench_quality: reusing finished student run {run}", flush=True)
+            else:
+                eval_every = max(1, a.epochs // a.eval_points)
+                cfg = EvalConfig(distilled=ddir, val=root, student=a.student, width=a.student_width, labels=labels,
+                                 epochs=a.epochs, eval_every=eval_every, device=a.device, seed=seed, out=run,
+                                 resume=os.path.isdir(run))
+                summary = train_student(cfg, ds)
+            with open(os.path.join(run, "metrics.jsonl")) as f:
+                curves[f"{spec} s{seed}"] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
+            st = ds.manifest.get("storage", {})
+            rows.append({
+                "workload": a.workload, "method": method, "labels": labels, "seed": seed, "ipc": a.ipc,
+                "top1": summary["top1"], "top5": summary.get("top5"),
+                "best_top1_selected_on_val": summary.get("best_top1_selected_on_val"),
+                "paper_top1": w["paper"].get(a.ipc, {}).get(spec), "synthetic_images": len(ds),
+                "stored_bytes": st.get("stored_bytes"), "compression_ratio": st.get("compression_ratio"),
+                "label_bytes": 0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
+                "student_epochs": summary["epochs"], "student_steps": summary.get("student_steps"),
+                "synthesis_time_s": distill_time, "student_time_s": summary["wall_time_s"],
+                "ufc_pinned_mean": (ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
+            })
+    per_seed_cols = ["method", "labels", "seed", "top1", "top5", "student_epochs", "student_steps",
+                     "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]
+    agg = aggregate(rows)
+    agg_cols = ["method", "labels", "seeds", "top1", "top5", "paper_top1", "synthetic_images", "stored_bytes",
+                "label_bytes", "student_epochs", "student_steps", "synthesis_s", "student_s"]
     print()
-    print(markdown_table(rows, cols))
+    print(markdown_table(rows, per_seed_cols))
+    print()
+    print(markdown_table(agg, agg_cols))
+    for line in verdict(agg):
+        print("bench_quality: " + line)
+    curves_png = os.path.join(run_dir, "curves.png")
+    plot_all(curves, curves_png, f"{a.workload} ipc {a.ipc}: student validation top-1")
     gpu = "cuda " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    print(f"settings: {json.dumps(settings)}; teachers {teacher_time:.0f}s; total {time.perf_counter() - t_all:.0f}s; "
-          f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {gpu}, commit {git_commit()}")
+    print(f"settings: {json.dumps(settings)}; seeds {a.seeds}; paper: {w['paper_settings']}; "
+          f"teachers {teacher_time:.0f}s; total {time.perf_counter() - t_all:.0f}s; {os.cpu_count()} CPU cores, "
+          f"torch {torch.__version__}, {gpu}, commit {git_commit()}; curves {curves_png}")
     for r in rows:
         r["settings"] = settings
     write_json(a.json, rows)

@@ -1,7 +1,8 @@
-"""Synthesis internals: budget accounting, the batched UFC optimiser, the stored-parameter clamp, config/CLI."""
+"""Synthesis internals: budget accounting, the batched UFC optimiser, the UFC bound rules, config/CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -12,7 +13,17 @@ import torch.nn as nn
 from infer_fast.synth import baselines, budget
 from infer_fast.synth.commands import add_config_arguments, config_from_args
 from infer_fast.synth.config import DistillConfig
-from infer_fast.synth.ufc import AugSettings, NonFiniteLossError, apply_aug, draw_aug, optimise_batch
+from infer_fast.synth.runner import resolve
+from infer_fast.synth.ufc import (
+    AugSettings,
+    NonFiniteLossError,
+    apply_aug,
+    draw_aug,
+    get_backend,
+    optimise_batch,
+    pinned_fraction,
+    ufc_bounds,
+)
 
 BACKENDS = ["reference", "fused"]
 
@@ -108,32 +119,41 @@ def _run(problems, model, base, mean, std, lo, hi, backend, iterations=40, lr=0.
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
-def test_ufc_changes_and_clamp_holds(backend):
+def test_ufc_changes_and_composed_images_stay_in_range(backend):
     """(CE falling is tested end to end on digits with trained teachers, tests/test_synth_run.py.)"""
     naturals, mean, std, lo, hi = _setup()
     model = _tiny_teacher()
     problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
     res = _run(problems, model, naturals.reshape(-1, 3, 8, 8), mean, std, lo, hi, backend, iterations=20)
     assert res.ce.shape == (20, 2) and res.bn.shape == (20, 2)
+    compose = get_backend(backend)
     for j, p in enumerate(problems):
         u = res.params[j]
         assert u.abs().max() > 1e-2, "the UFC did not change"
-        # every composed image is inside the valid range without the output clamp
-        x = baselines.normalise(naturals[p.key[0]], mean, std) + u
-        assert (x >= lo.view(1, 3, 1, 1) - 1e-5).all() and (x <= hi.view(1, 3, 1, 1) + 1e-5).all()
-        # and the bound is what the clamp means: u within [lo - min_c x_c, hi - max_c x_c] per pixel/channel
-        assert (u >= p.lower - 1e-6).all() and (u <= p.upper + 1e-6).all()
+        assert (u >= p.lower - 1e-6).all() and (u <= p.upper + 1e-6).all(), "u left its loose box"
+        # every composed image is clamped into the valid range, per image
+        x = compose(naturals[p.key[0]], u, torch.arange(5), torch.zeros(5, dtype=torch.int64), mean, std, lo, hi)
+        assert (x >= lo.view(1, 3, 1, 1) - 1e-6).all() and (x <= hi.view(1, 3, 1, 1) + 1e-6).all()
+        # the extreme pixels (image 0 black, image 1 white in channel 0) did not pin u there (the old rule did)
+        assert (u[0, 0, 0].abs() * std[0] > 1 / 255).float().mean() > 0.5
 
 
-def test_clamp_bound_is_tight():
+def test_ufc_bound_rules():
     naturals, mean, std, lo, hi = _setup()
-    p = baselines.infer_problems(naturals, 1, mean, std, lo, hi)[0]
+    loose = baselines.infer_problems(naturals, 1, mean, std, lo, hi)[0]
+    span = (hi - lo).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    assert torch.equal(loose.upper, span) and torch.equal(loose.lower, -span), "loose: [lo - hi, hi - lo]"
+    # the withdrawn rule, kept for ablations: exactly the no-clamp condition, 0 where one image is black and one white
+    p = baselines.infer_problems(naturals, 1, mean, std, lo, hi, bound="set")[0]
     x = baselines.normalise(naturals[0], mean, std)
-    # a pixel where one image is black (channel 0 of image 0) and one white (image 1): u must be exactly 0 there
     assert torch.allclose(p.lower[0, 0], torch.zeros(8, 8), atol=1e-6)
     assert torch.allclose(p.upper[0, 0], torch.zeros(8, 8), atol=1e-6)
     assert (p.lower <= 0).all() and (p.upper >= 0).all()
     assert torch.allclose((x + p.upper).amax(0), hi.view(3, 1, 1).expand(3, 8, 8))
+    with pytest.raises(ValueError, match="rule must be one of"):
+        ufc_bounds(x, lo, hi, "tight")
+    assert pinned_fraction(torch.zeros(1, 3, 4, 4), std) == 1.0
+    assert pinned_fraction(torch.full((1, 3, 4, 4), 2 / 255) / std.view(3, 1, 1), std) == 0.0
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
@@ -200,7 +220,12 @@ def test_config_file_and_flags(tmp_path):
     add_config_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--ipc", "4", "--resume"]))
     assert (cfg.dataset, cfg.ipc, cfg.lr, cfg.problems_per_batch, cfg.resume) == ("digits", 4, 0.1, 2, True)
-    assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0 and cfg.jitter == 4
+    assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0
+    assert cfg.jitter is None and cfg.ufc_bound == "loose", "per-dataset defaults are resolved per run"
+    small, large = resolve(cfg, small=True, num_classes=10), resolve(cfg, small=False, num_classes=10)
+    assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (spec 3.2)"
+    assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (spec 3.2)"
+    assert resolve(dataclasses.replace(cfg, jitter=7), small=False, num_classes=10).jitter == 7
     cfg_file.write_text("dataset: digits\nbogus: 1\n")
     with pytest.raises(ValueError, match="unknown field"):
         config_from_args(parser.parse_args(["--config", str(cfg_file)]))

@@ -105,6 +105,7 @@ class _Linear(torch.nn.Module):
 
 def test_dynamic_labels_run_and_divide_epochs(tmp_path):
     ds = StandInDistilled(per_class=4, image_size=S, soft=False)  # no stored labels: dynamic needs none
+    ds.num_ufc_teachers = 3  # an INFER set of M = 3 UFC teachers
     teachers = TeacherEnsemble([(_Linear(1), None), (_Linear(2), None), (_Linear(3), None)], ds.mean, ds.std, S)
     seen = []
     orig = teachers.forward
@@ -136,9 +137,17 @@ def test_dynamic_labels_load_teacher_files_from_the_manifest(tmp_path):
         paths.append(path)
     ds.manifest["teachers"] = [{"path": p, "arch": "x"} for p in paths]
     summary = train_student(_cfg(tmp_path, labels="dynamic", epochs=3, eval_every=0), ds)
-    assert summary["epochs"] == 1, "3 // (M + 1) with M = 2 teachers from the manifest"
+    assert summary["epochs"] == 3, "a baseline set (no UFCs) trains the full epochs under dynamic labels too"
+    steps_per_epoch = -(-len(ds) // 32)
+    assert summary["student_steps"] == 3 * steps_per_epoch
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["num_teachers"] == 2
+    assert cfg["num_teachers"] == 2 and cfg["epoch_divisor"] == 1
+    ds.num_ufc_teachers = 2  # an INFER set of M = 2 UFC teachers: M + 1 synthetic images per stored natural
+    summary = train_student(_cfg(tmp_path, "infer", labels="dynamic", epochs=3, eval_every=0), ds)
+    assert summary["epochs"] == 1 and summary["student_steps"] == steps_per_epoch, "INFER: 3 // (M + 1)"
+    assert json.loads((tmp_path / "infer" / "config.json").read_text())["epoch_divisor"] == 3
+    summary = train_student(_cfg(tmp_path, "infer-static", epochs=3, eval_every=0), ds)
+    assert summary["epochs"] == 3, "static labels never divide"
     with pytest.raises(FileNotFoundError, match="teacher file"):
         train_student(_cfg(tmp_path, "missing", labels="dynamic", teachers=[str(tmp_path / "nope.safetensors")]), ds)
 

@@ -1,6 +1,7 @@
 """The problems of each method, including the baselines of spec section 7.
 
-- infer: one problem per (set k, teacher m): a UFC [1, 3, S, S] shared by the C naturals of set k, init 0.
+- infer: one problem per (set k, teacher m): a UFC [1, 3, S, S] shared by the C naturals of set k, init 0,
+  bounded only loosely (spec 3.5: every composed image is clamped to the valid range instead).
 - sre2l: class-specific synthesis as SRe2L: ipc problems, problem i optimises C free images (one per class,
   each for its own class only; BN statistics over the batch of C, as SRe2L batches one image per class) under
   teacher ``i % M`` (so the M teachers are used in turn; SRe2L itself uses one), init standard normal noise in
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from infer_fast.synth.ufc import Problem, clamp_bounds, problem_seed
+from infer_fast.synth.ufc import Problem, problem_seed, ufc_bounds
 
 
 def normalise(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -29,12 +30,12 @@ def quantise(images_norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
 
 
 def infer_problems(naturals: torch.Tensor, num_teachers: int, mean: torch.Tensor, std: torch.Tensor,
-                   lo: torch.Tensor, hi: torch.Tensor) -> list[Problem]:
-    """naturals uint8 [K, C, 3, S, S] -> K*M problems, ordered by (m, k)."""
+                   lo: torch.Tensor, hi: torch.Tensor, bound: str = "loose") -> list[Problem]:
+    """naturals uint8 [K, C, 3, S, S] -> K*M problems, ordered by (m, k); ``bound``: see ufc.ufc_bounds."""
     k_sets, c = naturals.shape[0], naturals.shape[1]
     s = naturals.shape[-1]
     problems = []
-    bounds = [clamp_bounds(normalise(naturals[k], mean, std), lo, hi) for k in range(k_sets)]
+    bounds = [ufc_bounds(normalise(naturals[k], mean, std), lo, hi, bound) for k in range(k_sets)]
     for m in range(num_teachers):
         for k in range(k_sets):
             lower, upper = bounds[k]

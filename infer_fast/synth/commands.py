@@ -7,7 +7,7 @@ import dataclasses
 import types
 import typing
 
-from infer_fast.synth.config import BACKENDS, METHODS, PRECISIONS, DistillConfig, load_config_file
+from infer_fast.synth.config import BACKENDS, METHODS, PRECISIONS, UFC_BOUNDS, DistillConfig, load_config_file
 
 _HELP = {
     "data": "dataset root folder (ImageFolder split folders train/ and val/ or test/)",
@@ -19,6 +19,9 @@ _HELP = {
     "resume": "continue an interrupted run in --out (the result equals an uninterrupted run)",
     "iterations": "optimisation steps T per problem (default: 1000 small images, 2000 ImageNet-style)",
     "r_bn": "weight of the BN-statistic matching loss (default: 1 small images, 0.01 ImageNet-style)",
+    "jitter": "random roll of up to this many pixels per iteration (default: 4 small images, 32 ImageNet-style)",
+    "ufc_bound": "bound of the stored UFC: loose [lo-hi, hi-lo] (spec 3.5; images are clamped per image) or set "
+    "(the withdrawn intersection rule, pins u to ~0 at 100+ classes; ablations only)",
     "problems_per_batch": "(k, m) problems of one teacher per forward pass, each its own BN-statistics group "
     "(0: auto, enough for the pixels of 32 CIFAR images per forward)",
     "class_chunk": "images of a problem per forward (0: all classes); each chunk its own BN group",
@@ -54,7 +57,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif is_list:
             parser.add_argument(flag, nargs="+", type=tp, metavar="FILE", **kw)
         else:
-            choices = {"method": METHODS, "backend": BACKENDS, "precision": PRECISIONS}.get(f.name)
+            choices = {"method": METHODS, "backend": BACKENDS, "precision": PRECISIONS,
+                       "ufc_bound": UFC_BOUNDS}.get(f.name)
             parser.add_argument(flag, type=tp, choices=choices, **kw)
 
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 METHODS = ("infer", "sre2l", "random")
+UFC_BOUNDS = ("loose", "set")  # see synth.ufc.ufc_bounds
 BACKENDS = ("fused", "reference")
 PRECISIONS = ("fp32", "bf16")
 # problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py
@@ -47,7 +48,10 @@ class DistillConfig:
     eps: float = 1e-8
     r_bn: float | None = None  # BN-matching weight; None: 1.0 small data, 0.01 ImageNet-style
     first_bn_multiplier: float = 10.0
-    jitter: int = 4  # random roll of up to this many pixels in H and W
+    jitter: int | None = None  # random roll of up to this many pixels in H and W; None: 4 small, 32 ImageNet-style
+    # Bound of the stored UFC (spec 3.5): "loose" [lo - hi, hi - lo] (composed images are clamped per image);
+    # "set": the withdrawn intersection rule that pins u to ~0 at 100+ classes (kept for ablations only).
+    ufc_bound: str = "loose"
     crop_scale_min: float = 0.08  # ImageNet-style random resized crop scale range (SRe2L's recover setting)
     crop_scale_max: float = 1.0
     per_image_crop: bool = False  # ImageNet-style: one crop+flip per problem and iteration (research code) or per image
@@ -91,7 +95,9 @@ class DistillConfig:
             raise ValueError(f"distill: --iterations must be >= 1, got {self.iterations}")
         if self.class_chunk < 0:
             raise ValueError(f"distill: --class-chunk must be >= 0 (0 = all classes), got {self.class_chunk}")
-        if self.jitter < 0:
+        if self.ufc_bound not in UFC_BOUNDS:
+            raise ValueError(f"distill: --ufc-bound must be one of {UFC_BOUNDS}, got {self.ufc_bound!r}")
+        if self.jitter is not None and self.jitter < 0:
             raise ValueError(f"distill: --jitter must be >= 0, got {self.jitter}")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ValueError("distill: need 0 < --crop-scale-min <= --crop-scale-max <= 1, got "

@@ -37,7 +37,7 @@ from infer_fast.synth import baselines, budget
 from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.labels import static_labels
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
 
 PROGRESS_DIR = "progress"
 # Fields that do not change the result: excluded from the resume fingerprint.
@@ -87,12 +87,14 @@ def git_commit() -> str:
 
 
 def resolve(cfg: DistillConfig, small: bool, num_classes: int) -> DistillConfig:
-    """The config with the per-dataset defaults filled in (T and r_bn depend on the image regime; the automatic
-    problems per forward on the class count, chunk and image size)."""
+    """The config with every per-dataset default filled in, as it is written into the manifest (T, r_bn and the
+    jitter depend on the image regime, spec 3.2; the automatic problems per forward on the class count, chunk and
+    image size)."""
     return dataclasses.replace(
         cfg,
         iterations=cfg.iterations if cfg.iterations is not None else (1000 if small else 2000),
         r_bn=cfg.r_bn if cfg.r_bn is not None else (1.0 if small else 0.01),
+        jitter=cfg.jitter if cfg.jitter is not None else (4 if small else 32),
         problems_per_batch=cfg.problems_per_batch or auto_problems_per_batch(num_classes, cfg.class_chunk,
                                                                             int(cfg.image_size)),
     )
@@ -240,7 +242,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
         files = sample.files
 
     if cfg.method == "infer":
-        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi)
+        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
         base = naturals.reshape(-1, 3, s, s)
     elif cfg.method == "sre2l":
         problems = baselines.sre2l_problems(cfg.ipc, c, m_count, s, cfg.seed, mean, std, lo, hi, naturals)
@@ -386,5 +388,8 @@ def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, m
     shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
     stg = manifest["storage"]
     ratio = f", compression {stg['compression_ratio']:.4%}" if stg["compression_ratio"] else ""
+    pinned = ""
+    if cfg.method == "infer":  # spec 3.5: the share of u that stayed at ~0 (the withdrawn rule pinned most of it)
+        pinned = f"; u within 1/255 of 0 on {pinned_fraction(tensors['ufcs'], std):.1%} of its values"
     print(f"distill: wrote {cfg.out}: {st.num_synthetic} synthetic images from {stg['stored_images']} stored "
-          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes", file=sys.stderr)
+          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes{pinned}", file=sys.stderr)

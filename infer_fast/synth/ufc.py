@@ -5,12 +5,14 @@ INFER one UFC ``u_{k,m}`` ([1, 3, S, S]) shared by the C natural images of set k
 C free images (one per class). Problems that share a teacher run in one forward pass, one BN group each
 (classes chunked when ``class_chunk`` is set: each chunk its own group, gradients accumulated over chunks).
 
-Per iteration t of T: ``X = clamp(norm(base) + u)`` (compensator broadcast), augment (per problem, from the
-problem's own RNG), ``L = CE(f(X_aug), classes) + r_bn * sum_l w_l R_l``, Adam step with cosine lr, then the
-**stored parameter** is clamped so that every composed image is already inside the valid range without the
-output clamp: per pixel and channel ``lower = lo - min_c x_c <= u <= hi - max_c x_c = upper`` over the images
-x_c that share u (this interval always contains 0 because every x_c lies in [lo, hi]; for sre2l, x = 0 and
-the bound is simply [lo, hi]).
+Per iteration t of T: ``X = clamp(norm(base) + u, lo, hi)`` per image (compensator broadcast: the teacher sees
+exactly what a student will see, and the gradient is masked where an image is clamped), augment (per problem,
+from the problem's own RNG), ``L = CE(f(X_aug), classes) + r_bn * sum_l w_l R_l``, Adam step with cosine lr, then
+the stored parameter is clamped to the problem's loose box (spec section 3.5, corrected): for INFER
+``[lo - hi, hi - lo]`` per channel, beyond which every composed image is clamped anyway, so the bound never pins
+u. (The old rule, the intersection ``[lo - min_c x_c, hi - max_c x_c]`` over the set, is empty or zero at most
+pixels once a set has 100+ classes; it survives only as ``ufc_bound="set"`` for ablations.) For sre2l the
+parameters are the images themselves, bounded to [lo, hi].
 
 Each problem draws its augmentations from a CPU generator seeded by (seed, key), and a batch's partition is
 fixed by the config, so a problem's result does not depend on execution order, resumption or torchrun
@@ -152,13 +154,35 @@ def apply_aug(x: torch.Tensor, p: dict, image_ids: range) -> torch.Tensor:
 # ---- optimisation -----------------------------------------------------------------------------
 
 
-def clamp_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds of a compensator shared by the normalised images ``base_norm`` [n, 3, S, S]:
-    every ``x + u`` is in [lo, hi] iff ``lo - min_n x <= u <= hi - max_n x`` (per pixel and channel)."""
-    c = base_norm.shape[1]
-    lower = lo.view(1, c, 1, 1) - base_norm.amin(0, keepdim=True)
-    upper = hi.view(1, c, 1, 1) - base_norm.amax(0, keepdim=True)
-    return lower, upper
+UFC_BOUNDS = ("loose", "set")
+
+
+def ufc_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+               rule: str = "loose") -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds [1, 3, S, S] of the stored compensator shared by the normalised images ``base_norm`` [n, 3, S, S].
+
+    ``"loose"`` (spec 3.5, the default): ``[lo - hi, hi - lo]`` per channel. Every composed image is clamped to
+    [lo, hi] in the optimisation forward and wherever it is composed, so u only needs a box beyond which all
+    images are clamped anyway; this never pins u, whatever the number of classes.
+    ``"set"`` (the old, withdrawn rule, for ablations): ``lo - min_n x <= u <= hi - max_n x``, the condition for
+    every ``x + u`` to be in range without clamping; with 100+ images per set it pins u to ~0 at most pixels.
+    """
+    c, s = base_norm.shape[1], base_norm.shape[-2:]
+    if rule == "loose":
+        span = (hi - lo).view(1, c, 1, 1)
+        return (-span).expand(1, c, *s).clone(), span.expand(1, c, *s).clone()
+    if rule == "set":
+        lower = lo.view(1, c, 1, 1) - base_norm.amin(0, keepdim=True)
+        upper = hi.view(1, c, 1, 1) - base_norm.amax(0, keepdim=True)
+        return lower, upper
+    raise ValueError(f"ufc_bounds: rule must be one of {UFC_BOUNDS}, got {rule!r}")
+
+
+def pinned_fraction(ufc: torch.Tensor, std: torch.Tensor, tol: float = 1.0 / 255) -> float:
+    """Fraction of a compensator's values [..., 3, S, S] (normalised units) whose size in pixel units,
+    ``|u| * std_c``, is at most ``tol`` (default one grey level): the values that the bound pinned at ~0."""
+    pixel = ufc.float().abs() * std.float().view(3, 1, 1)
+    return float((pixel <= tol).float().mean())
 
 
 def optimise_batch(

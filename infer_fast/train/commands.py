@@ -118,9 +118,11 @@ def register(subparsers) -> None:
                                      "for small images, resnet18 otherwise")
     p.add_argument("--width", type=float, help=f"student width multiplier (default {d.width})")
     p.add_argument("--labels", choices=LABEL_MODES, help=f"default {d.labels}")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}; dynamic labels run epochs // (M + 1)")
+    p.add_argument("--epochs", type=int,
+                   help=f"default {d.epochs}; dynamic labels on an INFER set run epochs // (M + 1)")
     p.add_argument("--no-divide-epochs", dest="dynamic_divide_epochs", action="store_false", default=None,
-                   help="dynamic labels: train the full --epochs instead of epochs // (M + 1)")
+                   help="dynamic labels on an INFER set: train the full --epochs instead of epochs // (M + 1) "
+                        "(baselines always train the full --epochs)")
     p.add_argument("--batch-size", type=int, help=f"global batch (default {d.batch_size})")
     p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--wd", type=float, help=f"AdamW weight decay (default {d.weight_decay})")

@@ -16,7 +16,9 @@ class EvalConfig:
     width: float = 1.0  # student width multiplier
     labels: str = "static"  # static: stored teacher logits, mixed; dynamic: teacher ensemble online
     epochs: int = 400  # paper: CIFAR ipc 10, 400 static (dynamic: 400 / (M + 1) = 80)
-    dynamic_divide_epochs: bool = True  # dynamic labels train epochs // (M + 1), as the research code
+    # Dynamic labels on an INFER set (M+1 synthetic images per stored natural): epochs // (M + 1), as the research
+    # code; baselines always train the full epochs. Every summary records the optimizer steps taken.
+    dynamic_divide_epochs: bool = True
     batch_size: int = 64
     lr: float = 1e-3  # AdamW
     weight_decay: float = 0.01

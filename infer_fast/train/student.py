@@ -286,10 +286,18 @@ def _truncate_metrics(path: str, last_epoch: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ training
-def effective_epochs(cfg: EvalConfig, num_teachers: int) -> int:
+def epoch_divisor(cfg: EvalConfig, dataset) -> int:
+    """INFER's compute rule for dynamic labels (research code): an INFER set holds M+1 synthetic images per stored
+    natural image (the natural plus one composition per UFC teacher), so it trains ``epochs // (M + 1)`` epochs,
+    about the optimizer steps that ``epochs`` give a baseline of the same budget. Baselines (sre2l, random) hold
+    one image per stored image and train the full ``epochs``: the rule never under-trains them."""
     if cfg.labels == "dynamic" and cfg.dynamic_divide_epochs:
-        return max(1, cfg.epochs // (num_teachers + 1))
-    return cfg.epochs
+        return int(getattr(dataset, "num_ufc_teachers", 0) or 0) + 1
+    return 1
+
+
+def effective_epochs(cfg: EvalConfig, dataset) -> int:
+    return max(1, cfg.epochs // epoch_divisor(cfg, dataset))
 
 
 def default_out(cfg: EvalConfig, method: str) -> str:
@@ -343,7 +351,7 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
     if cfg.labels == "dynamic" and teachers is None:
         teachers = load_ensemble(teacher_paths(cfg, dataset), dataset, device)
     num_teachers = len(teachers.models) if isinstance(teachers, TeacherEnsemble) else len(cfg.teachers) or 1
-    epochs = effective_epochs(cfg, num_teachers)
+    epochs = effective_epochs(cfg, dataset)
 
     if model is None:
         from infer_fast.models import build_model
@@ -397,7 +405,9 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
     if rank == 0:
         from infer_fast import __version__
 
-        meta = {"config": asdict(cfg), "method": method, "effective_epochs": epochs, "num_teachers": num_teachers,
+        meta = {"config": asdict(cfg), "method": method, "effective_epochs": epochs,
+                "epoch_divisor": epoch_divisor(cfg, dataset), "student_steps": total_steps,
+                "num_teachers": num_teachers,
                 "world_size": world, "local_batch": local_batch, "synthetic_images": n, "classes": n_cls,
                 "version": __version__, "commit": git_commit(), "torch": torch.__version__, "device": str(device)}
         _atomic_write_text(os.path.join(out, "config.json"), json.dumps(meta, indent=1))
@@ -465,16 +475,18 @@ def _train(cfg, dataset, model, val_loader, teachers, device, rank, world) -> di
             print(f"evaluate: stopped after epoch {stop_at}/{epochs} (--stop-after); continue with --resume "
                   f"--out {out}", flush=True)
         return {"stopped_after": stop_at, "epochs": epochs, "out": out}
-    return _finish(cfg, out, model, history, rank, method, epochs, n, n_cls, time.perf_counter() - t_start)
+    return _finish(cfg, out, model, history, rank, method, epochs, total_steps, n, n_cls,
+                   time.perf_counter() - t_start)
 
 
-def _finish(cfg, out, model, history, rank, method, epochs, n, n_cls, wall) -> dict[str, Any]:
+def _finish(cfg, out, model, history, rank, method, epochs, steps, n, n_cls, wall) -> dict[str, Any]:
     evals = [r for r in history if "top1" in r]
     final = evals[-1] if evals else {}
     best = max(evals, key=lambda r: r["top1"]) if evals else {}
     summary = {
         "method": method, "labels": cfg.labels, "student": cfg.student, "width": cfg.width, "epochs": epochs,
-        "synthetic_images": n, "classes": n_cls, "top1": final.get("top1"), "top5": final.get("top5"),
+        "student_steps": steps, "batch_size": cfg.batch_size, "synthetic_images": n, "classes": n_cls,
+        "top1": final.get("top1"), "top5": final.get("top5"),
         "best_top1_selected_on_val": best.get("top1"), "best_epoch": best.get("epoch"),
         "wall_time_s": wall, "out": out,
     }
@@ -490,7 +502,7 @@ def _finish(cfg, out, model, history, rank, method, epochs, n, n_cls, wall) -> d
                     os.path.join(out, "accuracy.png"))
         _atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
         top5 = f" top5={summary['top5']:.2f}%" if summary["top5"] is not None else ""
-        print(f"evaluate: {method} labels={cfg.labels} student={cfg.student} epochs={epochs} images={n} "
+        print(f"evaluate: {method} labels={cfg.labels} student={cfg.student} epochs={epochs} steps={steps} images={n} "
               f"top1={summary['top1']:.2f}%{top5} (best {summary['best_top1_selected_on_val']:.2f}% at epoch "
               f"{summary['best_epoch']}, selected on val) time={wall:.1f}s -> {out}", flush=True)
     return summary

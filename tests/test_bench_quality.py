@@ -1,0 +1,67 @@
+"""bench/bench_quality.py: settings per workload, the seed statistics and the verdict lines (no training here)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench import bench_quality as bq  # noqa: E402
+
+
+def _row(method, labels, seed, top1, top5=None):
+    return {"method": method, "labels": labels, "seed": seed, "top1": top1, "top5": top5, "paper_top1": None,
+            "synthetic_images": 10, "stored_bytes": 100, "label_bytes": 20, "student_epochs": 3,
+            "student_steps": 30, "synthesis_time_s": 1.0 + seed, "student_time_s": 2.0}
+
+
+def test_workload_settings_and_overrides():
+    a = bq.parse_args(["--workload", "tiny200"])
+    full = bq.WORKLOADS["tiny200"]["settings"]
+    assert (a.seeds, a.iterations, a.epochs, a.mode) == (full["seeds"], full["iterations"], full["epochs"], "full")
+    q = bq.parse_args(["--workload", "tiny200", "--quick", "--epochs", "7"])
+    assert q.seeds == [0] and q.epochs == 7 and q.iterations == full["iterations"] and q.mode == "quick"
+    c = bq.parse_args(["--workload", "cifar10", "--quick"])
+    assert c.iterations == bq.WORKLOADS["cifar10"]["quick"]["iterations"] < bq.WORKLOADS["cifar10"]["settings"][
+        "iterations"]
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--methods", "infer/soft"])
+
+
+def test_aggregate_is_mean_and_sample_sd_over_seeds():
+    rows = [_row("infer", "static", s, t, t + 10) for s, t in enumerate([30.0, 32.0, 34.0])]
+    rows += [_row("random", "static", s, t) for s, t in enumerate([20.0, 21.0, 22.0])]
+    agg = {(r["method"], r["labels"]): r for r in bq.aggregate(rows)}
+    inf = agg[("infer", "static")]
+    assert inf["seeds"] == 3 and inf["top1_mean"] == 32.0 and inf["top1_sd"] == statistics.stdev([30, 32, 34])
+    assert inf["top5_mean"] == 42.0 and inf["top1"] == "32.00 ± 2.00"
+    assert inf["synthesis_s"] == 2.0 and agg[("random", "static")]["top5"] is None
+    lines = bq.verdict(list(agg.values()))
+    assert lines[0].startswith("infer/static - random/static = +11.00 points") and lines[0].endswith("beats it")
+
+
+def test_verdict_needs_a_gap_beyond_two_sd_and_more_than_one_seed():
+    rows = [_row("infer", "static", s, t) for s, t in enumerate([30.0, 36.0])]
+    rows += [_row("random", "static", s, t) for s, t in enumerate([29.0, 31.0])]
+    rows += [_row("sre2l", "static", s, t) for s, t in enumerate([40.0, 40.0])]
+    lines = bq.verdict(bq.aggregate(rows))
+    assert lines[0].endswith("NOT established"), lines
+    assert lines[1].endswith("NOT below both"), lines
+    one = bq.aggregate([_row("infer", "static", 0, 50.0), _row("random", "static", 0, 10.0)])
+    assert bq.verdict(one)[0].endswith("NOT established"), "one seed has no spread to compare with"
+
+
+def test_run_folder_needs_resume_to_continue(tmp_path):
+    a = bq.parse_args(["--workload", "tiny200", "--run-dir", str(tmp_path / "run")])
+    assert bq._run_dir(a, {}, []) == str(tmp_path / "run")
+    (tmp_path / "run" / "x").write_text("partial")
+    with pytest.raises(SystemExit, match="--resume"):
+        bq._run_dir(a, {}, [])
+    a.resume = True
+    assert bq._run_dir(a, {}, []) == str(tmp_path / "run")
