@@ -183,7 +183,7 @@ def teachers(a, root: str) -> list[str]:
             print(f"bench_quality: teacher {path} ({meta.arch}), val acc {meta.val_acc}", flush=True)
         return list(a.teacher_files)
     w = WORKLOADS[a.workload]
-    ensemble = [(arch, width, ep) for arch, width, ep in w["teachers"]]
+    ensemble = list(w["teachers"])
     if a.smoke:
         ensemble = [("resnet18_cifar", 0.125, 1), ("convnet", 0.125, 1)]
     if a.teachers:
@@ -238,6 +238,7 @@ def _run_dir(a, settings: dict, tpaths: list[str]) -> str:
 
 def ufc_report(ddir: str) -> dict | None:
     """Pinned fraction (|u| <= 1/255 in pixel units) of every UFC of a distilled INFER set."""
+    import torch
     from safetensors.torch import load_file
 
     from infer_fast.distilled import load_distilled
@@ -246,10 +247,7 @@ def ufc_report(ddir: str) -> dict | None:
     path = os.path.join(ddir, "ufcs.safetensors")
     if not os.path.isfile(path):
         return None
-    ds = load_distilled(ddir)
-    import torch
-
-    std = torch.tensor(ds.std, dtype=torch.float32)
+    std = torch.tensor(load_distilled(ddir).std, dtype=torch.float32)
     ufcs = load_file(path)["ufcs"]
     per = [[pinned_fraction(ufcs[k, m], std) for m in range(ufcs.shape[1])] for k in range(ufcs.shape[0])]
     flat = [v for row in per for v in row]
@@ -315,12 +313,6 @@ def verdict(agg: list[dict]) -> list[str]:
     return lines
 
 
-def plot_all(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
-    from infer_fast.train.student import plot_curves
-
-    plot_curves(curves, path, title=title)
-
-
 def main(argv=None) -> list[dict]:
     a = parse_args(argv)
     import torch
@@ -329,6 +321,7 @@ def main(argv=None) -> list[dict]:
     from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
     from infer_fast.train import EvalConfig, train_student
+    from infer_fast.train.student import plot_curves
 
     t_all = time.perf_counter()
     w = WORKLOADS[a.workload]
@@ -397,7 +390,7 @@ def main(argv=None) -> list[dict]:
     for line in verdict(agg):
         print("bench_quality: " + line)
     curves_png = os.path.join(run_dir, "curves.png")
-    plot_all(curves, curves_png, f"{a.workload} ipc {a.ipc}: student validation top-1")
+    plot_curves(curves, curves_png, title=f"{a.workload} ipc {a.ipc}: student validation top-1")
     gpu = "cuda " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"settings: {json.dumps(settings)}; seeds {a.seeds}; paper: {w['paper_settings']}; "
           f"teachers {teacher_time:.0f}s; total {time.perf_counter() - t_all:.0f}s; {os.cpu_count()} CPU cores, "

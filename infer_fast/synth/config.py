@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 METHODS = ("infer", "sre2l", "random")
-UFC_BOUNDS = ("loose", "set")  # see synth.ufc.ufc_bounds
+UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
 BACKENDS = ("fused", "reference")
 PRECISIONS = ("fp32", "bf16")
 # problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py

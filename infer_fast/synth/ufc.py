@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from infer_fast import reference
+from infer_fast.synth.config import UFC_BOUNDS
 from infer_fast.synth.fold import SynthesisTeacher, autocast
 
 
@@ -152,9 +153,6 @@ def apply_aug(x: torch.Tensor, p: dict, image_ids: range) -> torch.Tensor:
 
 
 # ---- optimisation -----------------------------------------------------------------------------
-
-
-UFC_BOUNDS = ("loose", "set")
 
 
 def ufc_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
