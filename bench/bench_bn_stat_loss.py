@@ -9,19 +9,13 @@ w.r.t. x. Bytes: forward reads x; backward reads x and writes dx; full does both
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch._dynamo.config
 import torch._functorch.config
+from common import Case, run_cases_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import Case, run_cases_main  # noqa: E402
-
-from infer_fast import reference  # noqa: E402
-from infer_fast.ops.bn_stat_loss import bn_stat_loss  # noqa: E402
+from infer_fast import reference
+from infer_fast.ops.bn_stat_loss import bn_stat_loss
 
 # The harness times backward alone over a graph kept with retain_graph=True, which compiled backwards with donated
 # buffers refuse.

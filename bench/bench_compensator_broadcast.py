@@ -9,18 +9,12 @@ batch and 32 images of 3x224x224 (32 naturals, 4 UFCs).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch._functorch.config
+from common import Case, run_cases_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import Case, run_cases_main  # noqa: E402
-
-import infer_fast.ops.compensator_broadcast as cb_op  # noqa: E402
-from infer_fast import reference  # noqa: E402
+import infer_fast.ops.compensator_broadcast as cb_op
+from infer_fast import reference
 
 # The harness's `backward` mode re-runs one graph with retain_graph=True, which compiled backwards with donated
 # buffers refuse; donation only saves a buffer allocation, so turn it off for the compiled baseline.

@@ -8,17 +8,12 @@ Shapes: student logits 256x1000 (ImageNet), 64x10 and 256x100 (CIFAR) against mi
 
 from __future__ import annotations
 
-import os
-import sys
+import torch
+import torch._functorch.config
+from common import Case, run_cases_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import torch  # noqa: E402
-import torch._functorch.config  # noqa: E402
-from common import Case, run_cases_main  # noqa: E402
-
-from infer_fast import reference  # noqa: E402
-from infer_fast.ops.mixed_soft_xent import mixed_soft_xent  # noqa: E402
+from infer_fast import reference
+from infer_fast.ops.mixed_soft_xent import mixed_soft_xent
 
 LAM, TEMPERATURE = 0.7, 30.0
 

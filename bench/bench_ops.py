@@ -7,15 +7,10 @@ Per op the shapes live in bench/bench_<op>.py (each runnable alone); this script
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_bn_stat_loss  # noqa: E402
-import bench_compensator_broadcast  # noqa: E402
-import bench_mixed_soft_xent  # noqa: E402
-from common import run_cases_main  # noqa: E402
+import bench_bn_stat_loss
+import bench_compensator_broadcast
+import bench_mixed_soft_xent
+from common import run_cases_main
 
 if __name__ == "__main__":
     run_cases_main(
