@@ -8,6 +8,12 @@ Datasets (from ../shared/data, prepared once into a cache dir, never into the pr
 Throughput is steady state: the first batches of each epoch (pipeline build, worker start, prefetch fill) are
 not timed. Every provider uses the same number of CPU threads (DALI num_threads = DataLoader num_workers = 2).
 
+Records (common.record): one sample per epoch, its timed images / timed seconds; ``images_per_s`` is their median
+(= p50). A sample is an epoch, not a batch: worker prefetching delivers batches in bursts, so single-batch rates
+scatter far from the throughput. An epoch takes a second or more here, so this end-to-end bench does not stretch to
+common.time_fn's ten samples: 3 epochs per provider and dataset (``--quick`` too: fewer CIFAR batches, no eval reads),
+the count in ``samples``, and ``spread_flag`` set when p80/p20 exceeds 1.5.
+
     python bench/bench_loader.py [--quick] [--json PATH] [--cache-dir DIR] [--images N]
 """
 
@@ -20,13 +26,14 @@ import sys
 import tarfile
 import time
 
-import torch  # noqa: E402
-from common import base_parser, git_commit, markdown_table, shared_data_dir, write_json
-from PIL import Image  # noqa: E402
+import torch
+from common import Stats, base_parser, git_commit, markdown_table, record, shared_data_dir, write_json
+from PIL import Image
 
-from infer_fast.data import dali_available, make_loader  # noqa: E402
+from infer_fast.data import dali_available, make_loader
 
-COLUMNS = ["dataset", "mode", "provider", "images_per_s", "speedup_vs_best_torch", "batches", "batch_size"]
+COLUMNS = ["dataset", "mode", "provider", "images_per_s", "samples", "spread", "speedup_vs_best_torch", "batches",
+           "batch_size"]
 SKIP_BATCHES = 2
 BIG_SIZE = (500, 375)  # width, height: a typical ImageNet photo
 
@@ -88,29 +95,43 @@ def prepare_imagenet_sized(cache: str, n: int) -> str:
 
 
 def measure(root: str, split: str, provider: str, workers: int, batch_size: int, image_size: int | None,
-            max_batches: int, epochs: int) -> tuple[float, int]:
-    """Median steady-state images/s over ``epochs`` epochs (at most ``max_batches`` timed batches each)."""
+            max_batches: int, epochs: int, device: str = "cpu") -> tuple[list[float], int]:
+    """Steady-state images/s of each of ``epochs`` epochs (at most ``max_batches`` timed batches each) and the timed
+    batches per epoch. On a GPU a batch counts when its copy has arrived."""
     ld = make_loader(root, split, batch_size=batch_size, loader=provider, image_size=image_size,
-                     num_workers=workers, device="cpu", seed=0)
+                     num_workers=workers, device=device, seed=0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     rates, timed = [], 0
     for _ in range(epochs):
         n_img, t0, k = 0, None, 0
         for i, (x, _) in enumerate(ld):
             if i == SKIP_BATCHES - 1:
+                sync()
                 t0 = time.perf_counter()
             elif i >= SKIP_BATCHES:
                 n_img += x.shape[0]
                 k += 1
                 if k >= max_batches:
                     break
+        sync()
         if t0 is None or n_img == 0:
             raise SystemExit(f"bench_loader: {root} {split} has too few batches to time (need > {SKIP_BATCHES})")
         rates.append(n_img / (time.perf_counter() - t0))
         timed = k
-    return statistics.median(rates), timed
+    return rates, timed
 
 
-def main(argv=None) -> list[dict]:
+def loader_record(dataset: str, split: str, name: str, provider: str, workers: int, batch_size: int,
+                  image_size: int | None, root: str, max_batches: int, epochs: int, device: str = "cpu"
+                  ) -> dict[str, object]:
+    """``measure`` as a record (also gpu_check.py's loader part)."""
+    rates, timed = measure(root, split, provider, workers, batch_size, image_size, max_batches, epochs, device)
+    return record("loader", name, split, "images_per_s", "images/s", "dataset", dataset, Stats.of(rates), device,
+                  dataset=dataset, images_per_s=statistics.median(rates), workers=workers, batch_size=batch_size,
+                  batches=timed, speedup_vs_best_torch=None)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--cache-dir", default=default_cache(), help="prepared datasets go here (default: %(default)s)")
     p.add_argument("--images", type=int, default=1000, help="ImageNet-sized train images (default %(default)s)")
@@ -119,7 +140,7 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     quick = args.quick
     n_big = args.images
-    epochs = 1 if quick else 3
+    epochs = 3  # the samples of every figure, --quick included
     cifar = prepare_cifar(args.cache_dir)
     big = prepare_imagenet_sized(args.cache_dir, n_big)
     cases = [  # dataset, root, split, image_size, batch, timed batches per epoch
@@ -137,10 +158,9 @@ def main(argv=None) -> list[dict]:
     for dataset, root, split, size, bs, max_batches in cases:
         rows = []
         for name, provider, workers in providers:
-            rate, timed = measure(root, split, provider, workers, bs, size, max_batches, epochs)
-            rows.append({"dataset": dataset, "mode": split, "provider": name, "images_per_s": rate,
-                         "batches": timed, "batch_size": bs, "threads": 2, "commit": git_commit()})
-            print(f"{dataset} {split} {name}: {rate:.0f} images/s", flush=True)
+            rows.append(r := loader_record(dataset, split, name, provider, workers, bs, size, root, max_batches,
+                                           epochs))
+            print(f"{dataset} {split} {name}: {r['images_per_s']:.0f} images/s ({r['samples']} epochs)", flush=True)
         best_torch = max(r["images_per_s"] for r in rows if r["provider"].startswith("torch"))
         for r in rows:
             r["speedup_vs_best_torch"] = r["images_per_s"] / best_torch if r["provider"] == "dali" else None

@@ -23,6 +23,11 @@ Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality
 interrupted one resumes where it stopped. The script prints per-seed rows, the mean +- sd table, the fraction of
 every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; spec 3.5), and writes ``curves.png`` (every student's
 validation curve) in the run folder; ``--json`` writes the per-seed records.
+
+Records (common.record): one per method, labels and seed, metric ``top1`` (%) of that seed's student, with
+provider = method, mode = labels, x = ipc. Each rests on one distillation and one student run (``samples`` = 1, the
+wall times ``synthesis_time_s`` and ``student_time_s`` likewise): a whole distillation takes minutes, so the spread
+this bench reports is the one over seeds (the mean +- sd table), not repeated timings.
 """
 
 from __future__ import annotations
@@ -32,15 +37,10 @@ import hashlib
 import json
 import os
 import statistics
-import sys
 import tarfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench.common import git_commit, markdown_table, shared_data_dir, write_json  # noqa: E402
+from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_dir, write_json
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -324,6 +324,7 @@ def main(argv=None) -> list[dict]:
     from infer_fast.train.student import plot_curves
 
     t_all = time.perf_counter()
+    device = a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"  # as the stages do
     w = WORKLOADS[a.workload]
     root = data_root(a)
     t0 = time.perf_counter()
@@ -367,17 +368,18 @@ def main(argv=None) -> list[dict]:
             with open(os.path.join(run, "metrics.jsonl")) as f:
                 curves[f"{spec} s{seed}"] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
             st = ds.manifest.get("storage", {})
-            rows.append({
-                "workload": a.workload, "method": method, "labels": labels, "seed": seed, "ipc": a.ipc,
-                "top1": summary["top1"], "top5": summary.get("top5"),
-                "best_top1_selected_on_val": summary.get("best_top1_selected_on_val"),
-                "paper_top1": w["paper"].get(a.ipc, {}).get(spec), "synthetic_images": len(ds),
-                "stored_bytes": st.get("stored_bytes"), "compression_ratio": st.get("compression_ratio"),
-                "label_bytes": 0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
-                "student_epochs": summary["epochs"], "student_steps": summary.get("student_steps"),
-                "synthesis_time_s": distill_time, "student_time_s": summary["wall_time_s"],
-                "ufc_pinned_mean": (ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
-            })
+            rows.append(record(
+                "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
+                workload=a.workload, method=method, labels=labels, seed=seed, ipc=a.ipc,
+                top1=summary["top1"], top5=summary.get("top5"),
+                best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
+                paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),
+                stored_bytes=st.get("stored_bytes"), compression_ratio=st.get("compression_ratio"),
+                label_bytes=0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
+                student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
+                synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
+                ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
+            ))
     per_seed_cols = ["method", "labels", "seed", "top1", "top5", "student_epochs", "student_steps",
                      "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]
     agg = aggregate(rows)

@@ -60,14 +60,20 @@ def gpu_problem() -> str | None:
 
 
 def run(cmd: list[str], log: str, timeout: float, env: dict | None = None) -> dict:
-    """Run cmd with output to log; status ok / failed (rc) / timeout, seconds and the log's tail."""
+    """Run cmd with output to log; status ok / failed (rc) / timeout, seconds and the log's tail.
+
+    The package is not installed on a bare GPU machine: the project root goes on PYTHONPATH, so that the benches
+    (run as `python3 bench/x.py`, with only bench/ on their path) import the freshly built infer_fast.
+    """
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     t0 = time.monotonic()
     with open(log, "ab") as f:
         f.write(f"$ {' '.join(cmd)}\n".encode())
         f.flush()
         try:
             rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=max(timeout, 1),
-                                env={**os.environ, **(env or {})}).returncode
+                                env=env).returncode
             status = "ok" if rc == 0 else f"failed (exit {rc})"
         except subprocess.TimeoutExpired:
             status = f"timeout after {timeout:.0f} s"
@@ -172,14 +178,10 @@ def part_loader(out: str, timeout: float) -> dict:
 def loader_worker(out: str, device: str = "cuda") -> int:
     """Generated ImageNet-sized JPEGs (375x500) through each loader; images/s of the train reads to the GPU."""
     import numpy as np
-    import torch
+    from bench_loader import loader_record
     from PIL import Image
 
-    sys.path.insert(0, ROOT)
-    from infer_fast.data import dali_available, make_loader
-
     rng = np.random.default_rng(0)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     records = []
     with tempfile.TemporaryDirectory() as root:
         for c in range(8):
@@ -188,28 +190,15 @@ def loader_worker(out: str, device: str = "cuda") -> int:
                 img = rng.integers(0, 256, (375 // 8, 500 // 8, 3), dtype=np.uint8)  # smooth: upsampled noise
                 Image.fromarray(img).resize((500, 375)).save(os.path.join(root, "train", f"class{c}", f"{i}.jpg"),
                                                              quality=90)
+        from infer_fast.data import dali_available
+
         providers = [("torch-w2", "torch", 2), ("torch-w8", "torch", 8)]
         if dali_available():
             providers.append(("dali-mixed", "dali", 8))
         for name, loader, workers in providers:
-            try:
-                ld = make_loader(root, "train", batch_size=32, loader=loader, image_size=224, num_workers=workers,
-                                 device=device, seed=0)
-                rates = []
-                for _ in range(3):
-                    n, t0 = 0, None
-                    for i, (x, _) in enumerate(ld):
-                        if i == 1:
-                            sync()
-                            t0 = time.perf_counter()
-                        elif i > 1:
-                            n += x.shape[0]
-                    sync()
-                    if t0 is not None and n:
-                        rates.append(n / (time.perf_counter() - t0))
-                rates.sort()
-                records.append({"provider": name, "images_per_s": round(rates[len(rates) // 2], 1) if rates else None,
-                                "epochs": len(rates), "images": 512})
+            try:  # 3 epochs (the samples) of 16 batches of 32, the first 2 of each untimed
+                records.append(loader_record("generated-375x500", "train", name, loader, workers, 32, 224, root,
+                                             1000, 3, device) | {"images": 512})
             except Exception as exc:  # noqa: BLE001  (one provider failing must not hide the others)
                 records.append({"provider": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
             print(json.dumps(records[-1]), flush=True)
@@ -244,14 +233,19 @@ def markdown(summary: dict) -> str:
     fails = summary["parts"].get("tests", {}).get("failures", [])
     if fails:
         lines += ["", "## Failing tests", "", *[f"- {f}" for f in fails]]
-    for name, cols in (("ops", ["kernel", "provider", "mode", "x_value", "p50", "unit"]),
-                       ("synthesis", ["workload", "provider", "images_per_s", "loss_check"]),
-                       ("loader", ["provider", "images_per_s", "error"])):
+    def cell(r: dict, k: str) -> str:  # as bench/common.py's tables: "!" marks a record with spread_flag
+        v = r.get(k, "")
+        text = str(round(v, 3)) if isinstance(v, float) else str(v)
+        return text + " !" if k == "spread" and r.get("spread_flag") else text
+
+    for name, cols in (("ops", ["kernel", "provider", "mode", "x_value", "p50", "unit", "samples", "spread"]),
+                       ("synthesis", ["workload", "provider", "images_per_s", "samples", "spread", "loss_check"]),
+                       ("loader", ["provider", "images_per_s", "samples", "spread", "error"])):
         recs = summary["parts"].get(name, {}).get("records") or []
         if recs and isinstance(recs[0], dict):
             keys = [k for k in cols if any(k in r for r in recs)] or list(recs[0])[:6]
             lines += ["", f"## {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in recs[:60]]
+            lines += ["| " + " | ".join(cell(r, k) for k in keys) + " |" for r in recs[:60]]
     return "\n".join(lines) + "\n"
 
 

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 
+import bench_quality as bq
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench import bench_quality as bq  # noqa: E402
 
 
 def _row(method, labels, seed, top1, top5=None):
