@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "infer_fast.models.commands",
     "infer_fast.synth.commands",
     "infer_fast.train.commands",
+    "infer_fast.demo",
 ]
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from infer_fast.config_cli import add_command, option
 from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, atomic_write_json, scan_split
 
 MAX_CLASS_ROWS = 50  # print per-class counts in full up to this many classes, else a summary
@@ -14,34 +15,28 @@ MAX_CLASS_ROWS = 50  # print per-class counts in full up to this many classes, e
 
 @dataclass
 class CheckConfig:
-    root: str
-    json: str | None = None  # write the full report (every split, every bad file) here
-    full_decode: bool = False  # decode every file at full resolution instead of the fast check
-    workers: int | None = None  # validation threads (default: 2 x cores, at most 32)
-    use_cache: bool = True  # reuse / write the cached good-file list
+    root: str = option(positional=True, metavar="ROOT",
+                       help="dataset root holding train/ and val/ or test/ (ImageFolder layout)")
+    json: str | None = option(None, metavar="PATH", help="write the full report as JSON to PATH")
+    full_decode: bool = option(False, help="decode every file at full resolution (slower; otherwise: 1/8-scale JPEG "
+                               "decode, PIL verify)")
+    workers: int | None = option(None, help="validation threads (default: 2 x cores, max 32)")
+    cache: bool = option(True, help="read and write the cached good-file list (--no-cache: neither)")
 
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="dataset tools", description="Dataset tools.")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    p = sub.add_parser(
-        "check", help="validate every image of a dataset root and cache the list of good files",
+    add_command(
+        sub, "check", CheckConfig, _run_check,
+        help="validate every image of a dataset root and cache the list of good files",
         description="Scan ROOT/{train,val,test}/<class>/* in parallel, report per-class counts and every bad file "
                     "(empty, truncated, not an image, undecodable), and cache the good-file list that the loaders "
                     "read (invalidated when the folder changes).",
     )
-    p.add_argument("root", metavar="ROOT", help="dataset root holding train/ and val/ or test/ (ImageFolder layout)")
-    p.add_argument("--json", metavar="PATH", help="write the full report as JSON to PATH")
-    p.add_argument("--full-decode", action="store_true",
-                   help="decode every file at full resolution (slower; default: 1/8-scale JPEG decode, PIL verify)")
-    p.add_argument("--workers", type=int, default=None, help="validation threads (default: 2 x cores, max 32)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="neither read nor write the cache")
-    p.set_defaults(func=_run_check)
 
 
-def _run_check(args: argparse.Namespace) -> int:
-    cfg = CheckConfig(root=args.root, json=args.json, full_decode=args.full_decode, workers=args.workers,
-                      use_cache=args.use_cache)
+def _run_check(cfg: CheckConfig, args: argparse.Namespace) -> int:
     try:
         return check(cfg)
     except DataError as exc:
@@ -62,7 +57,7 @@ def check(cfg: CheckConfig) -> int:
                         "(expected ImageFolder layout ROOT/<split>/<class>/<image>)")
     report, rc = {"root": root, "splits": {}}, 0
     for split in splits:
-        scan = scan_split(root, split, full_decode=cfg.full_decode, workers=cfg.workers, use_cache=cfg.use_cache,
+        scan = scan_split(root, split, full_decode=cfg.full_decode, workers=cfg.workers, use_cache=cfg.cache,
                           require_all_classes=False, progress=True)
         rep = scan.report()
         rep["from_cache"] = scan.from_cache

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from infer_fast.config_cli import check_choices, option
+from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 
@@ -28,26 +30,27 @@ from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 class TeacherConfig:
     """One teacher training run; ``infer-fast train-teacher`` maps 1:1 onto these fields."""
 
-    source: str = "digits"  # "digits" or a dataset root with train/ and val/ (or test/) ImageFolder splits
-    arch: str = "resnet18_cifar"
-    out: str = "teacher.safetensors"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1  # peak of the one-cycle schedule
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    width: float = 1.0  # channel multiplier (< 1 for cheap CPU teachers)
-    image_size: int | None = None  # None: the dataset's own size (see infer_fast.data.dataset_info)
-    seed: int = 0
-    device: str | None = None  # None: cuda when available, else cpu
-    loader: str = "auto"  # "auto" | "dali" | "torch"
-    num_workers: int = 2
-    progress: bool = True
+    # "digits" or a dataset root with train/ and val/ (or test/) ImageFolder splits; the CLI's --data/--dataset
+    source: str = option("digits", cli=False)
+    arch: str = option("resnet18_cifar", choices=ARCHS, required=True)
+    out: str = option("teacher.safetensors", metavar="FILE", required=True, help="output .safetensors file")
+    epochs: int = option(30)
+    batch_size: int = option(128)
+    lr: float = option(0.1, help="peak learning rate of the one-cycle schedule")
+    momentum: float = option(0.9)
+    weight_decay: float = option(5e-4)
+    label_smoothing: float = option(0.1)
+    width: float = option(1.0, help="channel multiplier (e.g. 0.25 on CPU)")
+    image_size: int | None = option(None, help="(default: the dataset's size)")  # see infer_fast.data.dataset_info
+    seed: int = option(0)
+    device: str | None = option(None, help="(default: cuda when available, else cpu)")
+    loader: str = option("auto", choices=LOADERS)
+    # --workers, the spelling of the other subcommands; the field keeps DataLoader's name
+    num_workers: int = option(2, flag="workers", aliases=["--num-workers"], help="data loader workers")
+    progress: bool = option(True, help="progress bar")
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"TeacherConfig.arch: unknown {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        check_choices(self, "TeacherConfig")
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"TeacherConfig.{name} must be a positive int, got {getattr(self, name)!r}")

@@ -7,14 +7,18 @@ with ``--config`` sets the same field names, and flags given on the command line
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from infer_fast.config_cli import check_choices, option
 
 METHODS = ("infer", "sre2l", "random")
 UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
 BACKENDS = ("fused", "reference")
 PRECISIONS = ("fp32", "bf16")
+SRE2L_INITS = ("noise", "natural")
+# Per-dataset defaults of the fields left None (spec 3.2): small (CIFAR-style) images and ImageNet-style ones.
+SMALL_DEFAULTS = {"iterations": 1000, "r_bn": 1.0, "jitter": 4}
+LARGE_DEFAULTS = {"iterations": 2000, "r_bn": 0.01, "jitter": 32}
 # problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py
 # measured 4 CIFAR-10 problems per forward fastest; at 224 px one class chunk is already batch enough).
 AUTO_MIN_PIXELS = 32 * 32 * 32
@@ -31,61 +35,70 @@ def auto_problems_per_batch(images_per_problem: int, class_chunk: int, image_siz
 @dataclass
 class DistillConfig:
     # ---- what to distil -----------------------------------------------------------------------
-    data: str | None = None  # dataset root (ImageFolder split folders); exclusive with `dataset`
-    dataset: str | None = None  # embedded dataset name: "digits"
-    teachers: list[str] = field(default_factory=list)  # teacher checkpoint files (one per architecture, M of them)
-    method: str = "infer"  # infer | sre2l | random
-    ipc: int = 10  # storage budget: images per class
-    seed: int = 0
-    out: str = "distilled"
-    resume: bool = False
-    image_size: int | None = None  # None: the dataset's size (digits: the data pipeline's default)
+    data: str | None = option(None, help="dataset root folder (ImageFolder split folders train/ and val/ or test/)")
+    dataset: str | None = option(None, help="embedded dataset name instead of --data: digits")
+    teachers: list[str] = option(default_factory=list, metavar="FILE", help="teacher checkpoint files, one per "
+                                 "architecture (digits: default ensemble when omitted)")
+    method: str = option("infer", choices=METHODS, help="infer (UFCs), sre2l (class-specific synthesis) or random "
+                         "(random naturals); same budget and format")
+    ipc: int = option(10, help="storage budget in images per class")
+    seed: int = option(0)
+    out: str = option("distilled", resume=False, help="output folder of the distilled dataset")
+    resume: bool = option(False, resume=False,
+                          help="continue an interrupted run in --out (the result equals an uninterrupted run)")
+    image_size: int | None = option(None)  # None: the dataset's size (digits: the data pipeline's default)
     # ---- optimisation (spec section 3) --------------------------------------------------------
-    iterations: int | None = None  # T; None: 1000 for small (CIFAR-style) data, 2000 for ImageNet-style
-    lr: float = 0.25
-    beta1: float = 0.5
-    beta2: float = 0.9
-    eps: float = 1e-8
-    r_bn: float | None = None  # BN-matching weight; None: 1.0 small data, 0.01 ImageNet-style
-    first_bn_multiplier: float = 10.0
-    jitter: int | None = None  # random roll of up to this many pixels in H and W; None: 4 small, 32 ImageNet-style
-    # Bound of the stored UFC (spec 3.5): "loose" [lo - hi, hi - lo] (composed images are clamped per image);
-    # "set": the withdrawn intersection rule that pins u to ~0 at 100+ classes (kept for ablations only).
-    ufc_bound: str = "loose"
-    crop_scale_min: float = 0.08  # ImageNet-style random resized crop scale range (SRe2L's recover setting)
-    crop_scale_max: float = 1.0
-    per_image_crop: bool = False  # ImageNet-style: one crop+flip per problem and iteration (research code) or per image
-    sre2l_init: str = "noise"  # sre2l: "noise" (standard normal in normalised space, as SRe2L) or "natural"
+    # None below: the per-dataset default of SMALL_DEFAULTS / LARGE_DEFAULTS, filled in by resolved() and saved in
+    # the manifest's config.
+    iterations: int | None = option(None, help="optimisation steps T per problem (default: 1000 small images, 2000 "
+                                    "ImageNet-style)")
+    lr: float = option(0.25)
+    beta1: float = option(0.5)
+    beta2: float = option(0.9)
+    eps: float = option(1e-8)
+    r_bn: float | None = option(None, help="weight of the BN-statistic matching loss (default: 1 small images, 0.01 "
+                                "ImageNet-style)")
+    first_bn_multiplier: float = option(10.0)
+    jitter: int | None = option(None, help="random roll of up to this many pixels per iteration in H and W (default: "
+                                "4 small images, 32 ImageNet-style)")
+    # "set" pins u to ~0 at 100+ classes, which is why "loose" is the default and "set" is kept for ablations only.
+    ufc_bound: str = option("loose", choices=UFC_BOUNDS, help="bound of the stored UFC: loose [lo-hi, hi-lo] (spec "
+                            "3.5; images are clamped per image) or set (the withdrawn intersection rule, pins u to ~0 "
+                            "at 100+ classes; ablations only)")
+    crop_scale_min: float = option(0.08)  # ImageNet-style random resized crop scale range (SRe2L's recover setting)
+    crop_scale_max: float = option(1.0)
+    per_image_crop: bool = option(False)  # ImageNet-style: one crop+flip per problem and iteration (research code)
+    sre2l_init: str = option("noise", choices=SRE2L_INITS, help="sre2l: start from noise (standard normal in "
+                             "normalised space, as SRe2L) or natural images")
     # ---- execution ----------------------------------------------------------------------------
-    # (k, m) problems sharing a teacher in one forward, each its own BN group. 0: auto, enough problems for
-    # AUTO_MIN_PIXELS pixels per forward (small images gain from bigger batches; a 224 px chunk is batch enough).
-    problems_per_batch: int = 0
-    class_chunk: int = 0  # images of one problem per forward (0: all classes); each chunk its own BN group
-    label_batch: int = 256  # images per teacher forward when computing the static labels
-    log_every: int = 50  # iterations between host reads of the losses (tqdm postfix, NaN/Inf check)
-    threads: int | None = None  # CPU intra-op threads per process (None: torch's default; torchrun gives 1 per rank)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank uses cuda:LOCAL_RANK)
-    backend: str = "fused"  # fused: infer_fast.ops kernels; reference: pure-PyTorch infer_fast.reference
+    # Small images gain from bigger batches; a 224 px chunk is batch enough (see AUTO_MIN_PIXELS).
+    problems_per_batch: int = option(0, help="(k, m) problems of one teacher per forward pass, each its own "
+                                     "BN-statistics group (0: auto, enough for the pixels of 32 CIFAR images per "
+                                     "forward)")
+    class_chunk: int = option(0, help="images of a problem per forward (0: all classes); each chunk its own BN group")
+    label_batch: int = option(256, resume=False)  # images per teacher forward when computing the static labels
+    log_every: int = option(50, resume=False)  # iterations between host reads of the losses (tqdm, NaN/Inf check)
+    threads: int | None = option(None, resume=False)  # CPU threads per process (None: torch's; torchrun: 1 per rank)
+    device: str = option("auto", resume=False)  # auto | cpu | cuda | cuda:N (torchrun: each rank cuda:LOCAL_RANK)
+    backend: str = option("fused", choices=BACKENDS,
+                          help="fused: infer_fast kernels; reference: pure-PyTorch references")
     # Speed levers of the teacher (bench/bench_synthesis.py measures each); results agree to float rounding.
-    fold_bn: bool = True  # fold each BN into its conv, statistics recovered from the folded output
-    channels_last: bool = True  # teacher and inputs channels-last (oneDNN/cuDNN's fastest conv layout)
-    compile: bool = False  # torch.compile the prepared teacher (pays off on GPU and for long runs)
-    precision: str = "fp32"  # fp32 | bf16 (bf16 autocast: a GPU lever; refused on CPUs where it would crash)
-    teacher_cache: str | None = None  # digits without --teachers: where the default ensemble is cached
-    stop_after: int | None = None  # stop (resumably) after this many finished batches in this run; None: run all
+    fold_bn: bool = option(True, help="fold each BatchNorm into its convolution (BN statistics recovered exactly "
+                           "from the folded output)")
+    channels_last: bool = option(True, help="run the teacher channels-last (fastest convolution layout of oneDNN "
+                                 "and cuDNN)")
+    compile: bool = option(False, help="torch.compile the prepared teacher")  # pays off on GPU and for long runs
+    precision: str = option("fp32", choices=PRECISIONS,
+                            help="fp32, or bf16 autocast of the teacher (GPU lever; refused where it would crash)")
+    teacher_cache: str | None = option(None, resume=False)  # digits without --teachers: the default ensemble's cache
+    stop_after: int | None = option(None, resume=False,
+                                    help="stop after this many finished batches (resumable with --resume)")
 
     def validate(self) -> None:
         if (self.data is None) == (self.dataset is None):
             raise ValueError("distill: give exactly one of --data ROOT or --dataset NAME "
                              f"(got data={self.data!r}, dataset={self.dataset!r})")
-        if self.method not in METHODS:
-            raise ValueError(f"distill: --method must be one of {METHODS}, got {self.method!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"distill: --backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"distill: --precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.sre2l_init not in ("noise", "natural"):
-            raise ValueError(f"distill: --sre2l-init must be 'noise' or 'natural', got {self.sre2l_init!r}")
+        check_choices(self, "distill")
         if self.problems_per_batch < 0:
             raise ValueError(f"distill: --problems-per-batch must be >= 0 (0 = auto), got {self.problems_per_batch}")
         for name in ("ipc", "label_batch", "log_every"):
@@ -95,8 +108,6 @@ class DistillConfig:
             raise ValueError(f"distill: --iterations must be >= 1, got {self.iterations}")
         if self.class_chunk < 0:
             raise ValueError(f"distill: --class-chunk must be >= 0 (0 = all classes), got {self.class_chunk}")
-        if self.ufc_bound not in UFC_BOUNDS:
-            raise ValueError(f"distill: --ufc-bound must be one of {UFC_BOUNDS}, got {self.ufc_bound!r}")
         if self.jitter is not None and self.jitter < 0:
             raise ValueError(f"distill: --jitter must be >= 0, got {self.jitter}")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
@@ -115,30 +126,14 @@ class DistillConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> DistillConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-        cfg = cls(**d)
-        if isinstance(cfg.teachers, str):
-            cfg.teachers = [cfg.teachers]
-        return cfg
-
-
-def load_config_file(path: str) -> dict:
-    """Fields from a YAML or JSON file (a mapping of DistillConfig field names)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"distill: --config file {path!r} does not exist")
-    with open(path) as f:
-        text = f.read()
-    if path.endswith(".json"):
-        d = json.loads(text)
-    else:
-        import yaml
-
-        d = yaml.safe_load(text) or {}
-    if not isinstance(d, dict):
-        raise ValueError(f"distill: --config file {path!r} must hold a mapping of field names, got {type(d).__name__}")
-    return {k.replace("-", "_"): v for k, v in d.items()}
+    def resolved(self, small: bool, num_classes: int) -> DistillConfig:
+        """This config with every per-dataset default filled in, as the run uses it and writes it into the manifest:
+        T, r_bn and the jitter depend on the image regime (spec 3.2), the automatic problems per forward on the
+        class count, chunk and image size (``image_size`` must be set)."""
+        regime = SMALL_DEFAULTS if small else LARGE_DEFAULTS
+        return dataclasses.replace(
+            self,
+            **{k: getattr(self, k) if getattr(self, k) is not None else v for k, v in regime.items()},
+            problems_per_batch=self.problems_per_batch or auto_problems_per_batch(num_classes, self.class_chunk,
+                                                                                  int(self.image_size)),
+        )

@@ -26,6 +26,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from infer_fast.config_cli import resume_fields
 from infer_fast.distilled import (
     DistilledDataset,
     atomic_save_safetensors,
@@ -34,14 +35,14 @@ from infer_fast.distilled import (
     write_distilled,
 )
 from infer_fast.synth import baselines, budget
-from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
+from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.labels import static_labels
 from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
 
 PROGRESS_DIR = "progress"
-# Fields that do not change the result: excluded from the resume fingerprint.
-_NON_RESULT_FIELDS = ("out", "resume", "stop_after", "log_every", "device", "label_batch", "teacher_cache", "threads")
+# Fields that change the result (their `resume` metadata): the resume fingerprint covers exactly these.
+_RESULT_FIELDS = resume_fields(DistillConfig)
 
 
 # ---- distributed context ----------------------------------------------------------------------
@@ -86,18 +87,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def resolve(cfg: DistillConfig, small: bool, num_classes: int) -> DistillConfig:
-    """The config with every per-dataset default filled in, as it is written into the manifest (T, r_bn and the
-    jitter depend on the image regime, spec 3.2; the automatic problems per forward on the class count, chunk and
-    image size)."""
-    return dataclasses.replace(
-        cfg,
-        iterations=cfg.iterations if cfg.iterations is not None else (1000 if small else 2000),
-        r_bn=cfg.r_bn if cfg.r_bn is not None else (1.0 if small else 0.01),
-        jitter=cfg.jitter if cfg.jitter is not None else (4 if small else 32),
-        problems_per_batch=cfg.problems_per_batch or auto_problems_per_batch(num_classes, cfg.class_chunk,
-                                                                            int(cfg.image_size)),
-    )
+# The per-dataset defaults live beside the fields they fill (DistillConfig.resolved); the old name stays.
+resolve = DistillConfig.resolved
 
 
 def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_std: tuple, device: torch.device,
@@ -137,7 +128,7 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_st
 
 
 def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor | None) -> str:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
+    d = {k: v for k, v in cfg.to_dict().items() if k in _RESULT_FIELDS}
     d["teachers"] = [t["fingerprint"] for t in teachers]
     h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
     if naturals is not None:

@@ -37,13 +37,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from infer_fast.config_cli import resume_fields
 from infer_fast.train.augment import augment_batch
 from infer_fast.train.config import EvalConfig
 
 CHECKPOINT = "checkpoint.pt"
 # config fields that must match for --resume to continue a run (the rest, e.g. device or progress, may change)
-_RESUME_KEYS = ("distilled", "student", "width", "labels", "epochs", "dynamic_divide_epochs", "batch_size", "lr",
-                "weight_decay", "temperature", "mixup_alpha", "seed", "val", "teachers")
+_RESUME_KEYS = resume_fields(EvalConfig)
 
 
 # ----------------------------------------------------------------------------------------------- small utilities

@@ -8,17 +8,19 @@ The default settings are sized to finish in under 4 minutes on a 2-core CPU (see
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
-from infer_fast.train.config import EvalConfig
+from infer_fast.config_cli import add_command, check_choices, option
+from infer_fast.train.config import BACKENDS, EvalConfig
 from infer_fast.train.student import _atomic_write_text, git_commit, plot_curves, train_student
 
 METHODS = ("infer", "sre2l", "random")
@@ -26,21 +28,22 @@ METHODS = ("infer", "sre2l", "random")
 
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    ipc: int = 10  # storage budget, images per class (same for every method)
-    image_size: int = 16  # digits are 8x8 originals; 16 px keeps every stage fast on a CPU
-    iterations: int = 120  # synthesis iterations per UFC / sre2l image (paper: 1000 at CIFAR scale)
-    epochs: int = 40  # student epochs, every method (paper: 400 at CIFAR ipc 10)
-    student: str = "convnet"
-    width: float = 0.5
-    batch_size: int = 64
-    temperature: float = 4.0  # 30 in the research code; a short run learns faster from sharper targets
-    lr: float = 3e-3
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "fused"
-    teacher_cache: str | None = None  # default: models' cache (~/.cache/infer_fast or $INFER_FAST_CACHE)
+    out: str = option("runs/demo", help="output folder")
+    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)
+    ipc: int = option(10, help="storage budget, images per class (same for every method)")
+    image_size: int = option(16, help="digits image size")  # 8x8 originals; 16 px keeps every stage fast on a CPU
+    iterations: int = option(120, help="synthesis iterations per UFC / sre2l image")  # paper: 1000 at CIFAR scale
+    epochs: int = option(40, help="student epochs, every method")  # paper: 400 at CIFAR ipc 10
+    student: str = option("convnet", help="student architecture")
+    width: float = option(0.5, help="student width")
+    batch_size: int = option(64)
+    temperature: float = option(4.0)  # 30 in the research code; a short run learns faster from sharper targets
+    lr: float = option(3e-3)
+    seed: int = option(0)
+    device: str = option("auto")
+    backend: str = option("fused", choices=BACKENDS, help="loss implementation")
+    teacher_cache: str | None = option(None, metavar="DIR", help="where the default teachers are cached (default: "
+                                       "~/.cache/infer_fast or $INFER_FAST_CACHE)")
 
     def quick(self) -> DemoConfig:
         """A much smaller setting for tests and CI (not the one the report's numbers come from)."""
@@ -49,8 +52,8 @@ class DemoConfig:
                                    batch_size=min(self.batch_size, 16))
 
     def validate(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
+        check_choices(self, "demo")
+        if not self.methods:
             raise ValueError(f"demo: --methods must be a non-empty subset of {METHODS}, got {self.methods}")
         for name in ("ipc", "iterations", "epochs", "image_size", "batch_size"):
             if getattr(self, name) < 1:
@@ -187,3 +190,18 @@ commit {results['commit']}.
 
 {imgs}
 """
+
+
+def _run(cfg: DemoConfig, args: argparse.Namespace) -> int:
+    run_demo(cfg.quick() if args.quick else cfg)
+    return 0
+
+
+def register(subparsers) -> None:
+    q = add_command(
+        subparsers, "demo", DemoConfig, _run,
+        help="the main job: teachers, distill (infer, sre2l, random) and evaluate on the embedded digits",
+        description="On scikit-learn's embedded digits (nothing downloaded): train the default teacher ensemble, "
+                    "distill with infer, sre2l and random at the same budget, evaluate each with the same student, "
+                    "and write results.json, report.md and PNGs into --out.")
+    q.add_argument("--quick", action="store_true", help="a much smaller setting (for tests and CI), not the report's")
