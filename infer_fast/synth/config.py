@@ -11,9 +11,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
-METHODS = ("infer", "sre2l", "random")
+from infer_fast.distilled import METHODS
+from infer_fast.ops.backend import BACKENDS
+
 UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
-BACKENDS = ("fused", "reference")
 PRECISIONS = ("fp32", "bf16")
 # problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py
 # measured 4 CIFAR-10 problems per forward fastest; at 224 px one class chunk is already batch enough).

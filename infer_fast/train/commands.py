@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import fields
 
+from infer_fast.distilled import DistilledFormatError, data_source, read_manifest
 from infer_fast.train.config import BACKENDS, LABEL_MODES, EvalConfig
 
 
@@ -55,9 +56,8 @@ _EVAL_MAP = {
 def _manifest_source(directory: str) -> str:
     """The data source the distilled set was made from (its validation split is the default --val)."""
     try:
-        with open(os.path.join(directory, "manifest.json")) as f:
-            src = (json.load(f).get("source") or {}).get("source")
-    except (OSError, json.JSONDecodeError):
+        src = data_source(read_manifest(directory))
+    except DistilledFormatError:
         src = None
     if not src:
         raise SystemExit(f"infer-fast evaluate: {directory}/manifest.json names no data source; pass --val ROOT or "
@@ -66,7 +66,7 @@ def _manifest_source(directory: str) -> str:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from infer_fast.train.student import train_student
+    from infer_fast.train.loop import train_student
 
     if args.val is not None and args.dataset is not None:
         raise SystemExit("infer-fast evaluate: give either --val ROOT or --dataset digits, not both")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from infer_fast.ops.backend import BACKENDS
+
 LABEL_MODES = ("static", "dynamic")
-BACKENDS = ("fused", "reference")
 
 
 @dataclass
