@@ -62,7 +62,9 @@ def _check(path: str, exc: OSError) -> None:
     if isinstance(exc, OutputError) or exc.errno not in _USER_ERRNOS:
         return
     note = _KEPT.get()
-    raise OutputError(exc.errno, f"cannot write {path}: {os.strerror(exc.errno)}" + (f"; {note}" if note else ""))
+    err = OutputError(f"cannot write {path}: {os.strerror(exc.errno)}" + (f"; {note}" if note else ""))
+    err.errno = exc.errno  # one-argument OSError: str() is the message alone, without an "[Errno N]" prefix
+    raise err from exc
 
 
 # ---- atomic writes ----------------------------------------------------------------------------
