@@ -15,12 +15,11 @@ from common import Case, run_cases_main
 
 import infer_fast.ops.compensator_broadcast as cb_op
 from infer_fast import reference
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD
 
 # The harness's `backward` mode re-runs one graph with retain_graph=True, which compiled backwards with donated
 # buffers refuse; donation only saves a buffer allocation, so turn it off for the compiled baseline.
 torch._functorch.config.donated_buffer = False
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _inputs(n_base: int, n_ufc: int, batch: int, size: int, device: str):

@@ -225,7 +225,7 @@ def _run_dir(a, settings: dict, tpaths: list[str]) -> str:
     if a.run_dir:
         d = a.run_dir
     else:
-        from infer_fast.distilled import sha256_file
+        from infer_fast.runtime import sha256_file
 
         key = _key({**settings, "teacher_sha256": [sha256_file(p) for p in tpaths]})
         d = os.path.join(_cache_dir(a), f"{a.workload}-ipc{a.ipc}-{key}")
@@ -256,7 +256,7 @@ def ufc_report(ddir: str) -> dict | None:
 
 def _timed(path: str, fn) -> float:
     """Run ``fn`` once and remember its wall time in ``path`` (a resumed benchmark reports the first run's)."""
-    from infer_fast.distilled import atomic_write_json
+    from infer_fast.runtime import atomic_write_json
 
     if os.path.isfile(path):
         with open(path) as f:
@@ -321,7 +321,7 @@ def main(argv=None) -> list[dict]:
     from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
     from infer_fast.train import EvalConfig, train_student
-    from infer_fast.train.student import plot_curves
+    from infer_fast.train.report import plot_curves
 
     t_all = time.perf_counter()
     device = a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"  # as the stages do

@@ -17,7 +17,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,8 @@ import torch._dynamo.config
 import torch._functorch.config
 import torch.utils.benchmark as tbench
 from torch.utils.benchmark.utils.timer import timer as synced_clock
+
+from infer_fast.runtime import git_commit  # noqa: F401  (re-exported to the bench scripts)
 
 # The "backward" mode reuses one graph (retain_graph=True); compiled graphs donate their saved buffers by default,
 # which makes a second backward over the same graph fail.
@@ -44,15 +45,6 @@ SPREAD_LIMIT = 1.5  # p80/p20 beyond this: the figure is too noisy to quote on i
 
 SCHEMA = ("kernel", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "samples",
           "spread", "spread_flag", "device", "threads", "torch_version", "commit", "timestamp")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def shared_data_dir() -> str:

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from infer_fast.runtime import BusyError, OutputError
+
 # Stage modules that add subcommands (each defines register(subparsers)).
 COMMAND_MODULES = [
     "infer_fast.data.commands",
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print("infer-fast: interrupted; finished work is saved (rerun with --resume where the command has it)",
               file=sys.stderr)
         return 130
+    except (OutputError, BusyError) as exc:  # no space, no permission, a second writer: one line, no traceback
+        print(f"infer-fast: {exc}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from infer_fast.config_cli import add_command, check_choices, option
+from infer_fast.distilled import METHODS
+from infer_fast.runtime import atomic_write_text, atomic_write_with, git_commit
 from infer_fast.train.config import BACKENDS, EvalConfig
-from infer_fast.train.student import _atomic_write_text, git_commit, plot_curves, train_student
-
-METHODS = ("infer", "sre2l", "random")
+from infer_fast.train.loop import train_student
+from infer_fast.train.report import plot_curves
 
 
 @dataclass
@@ -81,10 +82,10 @@ def save_grid(ds, path: str, per_class: int = 8, max_classes: int = 10) -> None:
     ax.set_axis_off()
     ax.set_title(f"{ds.method}: {len(ds)} synthetic images (rows: classes)", fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _table(rows: list[dict]) -> str:
@@ -151,9 +152,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     total = time.perf_counter() - t_all
     results = {"results": rows, "config": asdict(cfg), "teachers": teachers, "teacher_time_s": teacher_time,
                "total_time_s": total, "machine": _machine(), "commit": git_commit()}
-    _atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=1))
+    atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=1))
     table = _table(rows)
-    _atomic_write_text(os.path.join(cfg.out, "report.md"), _report(cfg, rows, results, table))
+    atomic_write_text(os.path.join(cfg.out, "report.md"), _report(cfg, rows, results, table))
     print(table)
     print(f"demo: done in {total:.1f}s (teachers {teacher_time:.1f}s) -> {cfg.out}/results.json, report.md, "
           f"accuracy.png, synthetic_*.png", flush=True)

@@ -16,74 +16,55 @@ class c = i % C; for i = K*C + (k*M + m)*C + c the composition ``clamp(norm(x_c^
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from infer_fast.ops.backend import get as get_op
+from infer_fast.runtime import atomic_save_safetensors, atomic_write_json, make_dirs, sha256_file
 
 FORMAT_VERSION = 1
 ARRAY_FILES = {"naturals": "naturals.safetensors", "ufcs": "ufcs.safetensors", "labels": "labels.safetensors"}
-METHODS = ("infer", "sre2l", "random")
+METHODS = ("infer", "sre2l", "random")  # the methods a distilled set can come from
 
 
 class DistilledFormatError(ValueError):
     """A distilled-dataset directory that is missing, corrupt or of an unknown format."""
 
 
-# ---- atomic writes ----------------------------------------------------------------------------
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+# ---- manifest fields (read here only, so that no stage parses manifest.json itself) ------------
 
 
-def _tmp_path(path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; the final file gets the usual permissions
-    return tmp
+def manifest_teachers(manifest: dict) -> list[dict]:
+    return [dict(t) for t in manifest.get("teachers") or []]
 
 
-def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
-    """Write via a temporary file + os.replace (readers never see a partial file); ``fsync`` for durability."""
-    tmp = _tmp_path(path)
+def teacher_files(manifest: dict) -> list[str]:
+    """The teacher checkpoint paths of a manifest (entries without a path are skipped)."""
+    return [t["path"] for t in manifest_teachers(manifest) if t.get("path")]
+
+
+def data_source(manifest: dict) -> str | None:
+    return (manifest.get("source") or {}).get("source") or None
+
+
+def read_manifest(directory: str) -> dict:
+    """The parsed manifest.json of a distilled dataset folder, its format version checked."""
+    mpath = os.path.join(directory, "manifest.json")
+    if not os.path.isfile(mpath):
+        raise DistilledFormatError(f"load_distilled: {directory!r} is not a distilled dataset (no manifest.json)")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_save_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    tmp = _tmp_path(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DistilledFormatError(f"load_distilled: {mpath} is not valid JSON ({exc})") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DistilledFormatError(f"load_distilled: {mpath} has format_version {version!r}; this infer_fast reads "
+                                   f"version {FORMAT_VERSION}")
+    return manifest
 
 
 # ---- indexing ---------------------------------------------------------------------------------
@@ -140,6 +121,21 @@ class DistilledDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def teachers(self) -> list[dict]:
+        """The teachers the set was distilled with (``path``, ``arch``, ``fingerprint``, ``num_classes``,
+        ``val_acc``), as the runner recorded them."""
+        return manifest_teachers(self.manifest)
+
+    @property
+    def teacher_files(self) -> list[str]:
+        return teacher_files(self.manifest)
+
+    @property
+    def data_source(self) -> str | None:
+        """The data source the natural images were sampled from ("digits" or a dataset root)."""
+        return data_source(self.manifest)
+
     def _on(self, device: torch.device) -> tuple:
         key = str(device)
         if key not in self._cache:
@@ -156,15 +152,13 @@ class DistilledDataset:
 
     def compose(self, indices: torch.Tensor | list[int], device: torch.device | str | None = None) -> torch.Tensor:
         """Normalised float32 synthetic images [B, 3, S, S] for ``indices`` (uint8 naturals + fp16 UFCs)."""
-        from infer_fast.synth.ufc import get_backend
-
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
             raise IndexError(f"compose: indices must be in [0, {len(self)}), got range [{int(idx.min())}, "
                              f"{int(idx.max())}]")
         dev = torch.device(device) if device is not None else torch.device("cpu")
         base, ufc, mean, std, lo, hi = self._on(dev)
-        compose = get_backend(self.backend)
+        compose = get_op("compensator_broadcast", self.backend)
         return compose(base, ufc, self._base_index[idx].to(dev), self._ufc_index[idx].to(dev), mean, std, lo, hi)
 
     def get_batch(self, indices: torch.Tensor | list[int], device: torch.device | str | None = None):
@@ -186,7 +180,7 @@ class DistilledDataset:
 
 def write_distilled(out: str, manifest: dict, tensors: dict[str, torch.Tensor]) -> dict:
     """Write the array files (atomically) and then manifest.json with their sha256; returns the manifest."""
-    os.makedirs(out, exist_ok=True)
+    make_dirs(out)
     files = {}
     for name, tensor in tensors.items():
         if name not in ARRAY_FILES:
@@ -203,17 +197,7 @@ def write_distilled(out: str, manifest: dict, tensors: dict[str, torch.Tensor]) 
 def load_distilled(directory: str, backend: str = "fused", verify: bool = True) -> DistilledDataset:
     """Open a distilled dataset; checks the format version and (``verify``) every array file's sha256."""
     mpath = os.path.join(directory, "manifest.json")
-    if not os.path.isfile(mpath):
-        raise DistilledFormatError(f"load_distilled: {directory!r} is not a distilled dataset (no manifest.json)")
-    try:
-        with open(mpath) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DistilledFormatError(f"load_distilled: {mpath} is not valid JSON ({exc})") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DistilledFormatError(f"load_distilled: {mpath} has format_version {version!r}; this infer_fast reads "
-                                   f"version {FORMAT_VERSION}")
+    manifest = read_manifest(directory)
     if manifest.get("method") not in METHODS:
         raise DistilledFormatError(f"load_distilled: {mpath}: unknown method {manifest.get('method')!r}")
     files = manifest.get("files", {})

@@ -173,14 +173,14 @@ def test_every_subcommand_takes_a_config_file(tmp_path, cmd, key, value):
 def test_resume_fields_come_from_metadata():
     from infer_fast.synth import runner
     from infer_fast.synth.config import DistillConfig
-    from infer_fast.train import student
+    from infer_fast.train import checkpoint
     from infer_fast.train.config import EvalConfig
 
     names = {f.name for f in dataclasses.fields(DistillConfig)}
     assert names - set(runner._RESULT_FIELDS) == {"out", "resume", "stop_after", "log_every", "device", "label_batch",
                                                   "teacher_cache", "threads"}
-    assert student._RESUME_KEYS == config_cli.resume_fields(EvalConfig)
-    assert set(student._RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "dynamic_divide_epochs",
+    assert checkpoint.RESUME_KEYS == config_cli.resume_fields(EvalConfig)
+    assert set(checkpoint.RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "dynamic_divide_epochs",
                                          "batch_size", "lr", "weight_decay", "temperature", "mixup_alpha", "seed",
                                          "val", "teachers"}
     assert config_cli.resume_fields(Toy) == ("path", "mode", "rate", "files", "flag", "name")

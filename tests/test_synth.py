@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from infer_fast.ops.backend import get as get_op
 from infer_fast.synth import baselines, budget
 from infer_fast.synth.commands import add_config_arguments, config_from_args
 from infer_fast.synth.config import DistillConfig
@@ -19,7 +20,6 @@ from infer_fast.synth.ufc import (
     NonFiniteLossError,
     apply_aug,
     draw_aug,
-    get_backend,
     optimise_batch,
     pinned_fraction,
     ufc_bounds,
@@ -126,7 +126,7 @@ def test_ufc_changes_and_composed_images_stay_in_range(backend):
     problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
     res = _run(problems, model, naturals.reshape(-1, 3, 8, 8), mean, std, lo, hi, backend, iterations=20)
     assert res.ce.shape == (20, 2) and res.bn.shape == (20, 2)
-    compose = get_backend(backend)
+    compose = get_op("compensator_broadcast", backend)
     for j, p in enumerate(problems):
         u = res.params[j]
         assert u.abs().max() > 1e-2, "the UFC did not change"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infer_fast.train.augment import augment_batch, random_crop, random_flip, random_resized_crop
+from infer_fast.data.augment import augment_batch, random_crop, random_flip, random_resized_crop
 
 
 def _known(b: int = 6, c: int = 3, s: int = 12) -> torch.Tensor:

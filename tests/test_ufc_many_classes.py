@@ -18,8 +18,9 @@ import torch.nn as nn
 from conftest import require_shared
 
 from infer_fast import data
+from infer_fast.ops.backend import get as get_op
 from infer_fast.synth import baselines
-from infer_fast.synth.ufc import AugSettings, get_backend, optimise_batch, pinned_fraction
+from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -57,7 +58,8 @@ def _moved_fraction(set_u8: torch.Tensor, rule: str, iterations: int = 8) -> tup
                          aug=AugSettings(small=True, jitter=4), class_chunk=500, log_every=iterations)
     u = res.params[0]
     assert u.shape == (1, 3, s, s)
-    composed = get_backend("fused")(set_u8, u, torch.arange(n), torch.zeros(n, dtype=torch.int64), MEAN, STD, LO, HI)
+    compose = get_op("compensator_broadcast", "fused")
+    composed = compose(set_u8, u, torch.arange(n), torch.zeros(n, dtype=torch.int64), MEAN, STD, LO, HI)
     return 1.0 - pinned_fraction(u, STD), composed
 
 

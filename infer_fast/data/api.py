@@ -13,9 +13,8 @@ from infer_fast.data import digits
 from infer_fast.data.folder import DataError, SplitScan, resolve_split, scan_split
 from infer_fast.data.sampling import mix_seed, resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
 LARGE_DEFAULT_SIZE = 224
 LOADERS = ("auto", "dali", "torch")
@@ -124,10 +123,6 @@ def dali_available() -> bool:
     return True
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def make_loader(source: str, split: str = "train", batch_size: int = 128, loader: str = "auto",
                 image_size: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
                 num_workers: int = 2, device: str | torch.device | None = None, drop_last: bool | None = None,
@@ -148,7 +143,7 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
         raise ValueError(f"make_loader: loader must be one of {LOADERS}, got {loader!r}")
     train = split == "train"
     rank, world = resolve_shard(shard)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = torch.device(device) if device is not None else resolve_device("auto")
     info = dataset_info(source, image_size)
     common = dict(
         classes=info.classes, mean=tuple(mean or info.mean), std=tuple(std or info.std),

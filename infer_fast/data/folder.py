@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
+
+from infer_fast.runtime import atomic_write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRAIN_SPLITS = ("train",)
@@ -169,19 +170,6 @@ def cache_path_for(root: str, split: str) -> str:
     return os.path.join(cache_dir_for(root), f"{key}-{split}.json")
 
 
-def atomic_write_json(path: str, obj: object) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_cache(path: str, fp: str, full_decode: bool) -> dict | None:
     try:
         with open(path) as f:
@@ -221,7 +209,7 @@ def scan_split(
         data["fingerprint"] = fp
         if use_cache:
             try:
-                atomic_write_json(cpath, data)
+                atomic_write_json(cpath, data, indent=None)
             except OSError:
                 cpath = None  # read-only everywhere: validate again next time
     split_dir = os.path.join(root, name)

@@ -11,11 +11,11 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from infer_fast.data.augment import random_crop_flip
 from infer_fast.data.sampling import mix_seed, num_batches, shard_indices, train_batches
 
 # ImageNet-style eval reads resize the short side to S * 256 / 224, then center-crop S.
@@ -218,18 +218,3 @@ class TensorLoader(BaseLoader):
             if self.train:
                 x = random_crop_flip(x, PAD, g)
             yield self.normalize(x), self.labels[b]
-
-
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad``, crop a random S x S window per image, flip half of them horizontally."""
-    b, _, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # [B, H]
-    cols = dx[:, None] + torch.arange(w, device=x.device)  # [B, W]
-    cols = torch.where(flip[:, None], cols.flip(-1), cols)
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]

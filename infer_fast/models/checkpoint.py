@@ -12,27 +12,23 @@ infer_fast's format: a ``.safetensors`` file with the model's ``state_dict`` and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pickle
 import re
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from infer_fast.models.archs import ARCHS, HEADS, NATIVE_SIZE, build_model
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, atomic_save_safetensors, sha256_file
 
 META_KEY = "infer_fast.teacher"
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -57,11 +53,6 @@ class TeacherMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------- saving
 def save_teacher(model: nn.Module, meta: TeacherMeta, path: str) -> TeacherMeta:
     """Write ``model``'s weights and ``meta`` to the safetensors file ``path`` atomically (temp + rename).
@@ -78,17 +69,7 @@ def save_teacher(model: nn.Module, meta: TeacherMeta, path: str) -> TeacherMeta:
                          f"({HEADS[meta.arch]}: {None if head is None else tuple(head.shape)})")
     info = {k: v for k, v in dataclasses.asdict(meta).items() if k != "fingerprint"}
     info["format_version"] = FORMAT_VERSION
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={META_KEY: json.dumps(info)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_save_safetensors(path, state, metadata={META_KEY: json.dumps(info)})
     return dataclasses.replace(meta, fingerprint=sha256_file(path))
 
 

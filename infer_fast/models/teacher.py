@@ -24,6 +24,8 @@ from infer_fast.config_cli import check_choices, option
 from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
+from infer_fast.models.evaluate import accuracy_counts
+from infer_fast.runtime import atomic_write_text, resolve_device
 
 
 @dataclass
@@ -60,24 +62,12 @@ class TeacherConfig:
             raise ValueError(f"TeacherConfig.source: {self.source!r} is neither 'digits' nor a dataset folder")
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader) -> float:
     """Top-1 accuracy (fraction) of ``model`` over ``loader``'s (images, labels) batches, in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64)
-    total = 0
-    for images, labels in loader:
-        correct = correct + (model(images).argmax(1) == labels).sum().cpu()
-        total += labels.numel()
-    model.train(was_training)
-    if total == 0:
+    counts = accuracy_counts(model, loader)
+    if counts[2] == 0:
         raise ValueError("evaluate_accuracy: the loader yielded no samples")
-    return int(correct) / total
+    return int(counts[0]) / int(counts[2])
 
 
 def train_teacher(cfg: TeacherConfig) -> tuple[str, TeacherMeta]:
@@ -87,7 +77,7 @@ def train_teacher(cfg: TeacherConfig) -> tuple[str, TeacherMeta]:
     from infer_fast.data import dataset_info, make_loader
 
     cfg.validate()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     info = dataset_info(cfg.source, image_size=cfg.image_size)
     common = dict(batch_size=cfg.batch_size, loader=cfg.loader, image_size=info.image_size, seed=cfg.seed,
@@ -186,8 +176,5 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
                                         image_size=image_size, seed=seed, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR,
                                         progress=progress))
         paths.append(path)
-    tmp = os.path.join(folder, f".key-{os.getpid()}.json")
-    with open(tmp, "w") as f:  # what the folder name hashes, for humans
-        f.write(key)
-    os.replace(tmp, os.path.join(folder, "key.json"))
+    atomic_write_text(os.path.join(folder, "key.json"), key)  # what the folder name hashes, for humans
     return paths

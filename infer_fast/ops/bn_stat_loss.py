@@ -11,11 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from infer_fast import (
-    _C,  # noqa: F401  (registers the ops)
-    reference,
-)
+from infer_fast import _C  # noqa: F401  (registers the ops)
 from infer_fast.ops._autograd import block_double_backward
+from infer_fast.ops.backend import check_backend
+from infer_fast.ops.backend import get as get_op
 
 _OP = "infer_fast::bn_stat_loss"
 _BWD = "infer_fast::_bn_stat_loss_backward"
@@ -129,8 +128,7 @@ class BNStatMatcher:
     def __init__(
         self, model: nn.Module, groups: int = 1, first_bn_multiplier: float = 10.0, backend: str = "fused"
     ) -> None:
-        if backend not in ("fused", "reference"):
-            raise ValueError(f"BNStatMatcher: backend must be 'fused' or 'reference', got {backend!r}")
+        check_backend(backend, "BNStatMatcher")
         self.layers: list[tuple[str, _BatchNorm]] = [
             (name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)
         ]
@@ -143,9 +141,7 @@ class BNStatMatcher:
                 )
         self.groups = groups
         self.first_bn_multiplier = float(first_bn_multiplier)
-        self._fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
-            bn_stat_loss if backend == "fused" else reference.bn_stat_loss
-        )
+        self._fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = get_op("bn_stat_loss", backend)
         self._total: torch.Tensor | None = None
         self._handles = [model.register_forward_pre_hook(self._start)]
         for i, (_, m) in enumerate(self.layers):

@@ -10,10 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from infer_fast.config_cli import check_choices, option
+from infer_fast.distilled import METHODS
+from infer_fast.ops.backend import BACKENDS
 
-METHODS = ("infer", "sre2l", "random")
 UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
-BACKENDS = ("fused", "reference")
 PRECISIONS = ("fp32", "bf16")
 SRE2L_INITS = ("noise", "natural")
 # Per-dataset defaults of the fields left None (spec 3.2): small (CIFAR-style) images and ImageNet-style ones.

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from infer_fast.distilled import atomic_save_safetensors, atomic_write_bytes, load_distilled
+from infer_fast.distilled import load_distilled
+from infer_fast.runtime import atomic_save_safetensors, atomic_write_bytes
 
 
 def export_imagefolder(directory: str, out: str, backend: str = "fused", batch_size: int = 256,

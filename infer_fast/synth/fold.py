@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from infer_fast import reference
-from infer_fast.ops.bn_stat_loss import bn_stat_loss
+from infer_fast.ops.backend import check_backend
+from infer_fast.ops.backend import get as get_op
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 _Conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -180,9 +180,7 @@ class SynthesisTeacher(nn.Module):
         probe_size: int = 32,
     ) -> None:
         super().__init__()
-        if backend not in ("fused", "reference"):
-            raise ValueError(f"SynthesisTeacher: backend must be 'fused' or 'reference', got {backend!r}")
-        stat_fn = bn_stat_loss if backend == "fused" else reference.bn_stat_loss
+        stat_fn = get_op("bn_stat_loss", check_backend(backend, "SynthesisTeacher"))
         bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
         if not bns:
             raise ValueError(f"SynthesisTeacher: {type(model).__name__} has no BatchNorm layer to match")

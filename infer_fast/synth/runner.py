@@ -15,29 +15,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import torch
 from tqdm import tqdm
 
 from infer_fast.config_cli import resume_fields
-from infer_fast.distilled import (
-    DistilledDataset,
+from infer_fast.distilled import DistilledDataset, write_distilled
+from infer_fast.labels import TeacherEnsemble, static_labels
+from infer_fast.runtime import (
+    DistContext,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_json,
-    write_distilled,
+    atomic_write_with,
+    git_commit,
+    keeping,
+    lock_folder,
+    make_dirs,
+    remove_temp_files,
 )
 from infer_fast.synth import baselines, budget
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
-from infer_fast.synth.labels import static_labels
 from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
 
 PROGRESS_DIR = "progress"
@@ -45,46 +51,7 @@ PROGRESS_DIR = "progress"
 _RESULT_FIELDS = resume_fields(DistillConfig)
 
 
-# ---- distributed context ----------------------------------------------------------------------
-
-
-class _Dist:
-    def __init__(self, device_arg: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
-        if want_cuda:
-            self.device = torch.device(f"cuda:{local_rank}" if self.world > 1 or device_arg in ("auto", "cuda")
-                                       else device_arg)
-        else:
-            self.device = torch.device("cpu")
-        self.initialised = False
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if want_cuda:
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
-            self.initialised = True
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.initialised:
-            torch.distributed.destroy_process_group()
-
-
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # The per-dataset defaults live beside the fields they fill (DistillConfig.resolved); the old name stays.
@@ -92,8 +59,8 @@ resolve = DistillConfig.resolved
 
 
 def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_std: tuple, device: torch.device,
-                  dist: _Dist):
-    """(models in eval mode with frozen weights, metadata dicts) of the M teachers."""
+                  dist: DistContext) -> tuple[list[torch.nn.Module], list, list[dict]]:
+    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teachers."""
     from infer_fast import models
 
     paths = list(cfg.teachers)
@@ -107,7 +74,7 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_st
         dist.barrier()
         if dist.rank != 0:
             paths = models.default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
-    nets, metas = [], []
+    nets, tmetas, metas = [], [], []
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"distill: teacher file {path!r} does not exist")
@@ -116,15 +83,19 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_st
             raise ValueError(f"distill: teacher {path!r} ({meta.arch}) has {meta.num_classes} classes but the data "
                              f"has {num_classes}; teachers must be trained on the same classes")
         if any(abs(a - b) > 1e-3 for a, b in zip(tuple(meta.mean) + tuple(meta.std), mean_std, strict=True)):
+            # the labels re-normalise per teacher (labels.TeacherEnsemble); the optimisation cannot: it shapes
+            # the images the students see, in the data's normalisation
             print(f"distill: warning: teacher {path!r} was trained with mean/std {tuple(meta.mean)}/{tuple(meta.std)}"
-                  f" but the data is normalised with {mean_std[:3]}/{mean_std[3:]}", file=sys.stderr)
+                  f" but the data is normalised with {mean_std[:3]}/{mean_std[3:]}; the synthesis feeds it the "
+                  "data's normalisation", file=sys.stderr)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         nets.append(model)
+        tmetas.append(meta)
         metas.append({"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
                       "num_classes": int(meta.num_classes), "val_acc": meta.val_acc})
-    return nets, metas
+    return nets, tmetas, metas
 
 
 def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor | None) -> str:
@@ -140,8 +111,10 @@ def _batch_path(out: str, b: int) -> str:
     return os.path.join(out, PROGRESS_DIR, f"batch_{b:05d}.safetensors")
 
 
-def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: _Dist) -> bool:
-    """Checks the output folder (all ranks, read-only), then rank 0 creates progress/. True if already complete."""
+def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: DistContext,
+                 stack: contextlib.ExitStack) -> bool:
+    """Checks the output folder (all ranks, read-only), then rank 0 creates progress/ and locks the output folder
+    for the rest of the run (``stack``). True if already complete."""
     out = cfg.out
     state_path = os.path.join(out, PROGRESS_DIR, "state.json")
     if os.path.isfile(os.path.join(out, "manifest.json")):
@@ -159,9 +132,17 @@ def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: _Dist) -> 
             if state.get("fingerprint") != fp:
                 raise ValueError(f"distill: --resume: {state_path} was written by a run with a different config, "
                                  "teachers or natural sets; resume with the same settings or choose a new --out")
+    if cfg.resume and dist.rank == 0 and not os.path.isfile(state_path):
+        print(f"distill: --resume: {out!r} holds no interrupted run; starting fresh", file=sys.stderr)
     dist.barrier()
     if dist.rank == 0:
-        os.makedirs(os.path.join(out, PROGRESS_DIR), exist_ok=True)
+        make_dirs(os.path.join(out, PROGRESS_DIR))
+        # One writer per folder: a second run (say, a --resume while the first one still runs) would otherwise
+        # rewrite the same batches and delete progress/ under the other's feet.
+        stack.enter_context(lock_folder(out, "distill"))
+        # Temporary files of a killed run: never read (batches are found by their final names), just removed.
+        remove_temp_files(out)
+        remove_temp_files(os.path.join(out, PROGRESS_DIR))
         if not os.path.isfile(state_path):
             atomic_write_json(state_path, {"fingerprint": fp, "num_batches": num_batches})
     dist.barrier()
@@ -184,9 +165,7 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
     idx = torch.cat(rows)
     with torch.no_grad():
         images = ds.denormalize(ds.compose(idx).float())
-    tmp = path + ".tmp.png"
-    save_image(images, tmp, nrow=show, padding=1, format="png")
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda buf: save_image(images, buf, nrow=show, padding=1, format="png"))
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -197,14 +176,13 @@ def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
     cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    dist = _Dist(cfg.device)
-    try:
-        return _run(cfg, dist, progress)
-    finally:
-        dist.close()
+    note = (f"finished batches in {os.path.join(cfg.out, PROGRESS_DIR)} are kept; free space or fix the folder, "
+            "then rerun with --resume")
+    with DistContext(cfg.device) as dist, contextlib.ExitStack() as stack, keeping(note):
+        return _run(cfg, dist, progress, stack)
 
 
-def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
+def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextlib.ExitStack) -> str | None:
     from infer_fast import data
 
     device = dist.device
@@ -215,7 +193,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     c = len(classes)
-    teachers, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
+    teachers, tmeta_obj, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
     m_count = len(teachers)
     st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
     mean = torch.tensor(info.mean, dtype=torch.float32)
@@ -242,7 +220,7 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
         problems, base = [], None
     batches = baselines.make_batches(problems, cfg.problems_per_batch)
     fp = fingerprint(cfg, tmeta, naturals)
-    if _prepare_out(cfg, fp, len(batches), dist):
+    if _prepare_out(cfg, fp, len(batches), dist, stack):
         if dist.rank == 0:
             print(f"distill: {cfg.out} is already complete", file=sys.stderr)
         return cfg.out
@@ -276,7 +254,6 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
                         teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
                         fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
                         probe_size=s)
-                    teachers[m] = None  # the prepared copy is all this loop needs; labels reload the file
                     if prepared[m].report["fold_error"]:
                         tqdm.write(f"distill: teacher {tmeta[m]['arch']} used unfolded: "
                                    f"{prepared[m].report['fold_error']}", file=sys.stderr)
@@ -305,22 +282,19 @@ def _run(cfg: DistillConfig, dist: _Dist, progress: bool) -> str | None:
                   file=sys.stderr)
         return None
     if dist.rank == 0:
-        _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, mean, std, device, progress)
+        ensemble = TeacherEnsemble(list(zip(teachers, tmeta_obj, strict=True)), info.mean, info.std, s)
+        _finish(cfg, info, classes, st, ensemble, tmeta, batches, naturals, files, mean, std, device, progress)
     dist.barrier()
     return cfg.out
 
 
-def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, mean, std, device, progress) -> None:
+def _finish(cfg, info, classes, st, teachers: TeacherEnsemble, tmeta, batches, naturals, files, mean, std, device,
+            progress) -> None:
     from safetensors.torch import load_file
 
     from infer_fast import __version__
 
-    c, s, m_count = len(classes), int(info.image_size), len(teachers)
-    if any(t is None for t in teachers):  # dropped once prepared for the optimisation: load them again
-        from infer_fast import models
-
-        teachers = [t if t is not None else models.load_teacher(meta["path"], device=str(device))[0].eval()
-                    for t, meta in zip(teachers, tmeta, strict=True)]
+    c, s, m_count = len(classes), int(info.image_size), len(teachers.models)
     metrics = []
     tensors: dict[str, torch.Tensor] = {}
     if cfg.method == "infer":
@@ -363,14 +337,13 @@ def _finish(cfg, info, classes, st, teachers, tmeta, batches, naturals, files, m
         "config": cfg.to_dict(),
         "package_version": __version__,
         "torch_version": torch.__version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit(short=False),
     }
     ds = DistilledDataset(manifest, dict(tensors), backend=cfg.backend)
     labels = static_labels(teachers, ds, cfg.label_batch, device, progress=progress)
     if not torch.isfinite(labels).all():
         raise RuntimeError("distill: the teachers produced non-finite logits on the synthetic images")
     tensors["labels"] = labels.half()
-    os.makedirs(cfg.out, exist_ok=True)
     if metrics:
         atomic_write_bytes(os.path.join(cfg.out, "metrics.jsonl"),
                            "".join(json.dumps(r) + "\n" for r in metrics).encode())

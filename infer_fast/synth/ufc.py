@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from infer_fast import reference
+from infer_fast.ops.backend import get as get_op
 from infer_fast.synth.config import UFC_BOUNDS
 from infer_fast.synth.fold import SynthesisTeacher, autocast
 
@@ -66,20 +66,6 @@ class BatchResult:
     params: list[torch.Tensor]  # per problem, [p, 3, S, S] float32 on CPU
     ce: torch.Tensor  # [T, P] float32 per-iteration CE per problem
     bn: torch.Tensor  # [T, P] float32 per-iteration BN-matching loss per problem
-
-
-# ---- backends ---------------------------------------------------------------------------------
-
-
-def get_backend(name: str) -> Callable:
-    """The compensator broadcast of a backend: "fused" (the infer_fast.ops kernel) or "reference" (pure PyTorch)."""
-    if name == "reference":
-        return reference.compensator_broadcast
-    if name == "fused":
-        from infer_fast.ops.compensator_broadcast import compensator_broadcast
-
-        return compensator_broadcast
-    raise ValueError(f"unknown backend {name!r} (expected 'fused' or 'reference')")
 
 
 # ---- augmentation -----------------------------------------------------------------------------
@@ -216,7 +202,7 @@ def optimise_batch(
     is called every iteration (losses None except every ``log_every`` iterations, when the host reads them).
     Raises NonFiniteLossError naming the problem.
     """
-    compose = get_backend(backend)
+    compose = get_op("compensator_broadcast", backend)
     device = base.device
     size = base.shape[-1]
     if not isinstance(model, SynthesisTeacher):

@@ -4,19 +4,18 @@ the same fields, explicit flags override it."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from infer_fast import config_cli
+from infer_fast.distilled import DistilledFormatError, data_source, read_manifest
 from infer_fast.train.config import EvalConfig
 
 
 def _manifest_source(directory: str) -> str:
     """The data source the distilled set was made from (its validation split is the default --val)."""
     try:
-        with open(os.path.join(directory, "manifest.json")) as f:
-            src = (json.load(f).get("source") or {}).get("source")
-    except (OSError, json.JSONDecodeError):
+        src = data_source(read_manifest(directory))
+    except DistilledFormatError:
         src = None
     if not src:
         raise SystemExit(f"infer-fast evaluate: {directory}/manifest.json names no data source; pass --val ROOT or "
@@ -43,7 +42,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _run_evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
-    from infer_fast.train.student import train_student
+    from infer_fast.train.loop import train_student
 
     train_student(cfg)
     return 0

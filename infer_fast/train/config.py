@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from infer_fast.config_cli import check_choices, option
 from infer_fast.data.api import LOADERS
+from infer_fast.ops.backend import BACKENDS
 
 LABEL_MODES = ("static", "dynamic")
-BACKENDS = ("fused", "reference")
 
 
 @dataclass

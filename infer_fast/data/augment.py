@@ -1,4 +1,5 @@
-"""Batched training augmentation on device for student training (INFER.md section 5).
+"""Batched training augmentation on device: the data loaders' small-image training reads and student training
+(INFER.md section 5).
 
 Small (CIFAR-style) images: random crop of the original size from the image zero-padded by 4 pixels, then a
 random horizontal flip. ImageNet-style images: random resized crop (scale 0.08-1, ratio 3/4-4/3, bilinear) back to
@@ -67,6 +68,11 @@ def random_resized_crop(
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), [b, x.shape[1], h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop a random H x W window per image, flip half of them horizontally (CIFAR-style)."""
+    return random_flip(random_crop(x, pad, generator), generator)
 
 
 def augment_batch(x: torch.Tensor, small: bool, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""Soft labels from a teacher ensemble (spec section 4, INFER.md section 5): one rule for both label modes.
+
+- :class:`TeacherEnsemble`: mean logits of M frozen teachers on images normalised with the *dataset's* mean/std,
+  re-normalised and resized per teacher when a teacher was trained with other statistics or another input size.
+- :func:`static_labels`: the ensemble's logits on every un-augmented synthetic image of a distilled set, computed
+  once by ``infer-fast distill`` and stored as fp16.
+- :func:`ensemble_for`: the ensemble of a distilled set (its manifest's teachers, or explicit files) for dynamic
+  labels during student training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from infer_fast.distilled import DistilledDataset, teacher_files
+
+
+class TeacherEnsemble(nn.Module):
+    """Mean logits of M frozen teachers on a batch normalised with the *dataset's* mean/std (re-normalised and
+    resized per teacher when a teacher was trained with other statistics or another input size).
+
+    ``teachers``: (model, meta) pairs; ``meta`` has ``mean``, ``std`` and ``image_size`` (a TeacherMeta) or is
+    None (the teacher takes the dataset's images as they are).
+    """
+
+    def __init__(self, teachers: Sequence[tuple[nn.Module, Any]], mean, std, image_size: int):
+        super().__init__()
+        if not teachers:
+            raise ValueError("dynamic labels need at least one teacher")
+        self.models = nn.ModuleList([m.eval().requires_grad_(False) for m, _ in teachers])
+        self.adapt: list[tuple[torch.Tensor, torch.Tensor, int] | None] = []
+        src_m, src_s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        for _, meta in teachers:
+            tm = getattr(meta, "mean", None)
+            ts = getattr(meta, "std", None)
+            size = int(getattr(meta, "image_size", None) or image_size)
+            same_norm = tm is None or (np.allclose(tm, mean, atol=1e-4) and np.allclose(ts, std, atol=1e-4))
+            if same_norm and size == image_size:
+                self.adapt.append(None)
+                continue
+            if same_norm:
+                scale, shift = torch.ones(1, 3, 1, 1), torch.zeros(1, 3, 1, 1)
+            else:  # x_t = (x * s + m - m_t) / s_t
+                tm_, ts_ = torch.tensor(tm).view(1, 3, 1, 1), torch.tensor(ts).view(1, 3, 1, 1)
+                scale, shift = src_s / ts_, (src_m - tm_) / ts_
+            self.adapt.append((scale, shift, size))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for model, adapt in zip(self.models, self.adapt, strict=True):
+            xt = x
+            if adapt is not None:
+                scale, shift, size = adapt
+                xt = x * scale.to(x) + shift.to(x)
+                if size != x.shape[-1]:
+                    xt = torch.nn.functional.interpolate(xt, size=(size, size), mode="bilinear", antialias=True,
+                                                         align_corners=False)
+            logits = model(xt).float()
+            total = logits if total is None else total + logits
+        return total / len(self.models)
+
+
+def teacher_paths(dataset, explicit: Sequence[str] = (), where: str = "") -> list[str]:
+    """Teacher files for dynamic labels: ``explicit`` (--teacher) overrides, else the distilled set's teachers."""
+    if explicit:
+        paths = list(explicit)
+    else:
+        paths = teacher_files(getattr(dataset, "manifest", None) or {})
+        if not paths:
+            raise ValueError(
+                f"--labels dynamic: the distilled dataset {where or '(in memory)'} names no teacher files in "
+                "manifest.json['teachers']; pass them with --teacher PATH (repeatable)")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"--labels dynamic: teacher file(s) not found: {', '.join(missing)}")
+    return paths
+
+
+def load_ensemble(paths: Sequence[str], dataset, device: torch.device) -> TeacherEnsemble:
+    """The ensemble of the teacher files ``paths`` for ``dataset`` (its classes, mean/std and image size)."""
+    from infer_fast.models import load_teacher
+
+    n_cls = len(dataset.classes)
+    teachers = []
+    for p in paths:
+        model, meta = load_teacher(p, device=str(device))
+        if getattr(meta, "num_classes", n_cls) != n_cls:
+            raise ValueError(f"teacher {p}: {meta.num_classes} classes, the distilled dataset has {n_cls}")
+        teachers.append((model, meta))
+    return TeacherEnsemble(teachers, dataset.mean, dataset.std, dataset.image_size).to(device)
+
+
+def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), where: str = "") -> TeacherEnsemble:
+    """The dynamic-label ensemble of a distilled set: ``explicit`` files, else the teachers it was distilled with."""
+    return load_ensemble(teacher_paths(dataset, explicit, where), dataset, device)
+
+
+@torch.no_grad()
+def static_labels(
+    teachers: TeacherEnsemble, ds: DistilledDataset, batch_size: int, device: torch.device, progress: bool = True
+) -> torch.Tensor:
+    """float32 [len(ds), C] on CPU: the ensemble's mean logits on every un-augmented ``ds.compose(i)``."""
+    n = len(ds)
+    out = torch.empty(n, ds.num_classes, dtype=torch.float32)
+    with tqdm(total=n, desc="static labels", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            out[start:start + len(idx)] = teachers(ds.compose(idx, device)).cpu()
+            bar.update(len(idx))
+    return out

@@ -1,0 +1,78 @@
+"""What a student run reports: validation accuracy, the accuracy curves, and the final summary and weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from infer_fast.models.evaluate import accuracy_counts
+from infer_fast.runtime import atomic_save_safetensors, atomic_write_text, atomic_write_with
+from infer_fast.train.checkpoint import unwrap
+from infer_fast.train.config import EvalConfig
+
+
+def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, topk5: bool) -> dict[str, float]:
+    """Top-1 (and top-5) accuracy in percent over ``loader``; counts are summed over DDP ranks."""
+    counts = accuracy_counts(model, loader, device, all_ranks=True)
+    if counts[2] == 0:
+        raise ValueError("validation loader yielded no images")
+    out = {"top1": float(100.0 * counts[0] / counts[2]), "val_images": int(counts[2])}
+    if topk5:
+        out["top5"] = float(100.0 * counts[1] / counts[2])
+    return out
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1") -> None:
+    """Accuracy-vs-epoch PNG (matplotlib Agg, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, pts in curves.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    try:
+        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def finish(cfg: EvalConfig, out: str, model: nn.Module, history: list[dict], rank: int, method: str, epochs: int,
+           steps: int, n: int, n_cls: int, wall: float) -> dict[str, Any]:
+    """The summary of a finished run; rank 0 writes student.safetensors, accuracy.png and summary.json."""
+    evals = [r for r in history if "top1" in r]
+    final = evals[-1] if evals else {}
+    best = max(evals, key=lambda r: r["top1"]) if evals else {}
+    summary = {
+        "method": method, "labels": cfg.labels, "student": cfg.student, "width": cfg.width, "epochs": epochs,
+        "student_steps": steps, "batch_size": cfg.batch_size, "synthetic_images": n, "classes": n_cls,
+        "top1": final.get("top1"), "top5": final.get("top5"),
+        "best_top1_selected_on_val": best.get("top1"), "best_epoch": best.get("epoch"),
+        "wall_time_s": wall, "out": out,
+    }
+    if rank == 0:
+        atomic_save_safetensors(os.path.join(out, "student.safetensors"), unwrap(model).state_dict(),
+                                metadata={"arch": cfg.student, "num_classes": str(n_cls), "method": method,
+                                          "labels": cfg.labels, "top1": str(summary["top1"])})
+        plot_curves({f"{method} ({cfg.labels})": [(r["epoch"], r["top1"]) for r in evals]},
+                    os.path.join(out, "accuracy.png"))
+        atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
+        top5 = f" top5={summary['top5']:.2f}%" if summary["top5"] is not None else ""
+        print(f"evaluate: {method} labels={cfg.labels} student={cfg.student} epochs={epochs} steps={steps} images={n} "
+              f"top1={summary['top1']:.2f}%{top5} (best {summary['best_top1_selected_on_val']:.2f}% at epoch "
+              f"{summary['best_epoch']}, selected on val) time={wall:.1f}s -> {out}", flush=True)
+    return summary
