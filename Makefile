@@ -42,6 +42,7 @@ wheel-check: wheel
 	rm -rf build/wheel-check && $(BIN)/pip install -q --no-deps --target build/wheel-check wheelhouse/infer_fast-*.whl
 	cd build/wheel-check && PYTHONPATH=. ../../$(BIN)/python -c "import infer_fast, torch; \
 	  assert infer_fast.__file__.startswith('$(abspath build/wheel-check)'), infer_fast.__file__; \
+	  from infer_fast.models.classes import imagenet1k_wnids; assert len(imagenet1k_wnids()) == 1000; \
 	  print('wheel ok:', infer_fast.__version__, 'cuda kernels:', infer_fast.cuda_enabled())"
 
 bench: build

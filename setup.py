@@ -224,6 +224,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["infer_fast", "infer_fast.*"]),
+    package_data={"infer_fast.models": ["imagenet1k_wnids.txt"]},  # the 1,000 ImageNet-1k class ids (a fact)
     ext_modules=EXT_MODULES,
     cmdclass=_cmdclass(),
     install_requires=_torch_requirements() + INSTALL_REQUIRES,

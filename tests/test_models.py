@@ -111,6 +111,21 @@ def test_torchvision_state_dict_loads_into_resnet18(tmp_path):
             assert torch.equal(model(x), reference(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_torchvision_bottleneck_resnets_are_the_same_networks(tmp_path, arch):
+    # The students of the field's ImageNet tables: torchvision's own state dicts load, with equal outputs, and the
+    # file's architecture is inferred from its keys and shapes (ResNet-50 and -101 differ only in layer3's depth).
+    reference = getattr(torchvision.models, arch)(num_classes=6).eval()
+    path = str(tmp_path / f"{arch}.pth")
+    torch.save(reference.state_dict(), path)
+    model, meta = load_teacher(path)
+    assert meta.arch == arch and meta.num_classes == 6
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
 def test_wrapped_and_prefixed_state_dicts_load(tmp_path):
     reference = build_model("convnet", 5, 32).eval()  # plain state dicts carry no width: inferred at width 1
     path = str(tmp_path / "wrapped.pt")

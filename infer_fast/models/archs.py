@@ -9,7 +9,8 @@ two documented knobs:
   ``mobilenet_v2``, ``efficientnet_b0`` and ``shufflenet_v2`` (overall stride 32 -> 8, as in the usual CIFAR
   ports of these networks), so that a 32 px input still has a 4x4 map at the last stage instead of 1x1.
   Only strides change: parameter names and shapes stay those of torchvision, so ImageNet weights still load.
-  ``resnet18`` always keeps its ImageNet stem; ``resnet18_cifar`` is the small-input variant.
+  ``resnet18``, ``resnet50`` and ``resnet101`` always keep their ImageNet stem; ``resnet18_cifar`` is the
+  small-input variant.
 
 Every architecture contains BatchNorm layers: INFER matches their running statistics.
 """
@@ -34,19 +35,23 @@ def _scaled(channels: int, width: float, multiple: int = 1) -> int:
     return max(multiple, int(round(channels * width / multiple)) * multiple)
 
 
-# ----------------------------------------------------------------------------------------------- ResNet-18
-class ResNet18(resnet.ResNet):
-    """torchvision's ResNet-18 (same module names, blocks and forward) with scalable width and stem.
+# ------------------------------------------------------------------------------------------ ResNet-18/50/101
+class ScalableResNet(resnet.ResNet):
+    """torchvision's ResNet (same module names, blocks and forward) with scalable width and stem.
 
-    ``cifar_stem=True`` replaces the 7x7 stride-2 convolution + max-pool by a 3x3 stride-1 convolution and no
-    pooling (the standard CIFAR ResNet-18). torchvision's constructor hard-codes 64 base channels, hence
-    this constructor; the layers are built by torchvision's own ``_make_layer`` and ``BasicBlock``.
+    ``block``/``layers`` are torchvision's (``BasicBlock, [2, 2, 2, 2]`` is ResNet-18, ``Bottleneck, [3, 4, 6, 3]``
+    ResNet-50, ``Bottleneck, [3, 4, 23, 3]`` ResNet-101). ``cifar_stem=True`` replaces the 7x7 stride-2
+    convolution + max-pool by a 3x3 stride-1 convolution and no pooling (the standard CIFAR ResNet).
+    torchvision's constructor hard-codes 64 base channels, hence this constructor; the layers are built by
+    torchvision's own ``_make_layer`` and blocks, so its ImageNet state dicts load at width 1.
     """
 
-    def __init__(self, num_classes: int, width: float = 1.0, cifar_stem: bool = False) -> None:
+    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int, width: float = 1.0,
+                 cifar_stem: bool = False) -> None:
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
-        self.dilation, self.groups, self.base_width = 1, 1, 64  # BasicBlock requires base_width 64, groups 1
+        # groups 1 and base_width 64: BasicBlock requires them, and Bottleneck's inner width is then `planes`
+        self.dilation, self.groups, self.base_width = 1, 1, 64
         planes = [_scaled(64 * 2**i, width) for i in range(4)]
         self.inplanes = planes[0]
         if cifar_stem:
@@ -57,18 +62,25 @@ class ResNet18(resnet.ResNet):
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(resnet.BasicBlock, planes[0], 2)
-        self.layer2 = self._make_layer(resnet.BasicBlock, planes[1], 2, stride=2)
-        self.layer3 = self._make_layer(resnet.BasicBlock, planes[2], 2, stride=2)
-        self.layer4 = self._make_layer(resnet.BasicBlock, planes[3], 2, stride=2)
+        self.layer1 = self._make_layer(block, planes[0], layers[0])
+        self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(planes[3], num_classes)
+        self.fc = nn.Linear(planes[3] * block.expansion, num_classes)
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+
+class ResNet18(ScalableResNet):
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); see :class:`ScalableResNet`."""
+
+    def __init__(self, num_classes: int, width: float = 1.0, cifar_stem: bool = False) -> None:
+        super().__init__(resnet.BasicBlock, [2, 2, 2, 2], num_classes, width, cifar_stem)
 
 
 # ------------------------------------------------------------------------------------- CIFAR ResNet-20..56
@@ -208,6 +220,11 @@ def _cifar_resnet(depth: int) -> Callable[[int, int, float], nn.Module]:
 _BUILDERS: dict[str, Callable[[int, int, float], nn.Module]] = {
     "resnet18": lambda num_classes, image_size, width: ResNet18(num_classes, width, cifar_stem=False),
     "resnet18_cifar": lambda num_classes, image_size, width: ResNet18(num_classes, width, cifar_stem=True),
+    # ImageNet students of the SRe2L family's cross-architecture tables (torchvision definitions, ImageNet stem)
+    "resnet50": lambda num_classes, image_size, width: ScalableResNet(resnet.Bottleneck, [3, 4, 6, 3], num_classes,
+                                                                      width),
+    "resnet101": lambda num_classes, image_size, width: ScalableResNet(resnet.Bottleneck, [3, 4, 23, 3],
+                                                                       num_classes, width),
     "mobilenet_v2": _mobilenet_v2,
     "efficientnet_b0": _efficientnet_b0,
     "shufflenet_v2": _shufflenet_v2,
@@ -219,7 +236,8 @@ ARCHS: tuple[str, ...] = tuple(_BUILDERS)
 
 # The parameter of each architecture's final classifier (its first dimension is the class count).
 HEADS: dict[str, str] = {
-    "resnet18": "fc.weight", "resnet18_cifar": "fc.weight", "mobilenet_v2": "classifier.1.weight",
+    "resnet18": "fc.weight", "resnet18_cifar": "fc.weight", "resnet50": "fc.weight", "resnet101": "fc.weight",
+    "mobilenet_v2": "classifier.1.weight",
     "efficientnet_b0": "classifier.1.weight", "shufflenet_v2": "fc.weight", "convnet": "classifier.weight",
     **{f"cifar_resnet{d}": "linear.weight" for d in (20, 32, 44, 56)},
 }

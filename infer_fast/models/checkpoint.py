@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from infer_fast.models.archs import ARCHS, HEADS, NATIVE_SIZE, build_model
+from infer_fast.models.classes import class_index, declared_classes, restrict_head, sample_names
 from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, atomic_save_safetensors, sha256_file
 
 META_KEY = "infer_fast.teacher"
@@ -199,7 +201,8 @@ def _default_classes(arch: str, num_classes: int) -> list[str]:
 
 
 def load_teacher(path: str, arch: str | None = None, num_classes: int | None = None,
-                 device: str | torch.device = "cpu") -> tuple[nn.Module, TeacherMeta]:
+                 device: str | torch.device = "cpu", classes: str | Sequence[str] | None = None,
+                 data_classes: Sequence[str] | None = None) -> tuple[nn.Module, TeacherMeta]:
     """Load a teacher: ``(model in eval mode on device, TeacherMeta)``.
 
     Reads infer_fast safetensors teachers (architecture and normalisation from their metadata), torchvision
@@ -208,7 +211,13 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
     inferred from the keys and shapes when not given; ``num_classes``, when given, must match the file.
     For files without infer_fast metadata the normalisation is ImageNet's (what torchvision and the CIFAR
     ResNets were trained with) and ``image_size`` is the architecture's native size (32 or 224).
-    Raises :class:`CheckpointError` naming the file for anything that does not fit.
+    ``classes`` declares the output classes of a file that does not state them (``"imagenet1k"``, a class-list
+    file, or a list); a file with infer_fast metadata must agree with it. With ``data_classes`` the teacher is
+    restricted to those classes, in that order (:func:`infer_fast.models.classes.class_index`): its logits are the
+    full logits indexed by the mapping, ``meta.classes`` becomes ``data_classes`` and ``meta.extra`` records
+    ``teacher_classes`` (the full count) and ``class_index``.
+    Raises :class:`CheckpointError` naming the file for anything that does not fit, and
+    :class:`~infer_fast.models.classes.ClassMismatchError` when the teacher's classes do not cover ``data_classes``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -270,7 +279,22 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
                            mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=size,
                            val_acc=float(acc) / 100 if isinstance(acc, int | float) else None, width=width,
                            extra={k: v for k, v in side.items() if k != "best_prec1"})
+    if classes is not None:
+        declared = declared_classes(classes) if isinstance(classes, str) else list(classes)
+        if len(declared) != file_classes:
+            raise CheckpointError(f"{path}: {len(declared)} classes declared ({sample_names(declared)}), but the "
+                                  f"teacher has {file_classes} outputs")
+        if info is not None and list(info["classes"]) != declared:
+            raise CheckpointError(f"{path}: its metadata names its classes ({sample_names(info['classes'])}); they "
+                                  f"differ from the declared {sample_names(declared)}")
+        meta.classes = declared
     meta.fingerprint = sha256_file(path)
+    if data_classes is not None:
+        index = class_index(meta.classes, data_classes, path)
+        if index is not None:
+            restrict_head(model, arch, index)
+            meta.extra = {**meta.extra, "teacher_classes": file_classes, "class_index": index}
+            meta.num_classes, meta.classes = len(index), list(data_classes)
     return model, meta
 
 
