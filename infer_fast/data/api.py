@@ -10,7 +10,8 @@ import torch
 from torchvision.transforms import v2
 
 from infer_fast.data import digits
-from infer_fast.data.folder import DataError, SplitScan, resolve_split, scan_split
+from infer_fast.data.eval_cache import cache_key, decode_once, decoded_bytes
+from infer_fast.data.folder import TRAIN_SPLITS, DataError, SplitScan, scan_split
 from infer_fast.data.sampling import mix_seed, resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
 from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device
@@ -123,19 +124,45 @@ def dali_available() -> bool:
     return True
 
 
+def match_classes(found: list[str], expected: list[str], where: str, against: str) -> list[int] | None:
+    """Index in ``expected`` of each class of ``found`` (None when equal); refuses, naming the classes missing
+    from ``where`` and those extra in it, when they are not the same set of names."""
+    if found == expected:
+        return None
+    missing = [c for c in expected if c not in set(found)]
+    extra = [c for c in found if c not in set(expected)]
+    if missing or extra:
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+        parts = ([f"missing {len(missing)} ({few(missing)})"] if missing else []) + (
+            [f"extra {len(extra)} ({few(extra)})"] if extra else [])
+        raise DataError(f"class folders of {where!r} differ from {against}: {'; '.join(parts)}")
+    position = {c: i for i, c in enumerate(expected)}
+    return [position[c] for c in found]
+
+
 def make_loader(source: str, split: str = "train", batch_size: int = 128, loader: str = "auto",
                 image_size: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
                 num_workers: int = 2, device: str | torch.device | None = None, drop_last: bool | None = None,
                 mean: tuple[float, float, float] | None = None,
-                std: tuple[float, float, float] | None = None) -> BaseLoader:
+                std: tuple[float, float, float] | None = None, classes: list[str] | None = None,
+                small: bool | None = None, memory_budget: int = 0) -> BaseLoader:
     """Batches ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])`` of ``source``.
 
     ``split``: "train" (shuffled, augmented: random resized crop + flip, or pad-4 random crop + flip for small
     images; drops the last partial batch and gives every rank the same batch count) or "eval" (resize + center
-    crop, every file of the shard exactly once). ``loader``: "dali" (NVIDIA DALI; GPU decoding when ``device`` is
-    CUDA), "torch" (DataLoader + PIL), or "auto" (DALI when importable; the digits are in memory and use the
-    tensor loader). ``shard=(rank, world)`` defaults to the torch.distributed environment. Only files that passed
-    validation are read (``loader.skipped`` counts the rest).
+    crop, every file of the shard exactly once). An eval source may hold only ``val/`` or ``test/``, or be a plain
+    ``ROOT/<class>/<image>`` tree. ``loader``: "dali" (NVIDIA DALI; GPU decoding when ``device`` is CUDA), "torch"
+    (DataLoader + PIL), or "auto" (DALI when importable; the digits are in memory and use the tensor loader).
+    ``shard=(rank, world)`` defaults to the torch.distributed environment. Only files that passed validation are
+    read (``loader.skipped`` counts the rest).
+
+    ``classes`` (e.g. a distilled set's, from its manifest) fixes the class order: labels are indices into it,
+    and a split whose class folders are another set of names is refused, naming the missing and extra ones.
+    ``small`` overrides the small-image geometry read from the data. ``memory_budget`` (bytes; 0: off): an eval
+    split whose decoded uint8 images fit it is decoded once, cached on disk and served from memory
+    (:mod:`infer_fast.data.eval_cache`), with the same pixels as the streaming loader.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"make_loader: split must be 'train' or 'eval', got {split!r}")
@@ -144,34 +171,48 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
     train = split == "train"
     rank, world = resolve_shard(shard)
     dev = torch.device(device) if device is not None else resolve_device("auto")
-    info = dataset_info(source, image_size)
+    scan = None if is_digits(source) else scan_split(source, split)
+    # Eval reads follow the train split's geometry when there is one, else the eval split's own.
+    has_train = scan is None or os.path.isdir(os.path.join(source, TRAIN_SPLITS[0]))
+    info = dataset_info(source, image_size) if train or has_train else _folder_info(scan, image_size)
     common = dict(
-        classes=info.classes, mean=tuple(mean or info.mean), std=tuple(std or info.std),
-        image_size=info.image_size, small=info.small, train=train, batch_size=batch_size, seed=seed,
-        rank=rank, world=world, device=dev, drop_last=train if drop_last is None else bool(drop_last),
+        classes=list(classes) if classes is not None else info.classes, mean=tuple(mean or info.mean),
+        std=tuple(std or info.std), image_size=info.image_size, small=info.small if small is None else bool(small),
+        train=train, batch_size=batch_size, seed=seed, rank=rank, world=world, device=dev,
+        drop_last=train if drop_last is None else bool(drop_last),
     )
     for name, v in (("mean", common["mean"]), ("std", common["std"])):
         if len(v) != 3:
             raise ValueError(f"make_loader: {name} must have 3 values (RGB), got {v!r}")
     if is_digits(source):
+        match_classes(list(digits.CLASSES), common["classes"], "digits", "the expected classes")
+        x, y, _ = digits.load(split, info.image_size)
         if loader == "dali":
             from infer_fast.data.dali import DaliTensorLoader
 
-            x, y, _ = digits.load(split, info.image_size)
             return DaliTensorLoader(x, y, num_workers=num_workers, **common)
-        x, y, _ = digits.load(split, info.image_size)
         return TensorLoader(x, y, **common)
-    scan = scan_split(source, split)
-    if scan.classes != info.classes:
-        train_dir = os.path.join(info.source, resolve_split(info.source, "train"))
-        raise DataError(f"class folders of {scan.split_dir!r} ({len(scan.classes)}) differ from those of "
-                        f"{train_dir!r} ({len(info.classes)}); both splits need the same classes")
+    against = "the given classes" if classes is not None else \
+        f"those of {os.path.join(info.source, TRAIN_SPLITS[0])!r} (both splits need the same classes)"
+    index = match_classes(scan.classes, common["classes"], scan.split_dir, against)
+    labels = scan.labels if index is None else [index[lab] for lab in scan.labels]
     use_dali = loader == "dali" or (loader == "auto" and dali_available())
     if loader == "dali" and not dali_available():
         raise ImportError("make_loader(loader='dali'): NVIDIA DALI is not installed "
                           "(pip install nvidia-dali-cuda130, or pass loader='torch')")
     if use_dali:
-        from infer_fast.data.dali import DaliFolderLoader
-
-        return DaliFolderLoader(scan.files, scan.labels, num_workers=num_workers, skipped=len(scan.bad), **common)
-    return TorchFolderLoader(scan.files, scan.labels, num_workers=num_workers, skipped=len(scan.bad), **common)
+        from infer_fast.data.dali import DaliFolderLoader as Stream
+    else:
+        Stream = TorchFolderLoader
+    if train or not memory_budget or decoded_bytes(len(scan.files) / world, info.image_size) > memory_budget:
+        return Stream(scan.files, labels, num_workers=num_workers, skipped=len(scan.bad), **common)
+    # Decode this rank's shard once with an identity normalisation (mean 0, std 1/255: raw pixel values).
+    raw = Stream(scan.files, labels, num_workers=num_workers, **{**common, "mean": (0.0,) * 3,
+                                                                 "std": (1 / 255,) * 3})
+    key = cache_key(scan.fingerprint, labels, raw)
+    path = None if scan.cache_path is None else os.path.join(os.path.dirname(scan.cache_path), f"eval-{key[:24]}"
+                                                                                                 ".safetensors")
+    images, shard_labels = decode_once(raw, path, key)
+    memory = TensorLoader(images, shard_labels, skipped=len(scan.bad), **{**common, "rank": 0, "world": 1})
+    memory.provider = f"memory ({raw.provider}-decoded)"
+    return memory

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from infer_fast.config_cli import add_command, option
-from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, atomic_write_json, scan_split
+from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, atomic_write_json, resolve_split, scan_split
 
 MAX_CLASS_ROWS = 50  # print per-class counts in full up to this many classes, else a summary
 
@@ -52,9 +52,8 @@ def check(cfg: CheckConfig) -> int:
     if not os.path.isdir(root):
         raise DataError(f"dataset root {root!r} is not a directory")
     splits = [s for s in (*TRAIN_SPLITS, *EVAL_SPLITS) if os.path.isdir(os.path.join(root, s))]
-    if not splits:
-        raise DataError(f"dataset root {root!r} has no train/, val/ or test/ folder "
-                        "(expected ImageFolder layout ROOT/<split>/<class>/<image>)")
+    if not splits:  # a plain ROOT/<class>/<image> tree is an evaluation source (resolve_split says so, or refuses)
+        splits = [resolve_split(root, "eval")]
     report, rc = {"root": root, "splits": {}}, 0
     for split in splits:
         scan = scan_split(root, split, full_decode=cfg.full_decode, workers=cfg.workers, use_cache=cfg.cache,

@@ -1,7 +1,9 @@
 """ImageFolder scanning, per-file validation and the cached list of good files.
 
 A dataset root holds split folders (``train/`` and ``val/`` or ``test/``), each with one subfolder per class
-(ImageNet wnids or names); class index = position in the sorted folder names. Only image files directly inside
+(ImageNet wnids or names); class index = position in the sorted folder names. A root with only ``val/`` or
+``test/`` is an evaluation source, and so is a plain ``ROOT/<class>/<image>`` tree (no split folder at all), read
+as one split named ``.``; the layout assumed is printed once. Only image files directly inside
 a class folder count: nested folders, hidden entries and non-image files are ignored, and so are folders whose
 name starts with "." or "_" (``_meta``, ``__MACOSX``) at the class level.
 
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,6 +30,7 @@ from infer_fast.runtime import atomic_write_json
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("val", "test")
+PLAIN = "."  # the split name of a plain ROOT/<class>/<image> tree
 CACHE_VERSION = 1
 # Reasons a file is rejected (the "reason" field of a bad-file record).
 REASONS = ("empty", "truncated", "not an image", "undecodable")
@@ -55,7 +59,7 @@ class SplitScan:
 
     @property
     def split_dir(self) -> str:
-        return os.path.join(self.root, self.split)
+        return os.path.normpath(os.path.join(self.root, self.split))
 
     def report(self) -> dict:
         return {
@@ -73,8 +77,24 @@ class SplitScan:
         }
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def _holds_class_folders(root: str) -> bool:
+    """True when some subfolder of ``root`` directly holds an image file (a plain class tree)."""
+    for e in os.scandir(root):
+        if e.is_dir() and not e.name.startswith((".", "_")):
+            with os.scandir(e.path) as it:
+                if any(_is_image_name(f.name) and f.is_file() for f in it):
+                    return True
+    return False
+
+
 def resolve_split(root: str, split: str) -> str:
-    """Split folder name for ``split`` ("train", "eval", or a literal folder name) under ``root``."""
+    """Split folder name for ``split`` ("train", "eval", or a literal folder name) under ``root``.
+
+    "eval" takes ``val/``, else ``test/``, else, when the root has no split folder at all but its subfolders
+    hold images, the root itself (:data:`PLAIN`), printing that layout once per root."""
     if not os.path.exists(root):
         raise DataError(f"dataset root {root!r} does not exist")
     if not os.path.isdir(root):
@@ -83,10 +103,20 @@ def resolve_split(root: str, split: str) -> str:
     for name in candidates:
         if os.path.isdir(os.path.join(root, name)):
             return name
+    splits = (*TRAIN_SPLITS, *EVAL_SPLITS)
+    if split in ("eval", PLAIN) and not any(os.path.isdir(os.path.join(root, s)) for s in splits) \
+            and _holds_class_folders(root):
+        if root not in _ANNOUNCED:
+            _ANNOUNCED.add(root)
+            print(f"data: {root} has no train/, val/ or test/ folder; reading it as one evaluation split laid "
+                  "out ROOT/<class>/<image>", file=sys.stderr)
+        return PLAIN
     present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    layouts = "ROOT/<split>/<class>/<image>" + (" or, for evaluation, ROOT/<class>/<image>" if split == "eval"
+                                                else "")
     raise DataError(
         f"dataset root {root!r} has no {'/'.join(candidates)} split folder (found folders: {present or 'none'}); "
-        "expected ImageFolder layout ROOT/<split>/<class>/<image>"
+        f"expected ImageFolder layout {layouts}"
     )
 
 
@@ -96,7 +126,7 @@ def _is_image_name(name: str) -> bool:
 
 def list_split(root: str, split: str) -> tuple[list[str], list[list[tuple[str, int, int]]]]:
     """Classes and, per class, (file name, size, mtime_ns) of candidate image files (not validated yet)."""
-    split_dir = os.path.join(root, split)
+    split_dir = os.path.normpath(os.path.join(root, split))
     classes = sorted(
         e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith((".", "_"))
     )
@@ -167,7 +197,7 @@ def cache_dir_for(root: str) -> str:
 
 def cache_path_for(root: str, split: str) -> str:
     key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir_for(root), f"{key}-{split}.json")
+    return os.path.join(cache_dir_for(root), f"{key}-{'plain' if split == PLAIN else split}.json")
 
 
 def _load_cache(path: str, fp: str, full_decode: bool) -> dict | None:
@@ -212,7 +242,7 @@ def scan_split(
                 atomic_write_json(cpath, data, indent=None)
             except OSError:
                 cpath = None  # read-only everywhere: validate again next time
-    split_dir = os.path.join(root, name)
+    split_dir = os.path.normpath(os.path.join(root, name))
     files, labels, counts = [], [], {}
     for i, c in enumerate(classes):
         good = data["good"][c]
@@ -238,7 +268,7 @@ def scan_split(
 def _validate(root, split, classes, entries, full_decode, workers, progress) -> dict:
     from tqdm import tqdm
 
-    split_dir = os.path.join(root, split)
+    split_dir = os.path.normpath(os.path.join(root, split))
     jobs = [(c, n) for c, rows in zip(classes, entries, strict=True) for n, _, _ in rows]
     workers = workers or min(32, 2 * (os.cpu_count() or 1))
     if progress is None:
@@ -253,7 +283,8 @@ def _validate(root, split, classes, entries, full_decode, workers, progress) -> 
             good[c].append(n)
             sides.append(side)
         else:
-            bad.append({"file": os.path.join(split, c, n), "class": c, "reason": reason, "detail": detail})
+            bad.append({"file": os.path.normpath(os.path.join(split, c, n)), "class": c, "reason": reason,
+                        "detail": detail})
     return {
         "version": CACHE_VERSION,
         "full_decode": full_decode,
