@@ -44,6 +44,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    from infer_fast.config_cli import ConfigError
+    from infer_fast.data import DataError
+    from infer_fast.distilled import DistilledFormatError
+    from infer_fast.models import CheckpointError, ClassMismatchError
+
+    return DataError, ClassMismatchError, CheckpointError, DistilledFormatError, ConfigError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputError, BusyError) as exc:  # no space, no permission, a second writer: one line, no traceback
         print(f"infer-fast: {exc}", file=sys.stderr)
         return 1
+    except _bad_input_errors() as exc:  # bad input: one line naming the file and what was expected; nothing lost
+        print(f"infer-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

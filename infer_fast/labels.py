@@ -84,23 +84,28 @@ def teacher_paths(dataset, explicit: Sequence[str] = (), where: str = "") -> lis
     return paths
 
 
-def load_ensemble(paths: Sequence[str], dataset, device: torch.device) -> TeacherEnsemble:
-    """The ensemble of the teacher files ``paths`` for ``dataset`` (its classes, mean/std and image size)."""
+def load_ensemble(paths: Sequence[str], dataset, device: torch.device,
+                  declared: dict[str, str] | str | None = None) -> TeacherEnsemble:
+    """The ensemble of the teacher files ``paths`` for ``dataset`` (its classes, mean/std and image size). Each
+    teacher is restricted to the dataset's classes in the dataset's order (models.classes); ``declared`` names the
+    classes of files that do not state them (``imagenet1k`` or a class-list file), for all files or per path."""
     from infer_fast.models import load_teacher
 
-    n_cls = len(dataset.classes)
     teachers = []
     for p in paths:
-        model, meta = load_teacher(p, device=str(device))
-        if getattr(meta, "num_classes", n_cls) != n_cls:
-            raise ValueError(f"teacher {p}: {meta.num_classes} classes, the distilled dataset has {n_cls}")
-        teachers.append((model, meta))
+        decl = declared.get(p) if isinstance(declared, dict) else declared
+        teachers.append(load_teacher(p, device=str(device), classes=decl, data_classes=list(dataset.classes)))
     return TeacherEnsemble(teachers, dataset.mean, dataset.std, dataset.image_size).to(device)
 
 
-def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), where: str = "") -> TeacherEnsemble:
-    """The dynamic-label ensemble of a distilled set: ``explicit`` files, else the teachers it was distilled with."""
-    return load_ensemble(teacher_paths(dataset, explicit, where), dataset, device)
+def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), where: str = "",
+                 declared: str | None = None) -> TeacherEnsemble:
+    """The dynamic-label ensemble of a distilled set: ``explicit`` files (their classes declared by ``declared``),
+    else the teachers it was distilled with (with the declarations the distillation used)."""
+    paths = teacher_paths(dataset, explicit, where)
+    if not explicit:
+        declared = {t["path"]: t["classes"] for t in getattr(dataset, "teachers", []) if t.get("classes")}
+    return load_ensemble(paths, dataset, device, declared)
 
 
 @torch.no_grad()

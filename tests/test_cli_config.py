@@ -181,8 +181,8 @@ def test_resume_fields_come_from_metadata():
                                                   "teacher_cache", "threads"}
     assert checkpoint.RESUME_KEYS == config_cli.resume_fields(EvalConfig)
     assert set(checkpoint.RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "dynamic_divide_epochs",
-                                         "batch_size", "lr", "weight_decay", "temperature", "mixup_alpha", "seed",
-                                         "val", "teachers"}
+                                         "batch_size", "lr", "weight_decay", "temperature", "mix", "mixup_alpha",
+                                         "cutmix_alpha", "preset", "seed", "val", "teachers", "teacher_classes"}
     assert config_cli.resume_fields(Toy) == ("path", "mode", "rate", "files", "flag", "name")
     teachers = [{"fingerprint": "t"}]
     cfg = DistillConfig(dataset="digits")

@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass
 
 from infer_fast.config_cli import add_command, option
-from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, atomic_write_json, resolve_split, scan_split
+from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, resolve_split, scan_split
+from infer_fast.runtime import atomic_write_json
 
 MAX_CLASS_ROWS = 50  # print per-class counts in full up to this many classes, else a summary
 

@@ -39,6 +39,11 @@ class DistillConfig:
     dataset: str | None = option(None, help="embedded dataset name instead of --data: digits")
     teachers: list[str] = option(default_factory=list, metavar="FILE", help="teacher checkpoint files, one per "
                                  "architecture (digits: default ensemble when omitted)")
+    # What a teacher file without infer_fast metadata predicts (torchvision's ImageNet .pth files: imagenet1k, the
+    # 1,000 sorted wnids); the data's classes must be those classes or a subset (models.classes).
+    teacher_classes: str | None = option(None, metavar="imagenet1k|FILE", help="declare the output classes of "
+                                         "teacher files that do not state them: imagenet1k (the 1,000 ImageNet-1k "
+                                         "wnids, sorted) or a text file with one class name per line")
     method: str = option("infer", choices=METHODS, help="infer (UFCs), sre2l (class-specific synthesis) or random "
                          "(random naturals); same budget and format")
     ipc: int = option(10, help="storage budget in images per class")

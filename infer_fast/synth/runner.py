@@ -58,9 +58,11 @@ _RESULT_FIELDS = resume_fields(DistillConfig)
 resolve = DistillConfig.resolved
 
 
-def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_std: tuple, device: torch.device,
+def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, mean_std: tuple, device: torch.device,
                   dist: DistContext) -> tuple[list[torch.nn.Module], list, list[dict]]:
-    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teachers."""
+    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teachers, each
+    restricted to the data's ``classes`` in the data's order (models.classes: a subset of the teacher's classes,
+    e.g. Imagenette under an ImageNet-1k teacher, or a permutation of them)."""
     from infer_fast import models
 
     paths = list(cfg.teachers)
@@ -78,10 +80,8 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_st
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"distill: teacher file {path!r} does not exist")
-        model, meta = models.load_teacher(path, device=str(device))
-        if int(meta.num_classes) != num_classes:
-            raise ValueError(f"distill: teacher {path!r} ({meta.arch}) has {meta.num_classes} classes but the data "
-                             f"has {num_classes}; teachers must be trained on the same classes")
+        model, meta = models.load_teacher(path, device=str(device), classes=cfg.teacher_classes,
+                                          data_classes=classes)
         if any(abs(a - b) > 1e-3 for a, b in zip(tuple(meta.mean) + tuple(meta.std), mean_std, strict=True)):
             # the labels re-normalise per teacher (labels.TeacherEnsemble); the optimisation cannot: it shapes
             # the images the students see, in the data's normalisation
@@ -93,8 +93,14 @@ def load_teachers(cfg: DistillConfig, num_classes: int, image_size: int, mean_st
             p.requires_grad_(False)
         nets.append(model)
         tmetas.append(meta)
-        metas.append({"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
-                      "num_classes": int(meta.num_classes), "val_acc": meta.val_acc})
+        entry = {"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
+                 "num_classes": int(meta.num_classes), "val_acc": meta.val_acc}
+        if cfg.teacher_classes is not None:  # dynamic labels reload the file with the same declaration
+            entry["classes"] = cfg.teacher_classes
+        if "class_index" in meta.extra:  # the teacher outputs the data's classes are read from
+            entry["teacher_classes"] = meta.extra["teacher_classes"]
+            entry["class_index"] = meta.extra["class_index"]
+        metas.append(entry)
     return nets, tmetas, metas
 
 
@@ -193,7 +199,7 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     c = len(classes)
-    teachers, tmeta_obj, tmeta = load_teachers(cfg, c, s, tuple(info.mean) + tuple(info.std), device, dist)
+    teachers, tmeta_obj, tmeta = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), device, dist)
     m_count = len(teachers)
     st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
     mean = torch.tensor(info.mean, dtype=torch.float32)

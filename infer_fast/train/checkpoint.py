@@ -39,9 +39,10 @@ def load_checkpoint(path: str, device: torch.device) -> dict:
 
 
 def resume_config_check(saved_json: str, cfg: EvalConfig, path: str) -> None:
-    saved = json.loads(saved_json)
+    # a setting added after the checkpoint was written had its default value then
+    saved = {**asdict(EvalConfig()), **json.loads(saved_json)}
     now = asdict(cfg)
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
+    diff = [f"{k}: checkpoint {saved[k]!r} vs now {now[k]!r}" for k in RESUME_KEYS if saved[k] != now[k]]
     if diff:
         raise ValueError(f"--resume: {path} was written with other settings ({'; '.join(diff)}); use the same "
                          "settings or another --out folder")

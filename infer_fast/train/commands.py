@@ -8,7 +8,7 @@ import os
 
 from infer_fast import config_cli
 from infer_fast.distilled import DistilledFormatError, data_source, read_manifest
-from infer_fast.train.config import EvalConfig
+from infer_fast.train.config import EvalConfig, with_preset
 
 
 def _manifest_source(directory: str) -> str:
@@ -27,7 +27,7 @@ def _config(args: argparse.Namespace) -> EvalConfig:
     """EvalConfig from --config and the flags; --dataset sets val, and without either the manifest's source does."""
     if "val" in vars(args) and args.dataset is not None:
         raise SystemExit("infer-fast evaluate: give either --val ROOT or --dataset digits, not both")
-    values = config_cli.values_from_args(args, EvalConfig)
+    values = with_preset(config_cli.values_from_args(args, EvalConfig))
     if not os.path.isdir(values["distilled"]):
         raise SystemExit(f"infer-fast evaluate: DIR {values['distilled']}: not a folder (expected a distilled dataset "
                          "written by `infer-fast distill`)")
@@ -42,9 +42,9 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _run_evaluate(cfg: EvalConfig, args: argparse.Namespace) -> int:
-    from infer_fast.train.loop import train_student
+    from infer_fast.train.loop import train_students
 
-    train_student(cfg)
+    train_students(cfg)
     return 0
 
 

@@ -13,6 +13,28 @@ from infer_fast.data.api import LOADERS
 from infer_fast.ops.backend import BACKENDS
 
 LABEL_MODES = ("static", "dynamic")
+MIXES = ("mixup", "cutmix")
+
+# Student protocols of the field, resolved into the run's saved config (values given as flags or in --config win).
+PRESETS: dict[str, dict] = {
+    # The SRe2L family's ImageNet-1k evaluation (VILA-Lab/SRe2L, SRe2L/validate/train_FKD.py + train_FKD.sh; RDED,
+    # EDC and INFER's ImageNet tables follow it):
+    "imagenet": {
+        "student": "resnet18",  # torchvision ResNet-18 (train_FKD.py --model resnet18)
+        "epochs": 300,  # train_FKD.py --epochs default 300
+        "batch_size": 1024,  # train_FKD.sh --batch-size 1024 (two accumulation steps of 512 there)
+        "lr": 1e-3,  # train_FKD.py --adamw-lr 0.001 (AdamW)
+        "weight_decay": 0.01,  # train_FKD.py --adamw-weight-decay 0.01
+        # cosine schedule (train_FKD.sh --cos); here per step, there per epoch
+        "temperature": 20.0,  # train_FKD.sh -T 20
+        "mix": "cutmix",  # train_FKD.sh --mix-type cutmix
+        "cutmix_alpha": 1.0,  # lam ~ Beta(1, 1) (SRe2L relabel --cutmix 1.0), box side sqrt(1 - lam)
+        # RandomResizedCrop(224, scale=(0.08, 1)) + horizontal flip for training, resize 256 + centre crop 224 for
+        # validation (train_FKD.py): infer_fast's ImageNet-style augmentation and eval geometry at 224 px.
+    },
+}
+PRESET_IMAGE_SIZE = {"imagenet": 224}
+
 
 
 @dataclass
@@ -37,17 +59,26 @@ class EvalConfig:
     lr: float = option(1e-3, help="AdamW learning rate")
     weight_decay: float = option(0.01, aliases=["--wd"], help="AdamW weight decay")
     temperature: float = option(30.0, help="KL temperature")  # 30: the research code's
-    mixup_alpha: float = option(0.8, help="lam ~ Beta(a, a), 0 disables mixup")
+    mix: str = option("mixup", choices=MIXES, help="batch mixing: mixup (x = lam x + (1 - lam) x[perm]) or cutmix "
+                      "(a box of x[perm] pasted in; lam = the kept area); the labels mix with the same lam, perm")
+    mixup_alpha: float = option(0.8, help="mixup: lam ~ Beta(a, a), 0 disables mixing")
+    cutmix_alpha: float = option(1.0, help="cutmix: lam ~ Beta(a, a), 0 disables mixing")
+    preset: str | None = option(None, choices=tuple(PRESETS), help="a published student protocol: imagenet (the "
+                                "SRe2L family's ImageNet-1k recipe, 224 px); flags and --config override its values")
     eval_every: int = option(0, resume=False,
                              help="validate every N epochs (default: ~25 points, always the last)")
     eval_batch_size: int = option(256, resume=False)
     device: str = option("auto", resume=False, help="cpu, cuda, cuda:N or auto (cuda when available)")
     loader: str = option("auto", choices=LOADERS, resume=False, help="validation loader")
     workers: int = option(2, resume=False, help="validation loader workers")
+    val_memory_gb: float = option(2.0, resume=False, help="decode the validation split once and keep it in memory "
+                                  "(and on disk) when its uint8 images fit this budget per rank; 0: always stream")
     backend: str = option("fused", choices=BACKENDS, resume=False, help="loss implementation: the fused infer_fast "
                           "op or the pure-PyTorch reference")
     teachers: list[str] = option(default_factory=list, metavar="FILE", aliases=["--teacher"], help="dynamic labels: "
                                  "teacher files (default: the manifest's teachers)")
+    teacher_classes: str | None = option(None, metavar="imagenet1k|FILE", help="the output classes of --teachers "
+                                         "files that do not state them (as distill --teacher-classes)")
     out: str = option("", metavar="RUNDIR", resume=False,
                       help="run folder (default: runs/eval-<method>-<labels>-<time>)")
     resume: bool = option(False, resume=False, help="continue the run in --out from its last checkpoint")
@@ -71,7 +102,28 @@ class EvalConfig:
             raise ValueError(f"--weight-decay: expected >= 0, got {self.weight_decay}")
         if not self.temperature > 0:
             raise ValueError(f"--temperature: expected > 0, got {self.temperature}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"--mixup-alpha: expected >= 0, got {self.mixup_alpha}")
+        for name in ("mixup_alpha", "cutmix_alpha", "val_memory_gb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(self, name)}")
         if not self.width > 0:
             raise ValueError(f"--width: expected > 0, got {self.width}")
+
+    @property
+    def students(self) -> list[str]:
+        """The students of one evaluation: ``--student resnet18,resnet50`` trains each in turn (the field's
+        cross-architecture table)."""
+        return [s.strip() for s in self.student.split(",") if s.strip()]
+
+    @property
+    def mix_alpha(self) -> float:
+        return self.cutmix_alpha if self.mix == "cutmix" else self.mixup_alpha
+
+
+def with_preset(values: dict) -> dict:
+    """Config values with the preset named in ``values`` filled in under them (given values win)."""
+    name = values.get("preset")
+    if name is None:
+        return values
+    if name not in PRESETS:
+        raise ValueError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    return {**PRESETS[name], **values}

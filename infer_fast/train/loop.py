@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from infer_fast.config_cli import ConfigError
 from infer_fast.data.augment import augment_batch
 from infer_fast.labels import TeacherEnsemble, ensemble_for
 from infer_fast.ops.backend import get as get_op
@@ -47,7 +48,7 @@ from infer_fast.train.checkpoint import (
     truncate_metrics,
     unwrap,
 )
-from infer_fast.train.config import EvalConfig
+from infer_fast.train.config import PRESET_IMAGE_SIZE, EvalConfig
 from infer_fast.train.report import evaluate_model, finish
 
 
@@ -67,6 +68,26 @@ def mixup_inputs(x: torch.Tensor, lam: float, perm: torch.Tensor | None) -> torc
     if perm is None or lam == 1.0:
         return x
     return lam * x + (1.0 - lam) * x.index_select(0, perm)
+
+
+def cutmix_inputs(x: torch.Tensor, lam: float, perm: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, float]:
+    """CutMix (Yun et al. 2019, as SRe2L's relabel/train code draws it): a box of side ratio ``sqrt(1 - lam)``
+    around a uniform centre, clipped to the image, is pasted from ``x[perm]``. Returns the images and the label
+    weight of ``x``: the kept area ``1 - box area / image area`` (after clipping), so the area-weighted label is
+    ``lam' * y + (1 - lam') * y[perm]``, mixed inside the fused loss op exactly as for mixup."""
+    h, w = x.shape[-2:]
+    cut = math.sqrt(max(0.0, 1.0 - lam))
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = (int(v) for v in torch.randint(0, h, (1,), generator=generator).tolist() +
+              torch.randint(0, w, (1,), generator=generator).tolist())
+    y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    if y2 <= y1 or x2 <= x1:
+        return x, 1.0
+    out = x.clone()
+    out[:, :, y1:y2, x1:x2] = x.index_select(0, perm)[:, :, y1:y2, x1:x2]
+    return out, 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
 
 
 def auto_student(small: bool) -> str:
@@ -112,6 +133,40 @@ def train_student(
         return _train(cfg, dataset, model, val_loader, teachers, ctx)
 
 
+def train_students(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """``cfg.students`` trained in turn on one distilled set (loaded once), each in ``<out>/<student>``; rank 0
+    writes ``students.json`` and a markdown table ``students.md`` in ``<out>``: the field's cross-architecture
+    table. One student runs :func:`train_student` as it is."""
+    import dataclasses
+
+    from infer_fast.distilled import load_distilled
+
+    students = cfg.students
+    if len(students) == 1:
+        return [train_student(dataclasses.replace(cfg, student=students[0]))]
+    dataset = load_distilled(cfg.distilled)
+    out = cfg.out or default_out(cfg, dataset.method)
+    rows = []
+    for name in students:
+        rows.append(train_student(dataclasses.replace(cfg, student=name, out=os.path.join(out, name)), dataset))
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 writes the table
+        table = students_table(rows)
+        atomic_write_text(os.path.join(out, "students.json"), json.dumps(rows, indent=1))
+        atomic_write_text(os.path.join(out, "students.md"), table + "\n")
+        print(table)
+    return rows
+
+
+def students_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per student (final-epoch top-1/top-5, optimizer steps, wall time)."""
+    lines = ["| student | top-1 % | top-5 % | epochs | steps | time s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        top5 = "-" if r.get("top5") is None else f"{r['top5']:.2f}"
+        lines.append(f"| {r['student']} | {r['top1']:.2f} | {top5} | {r['epochs']} | {r['student_steps']} | "
+                     f"{r['wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def _train(cfg, dataset, model, val_loader, teachers, ctx: DistContext) -> dict[str, Any]:
     device, rank, world = ctx.device, ctx.rank, ctx.world
     t_start = time.perf_counter()
@@ -131,9 +186,13 @@ def _train(cfg, dataset, model, val_loader, teachers, ctx: DistContext) -> dict[
                          "labels; use --labels dynamic")
     if cfg.student == "auto":
         cfg.student = auto_student(bool(dataset.small)) if model is None else type(model).__name__
+    if cfg.preset is not None and dataset.image_size != PRESET_IMAGE_SIZE[cfg.preset]:
+        raise ConfigError(f"--preset {cfg.preset}: {cfg.distilled or 'the distilled set'} holds "
+                          f"{dataset.image_size} px images; the preset trains {PRESET_IMAGE_SIZE[cfg.preset]} px "
+                          "students (distil at that --image-size, or drop --preset and give its settings as flags)")
 
     if cfg.labels == "dynamic" and teachers is None:
-        teachers = ensemble_for(dataset, device, cfg.teachers, cfg.distilled)
+        teachers = ensemble_for(dataset, device, cfg.teachers, cfg.distilled, cfg.teacher_classes)
     num_teachers = len(teachers.models) if isinstance(teachers, TeacherEnsemble) else len(cfg.teachers) or 1
     epochs = effective_epochs(cfg, dataset)
 
@@ -148,13 +207,11 @@ def _train(cfg, dataset, model, val_loader, teachers, ctx: DistContext) -> dict[
     if val_loader is None:
         from infer_fast.data import make_loader
 
+        # class order and geometry from the distilled set's manifest, never from the folder alone
         val_loader = make_loader(cfg.val, "eval", batch_size=cfg.eval_batch_size, loader=cfg.loader,
                                  image_size=dataset.image_size, seed=cfg.seed, num_workers=cfg.workers,
-                                 device=device, mean=tuple(dataset.mean), std=tuple(dataset.std))
-        val_classes = list(getattr(val_loader, "classes", classes))
-        if val_classes != classes:
-            raise ValueError(f"--val {cfg.val}: classes {val_classes[:5]}... do not match the distilled dataset's "
-                             f"{classes[:5]}... ({len(val_classes)} vs {n_cls})")
+                                 device=device, mean=tuple(dataset.mean), std=tuple(dataset.std), classes=classes,
+                                 small=bool(dataset.small), memory_budget=int(cfg.val_memory_gb * 2**30))
 
     loss_fn = get_op("mixed_soft_xent", cfg.backend)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -214,10 +271,14 @@ def _train(cfg, dataset, model, val_loader, teachers, ctx: DistContext) -> dict[
             idx = order[i:i + local_batch]
             x = augment_batch(dataset.compose(idx, device=device), bool(dataset.small), g_local)
             b = x.shape[0]
-            if cfg.mixup_alpha > 0 and b > 1:
-                lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+            alpha = cfg.mix_alpha
+            if alpha > 0 and b > 1:
+                lam = float(rng.beta(alpha, alpha))
                 perm = torch.randperm(b, generator=g_local).to(device)
-                x = mixup_inputs(x, lam, perm)
+                if cfg.mix == "cutmix":
+                    x, lam = cutmix_inputs(x, lam, perm, g_local)
+                else:
+                    x = mixup_inputs(x, lam, perm)
             else:
                 lam, perm = 1.0, None
             if cfg.labels == "static":
