@@ -147,6 +147,31 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, config_file: bo
             parser.add_argument(alias, **old)
 
 
+def to_argv(cfg: Any, skip: Sequence[str] = ()) -> list[str]:
+    """The command-line flags that rebuild ``cfg`` from the defaults: every CLI field whose value differs from its
+    default, in declaration order (the inverse of :func:`config_from_args`, e.g. for a printed torchrun command)."""
+    argv: list[str] = []
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        m = _meta(f)
+        if not m["cli"] or f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == default and not m["positional"]:
+            continue
+        tp, is_list = _base_type(hints[f.name])
+        if m["positional"]:
+            argv.append(str(value))
+        elif tp is bool:
+            argv.append(flag_of(f) if value else f"--no-{flag_of(f)[2:]}")
+        elif is_list:
+            argv += [flag_of(f), *map(str, value)]
+        elif value is not None:
+            argv += [flag_of(f), str(value)]
+    return argv
+
+
 def _coerce(f: dataclasses.Field, tp: Any, value: Any, where: str) -> Any:
     """A config-file value as the field's type: a string is parsed as its flag would parse it."""
     base, is_list = _base_type(tp)

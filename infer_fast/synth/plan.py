@@ -1,0 +1,238 @@
+"""``infer-fast distill --plan``: everything needed to decide on resources before a run, without optimising.
+
+The plan resolves the config exactly as ``distill`` does (per-dataset defaults, automatic problems per forward),
+loads the real teachers (restricted to the data's classes) and reports:
+
+- the budget: K natural sets, UFCs, synthetic images, stored bytes, label bytes (spec section 2);
+- the work: problems, problems per forward, class chunks, batches (the unit ``torchrun`` ranks share);
+- FLOPs per problem and in total, counted with ``torch.utils.flop_counter.FlopCounterMode`` on each real teacher
+  (one forward and the backward to the input, the weights frozen as in synthesis; the fused BN-matching and
+  compensator ops are elementwise and left out), plus the forward FLOPs of the static labels;
+- seconds per iteration measured on this device by a short probe: a few iterations of one real batch of each
+  teacher, on at most ``probe_images`` images per problem, scaled linearly to the problem's images;
+- a projection for N GPUs of a stated peak and utilisation, labelled as a projection;
+- the exact ``torchrun`` command for the chosen layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shlex
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from infer_fast.config_cli import to_argv
+from infer_fast.runtime import DistContext, atomic_write_json
+from infer_fast.synth import baselines, budget
+from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.fold import SynthesisTeacher
+from infer_fast.synth.ufc import AugSettings, optimise_batch
+
+# H100 SXM dense TF32 tensor-core peak (PyTorch runs fp32 convolutions as TF32 on cuDNN by default); 35 % of peak
+# is a usual utilisation for batched small-image conv training. Both are stated in every plan and can be changed.
+DEFAULT_PEAK_TFLOPS = 495.0
+DEFAULT_UTILISATION = 0.35
+
+
+@dataclasses.dataclass
+class PlanSettings:
+    gpus: int = 8  # GPUs of the projected layout, in all
+    nodes: int = 1
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS  # per GPU
+    utilisation: float = DEFAULT_UTILISATION
+    probe_iterations: int = 2  # timed iterations per teacher (after one warm-up iteration); 0: no probe
+    probe_images: int = 64  # images per problem in the probe (scaled to the real count)
+    json_path: str | None = None  # default: <out>.plan.json
+
+    def validate(self) -> None:
+        if self.gpus < 1 or self.nodes < 1 or self.gpus % self.nodes:
+            raise ValueError(f"--plan-gpus {self.gpus} must be a positive multiple of --plan-nodes {self.nodes}")
+        if not (self.peak_tflops > 0 and 0 < self.utilisation <= 1):
+            raise ValueError("--plan-peak-tflops must be > 0 and --plan-utilisation in (0, 1]")
+        if self.probe_iterations < 0 or self.probe_images < 1:
+            raise ValueError("--plan-probe-iterations must be >= 0 and --plan-probe-images >= 1")
+
+
+def teacher_flops(model: torch.nn.Module, image_size: int, device: torch.device) -> tuple[int, int]:
+    """(forward, forward + backward-to-input) FLOPs per image of a frozen teacher, counted on a batch of 2."""
+    x = torch.randn(2, 3, image_size, image_size, device=device, requires_grad=True)
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model(x)
+    with FlopCounterMode(display=False) as both:
+        logits = model(x)
+        F.cross_entropy(logits.float(), torch.zeros(2, dtype=torch.long, device=device)).backward()
+    return fwd.get_total_flops() // 2, both.get_total_flops() // 2
+
+
+def _probe_batch(cfg: DistillConfig, m: int, m_count: int, n: int, s: int, mean, std, lo, hi):
+    """One batch of ``problems_per_batch`` problems of teacher ``m`` with ``n`` images each, on random images."""
+    g = torch.Generator().manual_seed(0)
+    ppb = cfg.problems_per_batch
+    if cfg.method == "infer":
+        naturals = torch.randint(0, 256, (ppb, n, 3, s, s), dtype=torch.uint8, generator=g)
+        problems = [p for p in baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
+                    if p.teacher == m]
+        return problems, naturals.reshape(-1, 3, s, s)
+    problems = [p for p in baselines.sre2l_problems(ppb * m_count, n, m_count, s, 0, mean, std, lo, hi)
+                if p.teacher == m][:ppb]
+    return problems, mean.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()
+
+
+def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c: int, s: int, small: bool,
+           st: PlanSettings, device: torch.device, mean, std, lo, hi) -> dict[str, Any]:
+    chunk = cfg.class_chunk if 0 < cfg.class_chunk < c else c
+    n = min(chunk, st.probe_images)
+    problems, base = _probe_batch(cfg, m, m_count, n, s, mean, std, lo, hi)
+    prepared = SynthesisTeacher(teacher, first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
+                                fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
+                                probe_size=s)
+    stamps: list[float] = []
+    aug = AugSettings(small=small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
+                      per_image_crop=cfg.per_image_crop)
+    to = [t.to(device) for t in (base, mean, std, lo, hi)]
+
+    def tick(_n, _ce, _bn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    start = time.perf_counter()
+    optimise_batch(problems, prepared, *to, seed=cfg.seed, iterations=st.probe_iterations + 1, lr=cfg.lr,
+                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, r_bn=cfg.r_bn,
+                   first_bn_multiplier=cfg.first_bn_multiplier, aug=aug, class_chunk=0, backend=cfg.backend,
+                   precision=cfg.precision, log_every=10**9, on_progress=tick)
+    per_iter = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 \
+        else stamps[0] - start
+    scale = c / n  # the batch's real images per problem over the probe's
+    return {"probe_images_per_problem": n, "probe_problems": len(problems), "probe_seconds_per_iteration": per_iter,
+            "seconds_per_iteration": per_iter * scale, "scaled_by": scale}
+
+
+def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> dict[str, Any]:
+    """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
+    from infer_fast import data
+    from infer_fast.synth.runner import load_teachers, resolve
+
+    cfg.validate()
+    st.validate()
+    with DistContext(cfg.device) as dist:
+        device = dist.device
+        info = data.dataset_info(cfg.source, image_size=cfg.image_size)
+        cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
+        classes, s, c = list(info.classes), int(info.image_size), len(info.classes)
+        teachers, tmetas, _ = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), device, dist)
+        m_count = len(teachers)
+        storage = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
+        mean = torch.tensor(info.mean, dtype=torch.float32)
+        std = torch.tensor(info.std, dtype=torch.float32)
+        lo, hi = -mean / std, (1 - mean) / std
+        chunks = math.ceil(c / cfg.class_chunk) if 0 < cfg.class_chunk < c else 1
+
+        per_teacher = []
+        for m, (model, meta) in enumerate(zip(teachers, tmetas, strict=True)):
+            if cfg.method == "infer":
+                problems = storage.num_natural_sets
+            elif cfg.method == "sre2l":
+                problems = len(range(m, cfg.ipc, m_count))
+            else:
+                problems = 0
+            fwd, fwd_bwd = teacher_flops(model, s, device)
+            row = {"teacher": meta.arch, "width": meta.width, "problems": problems,
+                   "batches": math.ceil(problems / cfg.problems_per_batch) if problems else 0,
+                   "forward_flops_per_image": fwd, "synthesis_flops_per_image_iteration": fwd_bwd,
+                   "flops_per_problem": fwd_bwd * c * cfg.iterations}
+            if problems and st.probe_iterations:
+                if progress:
+                    print(f"distill --plan: probing {meta.arch} ({st.probe_iterations} iterations)", flush=True)
+                row.update(_probe(cfg, model, m, m_count, c, s, info.small, st, device, mean, std, lo, hi))
+                row["seconds_this_device"] = row["seconds_per_iteration"] * cfg.iterations * row["batches"]
+            per_teacher.append(row)
+
+    synthesis_flops = sum(r["flops_per_problem"] * r["problems"] for r in per_teacher)
+    label_flops = storage.num_synthetic * sum(r["forward_flops_per_image"] for r in per_teacher)
+    total_flops = synthesis_flops + label_flops
+    batches = sum(r["batches"] for r in per_teacher)
+    busy_gpus = max(1, min(st.gpus, batches)) if batches else st.gpus  # ranks take whole batches, round robin
+    sustained = st.peak_tflops * 1e12 * st.utilisation
+    projection = {
+        "label": "PROJECTION, not a measurement: total FLOPs / (busy GPUs x peak x utilisation)",
+        "gpus": st.gpus, "nodes": st.nodes, "busy_gpus": busy_gpus, "peak_tflops_per_gpu": st.peak_tflops,
+        "utilisation": st.utilisation,
+        "synthesis_hours": synthesis_flops / (busy_gpus * sustained) / 3600,
+        "labels_hours": label_flops / (st.gpus * sustained) / 3600,
+    }
+    measured = [r for r in per_teacher if "seconds_this_device" in r]
+    per_node = st.gpus // st.nodes
+    skip = ("out", "resume", "device", "threads", "stop_after", "teacher_cache")
+    argv = to_argv(cfg, skip=skip) + ["--out", cfg.out]
+    torchrun = ["torchrun", f"--nnodes={st.nodes}", f"--nproc-per-node={per_node}"]
+    if st.nodes > 1:
+        torchrun += ["--rdzv-backend=c10d", "--rdzv-endpoint=$MASTER_ADDR:29500", "--rdzv-id=infer-fast-distill"]
+    command = " ".join(shlex.quote(a) if not a.startswith("--rdzv-endpoint") else a
+                       for a in [*torchrun, "-m", "infer_fast", "distill", *argv])
+    plan = {
+        "config": cfg.to_dict(),
+        "data": {"source": info.source, "classes": c, "image_size": s, "small": info.small},
+        "budget": {"K": storage.num_natural_sets, "ufcs": storage.stored_ufcs,
+                   "natural_images": storage.stored_naturals, "synthetic_images": storage.num_synthetic,
+                   "stored_bytes": storage.stored_bytes, "label_bytes": storage.label_bytes},
+        "work": {"problems": sum(r["problems"] for r in per_teacher), "problems_per_forward": cfg.problems_per_batch,
+                 "class_chunks": chunks, "images_per_forward": cfg.problems_per_batch * math.ceil(c / chunks),
+                 "batches": batches, "iterations": cfg.iterations},
+        "teachers": per_teacher,
+        "flops": {"synthesis": synthesis_flops, "static_labels": label_flops, "total": total_flops},
+        "this_device": {"device": str(device), "threads": torch.get_num_threads(),
+                        "synthesis_hours_one_process": sum(r["seconds_this_device"] for r in measured) / 3600
+                        if measured else None},
+        "projection": projection,
+        "torchrun": command,
+    }
+    path = st.json_path or f"{cfg.out.rstrip(os.sep)}.plan.json"
+    atomic_write_json(path, plan)
+    plan["json"] = path
+    return plan
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} "
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    b, w, f, p = plan["budget"], plan["work"], plan["flops"], plan["projection"]
+    lines = [
+        f"plan: {plan['config']['method']} ipc {plan['config']['ipc']} on {plan['data']['source']} "
+        f"({plan['data']['classes']} classes, {plan['data']['image_size']} px), M = {len(plan['teachers'])}",
+        f"  budget: K = {b['K']}, {b['ufcs']} UFCs, {b['natural_images']:,} naturals -> {b['synthetic_images']:,} "
+        f"synthetic images; stored {b['stored_bytes'] / 2**20:,.1f} MiB + labels {b['label_bytes'] / 2**20:,.1f} MiB",
+        f"  work: {w['problems']} problems x {w['iterations']} iterations, {w['problems_per_forward']} per forward, "
+        f"{w['class_chunks']} class chunk(s), {w['images_per_forward']} images per forward, {w['batches']} batches",
+    ]
+    for r in plan["teachers"]:
+        line = (f"  {r['teacher']} w{r['width']:g}: {r['problems']} problems, "
+                f"{_si(r['synthesis_flops_per_image_iteration'])}FLOP per image-iteration, "
+                f"{_si(r['flops_per_problem'])}FLOP per problem")
+        if "seconds_per_iteration" in r:
+            line += (f"; measured {r['seconds_per_iteration']:.3f} s per batch iteration here (probe of "
+                     f"{r['probe_images_per_problem']} images/problem x{r['scaled_by']:.1f})")
+        lines.append(line)
+    hours = plan["this_device"]["synthesis_hours_one_process"]
+    lines.append(f"  FLOPs: synthesis {_si(f['synthesis'])}FLOP + static labels {_si(f['static_labels'])}FLOP")
+    if hours is not None:
+        lines.append(f"  this device ({plan['this_device']['device']}, one process): {hours:.2f} h of synthesis")
+    lines.append(f"  {p['label']}: {p['gpus']} GPUs ({p['busy_gpus']} busy) at {p['peak_tflops_per_gpu']:g} TFLOP/s "
+                 f"x {p['utilisation']:.0%}: synthesis {p['synthesis_hours'] * 60:.1f} min, labels "
+                 f"{p['labels_hours'] * 60:.2f} min")
+    lines.append(f"  run: {plan['torchrun']}")
+    lines.append(f"  plan written to {plan['json']}")
+    return "\n".join(lines)
