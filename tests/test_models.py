@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -97,6 +98,23 @@ def test_safetensors_round_trip(tmp_path, arch, width):
     assert meta.classes == [f"c{i}" for i in range(7)] and meta.mean == (0.5, 0.4, 0.3) and meta.val_acc == 0.5
     assert meta.fingerprint == saved.fingerprint and len(meta.fingerprint) == 64
     assert [f for f in os.listdir(tmp_path)] == ["t.safetensors"]  # no temp file left behind
+
+
+def test_safetensors_header_starting_like_a_pickle_is_read_as_safetensors(tmp_path):
+    # The 8-byte header length is little-endian: a header of 0x..80 bytes starts the file with 0x80, the pickle
+    # protocol byte. Such a teacher once lost its metadata (read through torch.load) and could not be loaded.
+    model = build_model("convnet", 3, image_size=16, width=0.25).eval()
+    path = str(tmp_path / "t.safetensors")
+    for pad in range(256):
+        meta = dataclasses.replace(_meta("convnet", 3, image_size=16, width=0.25), extra={"pad": "x" * pad})
+        save_teacher(model, meta, path)
+        with open(path, "rb") as f:
+            if f.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    loaded, meta = load_teacher(path)
+    assert (meta.arch, meta.width, meta.image_size, meta.extra["pad"]) == ("convnet", 0.25, 16, "x" * pad)
 
 
 def test_torchvision_state_dict_loads_into_resnet18(tmp_path):

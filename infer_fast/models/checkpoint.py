@@ -81,10 +81,11 @@ def _kind(path: str) -> str:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle stream
-        return "torch"
+    # safetensors first: its 8-byte little-endian header length can start with 0x80, the pickle protocol byte
     if len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8:
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle stream
+        return "torch"
     return "unknown"
 
 
