@@ -170,7 +170,8 @@ def _resample(offset: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | N
     """Bilinear resampling matrices ``[..., size (output), size (input)]``: the window ``[offset, offset + length)``
     of a line resized to ``size`` (align_corners=False), output reversed where ``flip``. A crop is never larger than
     the image, so the antialiasing filter of the default's ``interpolate(antialias=True)`` is this triangle filter;
-    a whole line (``length == size``) gives the identity exactly."""
+    a whole line (``length == size``) gives the identity, exactly so in float32 matmul (torch's default; TF32 would
+    round it)."""
     pos = torch.arange(size, device=offset.device, dtype=torch.float32)
     length = length.unsqueeze(-1).float()
     src = ((pos + 0.5) * (length / size) - 0.5).clamp_min(0).minimum(length - 1) + offset.unsqueeze(-1)
