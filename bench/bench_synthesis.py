@@ -13,16 +13,19 @@ distribution; images are seeded random pixels: throughput does not depend on wha
   optimised in class chunks of ``chunk`` (each chunk its own BN group, gradients accumulated), as a 1000-class
   set is. Full: 4 problems, chunk 32; ``--quick``: 2 problems, chunk 16.
 
-Providers, each in its own process (so that peak RSS is its own): ``reference`` (bench/synthesis_reference.py,
-one problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig
-defaults, exactly what ``infer-fast distill`` runs). ``--levers`` adds the levers one at a time, cumulatively:
-grouped problems in plain PyTorch, fused statistics, BN folding, then channels-last (= the default), then
-torch.compile and bf16 autocast (where it can run); and ``one_per_forward``, the default at the reference's batch
-of one problem per forward. images/s counts the images of every forward and backward
-after each batch's warm-up iterations; GFLOP/s uses the FLOPs of one image's forward + input-gradient backward
-(FlopCounterMode) and is set against a float32 matmul measured in the same run. Both providers must reach the same
-per-iteration losses for the same seed: every problem within 1e-4 relative at iteration 0, the mean over problems
-within 1e-2 at every timed iteration (bf16: 2e-2 and 5e-2); TOLERANCE says why later iterations get more room.
+Providers, each in its own process (so that peak RSS is its own): ``reference`` (bench/synthesis_reference.py, one
+problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig defaults,
+exactly what ``infer-fast distill`` runs). ``--levers`` adds the levers one at a time, cumulatively: grouped
+problems in plain PyTorch, fused statistics, BN folding, then channels-last (= the default), then torch.compile and
+bf16 autocast (where it can run); ``one_per_forward``, the default at the reference's batch of one problem per
+forward; and on CUDA ``+cuda_graphs``, the default with each iteration replayed from a CUDA graph
+(``--cuda-graphs``: its first 2 iterations run eagerly and the capture falls in the third, so with ``--quick``'s few
+iterations its images/s include one capture; p50 over the iterations does not). images/s counts the images of every
+forward and backward after each batch's warm-up iterations; GFLOP/s uses the FLOPs of one image's forward +
+input-gradient backward (FlopCounterMode) and is set against a float32 matmul measured in the same run. Both
+providers must reach the same per-iteration losses for the same seed: every problem within 1e-4 relative at
+iteration 0, the mean over problems within 1e-2 at every timed iteration (bf16: 2e-2 and 5e-2); TOLERANCE says why
+later iterations get more room.
 
 Records (common.record): ``images_per_s`` is the median run's timed images / timed seconds; p20/p50/p80 and
 ``samples`` are over the images/s of every timed iteration of every ``--repeat`` run. An iteration takes 0.1-3 s on
@@ -89,7 +92,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
 # Provider -> the DistillConfig fields it changes; the levers are cumulative, "infer_fast" is the default config.
 _D = DistillConfig()
 DEFAULT = {"problems_per_batch": _D.problems_per_batch, "backend": _D.backend, "fold_bn": _D.fold_bn,
-           "channels_last": _D.channels_last, "compile": _D.compile, "precision": _D.precision}
+           "channels_last": _D.channels_last, "compile": _D.compile, "precision": _D.precision,
+           "cuda_graphs": _D.cuda_graphs}
 LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, is the default (infer_fast)
     "grouped": {**DEFAULT, "backend": "reference", "fold_bn": False, "channels_last": False},
     "+fused_stats": {**DEFAULT, "fold_bn": False, "channels_last": False},
@@ -97,7 +101,9 @@ LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, 
     "+compile": {**DEFAULT, "compile": True},
     "+bf16": {**DEFAULT, "precision": "bf16"},
     "one_per_forward": {**DEFAULT, "problems_per_batch": 1},  # not cumulative: the default at the reference's batch
+    "+cuda_graphs": {**DEFAULT, "cuda_graphs": True},  # not cumulative: the default captured in a CUDA graph
 }
+CUDA_ONLY = {"+cuda_graphs"}
 
 
 # ---- one provider in this process -----------------------------------------------------------------
@@ -184,7 +190,8 @@ def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
             stamps.append(time.perf_counter())
             res = optimise_batch(batch, teacher, base, mean, std, lo, hi, seed=0, iterations=iters,
                                  class_chunk=w.class_chunk, backend=opts["backend"], precision=opts["precision"],
-                                 log_every=iters, on_progress=stamp, **common)
+                                 log_every=iters, on_progress=stamp,
+                                 iteration="graph" if opts["cuda_graphs"] else "eager", **common)
             ce[:, col:col + len(batch)], bn[:, col:col + len(batch)] = res.ce, res.bn
             col += len(batch)
     timed_s, timed_images, warm_s, per_iter = 0.0, 0, 0.0, []
@@ -307,12 +314,15 @@ def main(argv=None) -> int:
         p.error(f"--workloads: unknown {unknown}; expected a subset of {sorted(all_w)}")
     providers = ["reference", "infer_fast"]
     if args.levers:
-        providers += [k for k in LEVERS if k != "+bf16" or cpu_bf16_error() is None]
+        providers += [k for k in LEVERS if (k != "+bf16" or cpu_bf16_error() is None)
+                      and (k not in CUDA_ONLY or args.device.startswith("cuda"))]
     if args.providers:
         providers = [x.strip() for x in args.providers.split(",") if x.strip()]
         bad = sorted(set(providers) - {"reference", "infer_fast", *LEVERS})
         if bad or "reference" not in providers:
             p.error(f"--providers: unknown {bad} or no 'reference'; known: reference, infer_fast, {', '.join(LEVERS)}")
+        if not args.device.startswith("cuda") and CUDA_ONLY & set(providers):
+            p.error(f"--providers: {sorted(CUDA_ONLY & set(providers))} need --device cuda")
     peak = matmul_gflops(device=args.device)
     print(f"float32 matmul peak of {args.device}: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
     records, failures = [], []

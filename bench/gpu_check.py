@@ -9,11 +9,12 @@ and a part that fails or times out does not stop the next one. Parts, in order:
   env        nvidia-smi, torch/CUDA versions (always runs first, a few seconds)
   build      python3 setup.py build_ext --inplace for the visible GPU's architecture (MAX_JOBS = all cores)
   tests      the op tests (every CUDA test, the CPU-vs-CUDA agreement tests), test_build, the DALI tests (skip
-             without DALI), test_fold's CUDA bf16 synthesis test, then `infer-fast info`
+             without DALI), test_fold's CUDA bf16 synthesis test, test_cuda_graphs (the captured synthesis
+             iteration against the eager one; no host sync per iteration), then `infer-fast info`
   ops        bench/bench_ops.py --quick: each fused op vs eager and torch.compile of the reference
   synthesis  bench/bench_synthesis.py --quick --device cuda with its loss-agreement check, per workload in half the
              time box: cifar10 (reference, infer_fast = fp32 channels-last, +bn_fold = channels-first, +compile,
-             +bf16) and imagenet (reference, infer_fast, +bf16)
+             +bf16, +cuda_graphs) and imagenet (reference, infer_fast, +bf16, +cuda_graphs)
   loader     generated 375x500 JPEGs through the torch loader (2 and 8 workers) and DALI `mixed` when importable
 
 OUT_DIR receives summary.json (every part: status, seconds, parsed results, the log tail) and summary.md (the
@@ -41,9 +42,10 @@ LIMITS = {"env": 30, "build": 240, "tests": 200, "ops": 90, "synthesis": 170, "l
 PARTS = list(LIMITS)
 TEST_FILES = ["tests/test_build.py", "tests/test_bn_stat_loss.py", "tests/test_compensator_broadcast.py",
               "tests/test_mixed_soft_xent.py", "tests/test_data_dali.py",
-              "tests/test_fold.py::test_cuda_bf16_channels_last_synthesis_matches_fp32"]
+              "tests/test_fold.py::test_cuda_bf16_channels_last_synthesis_matches_fp32", "tests/test_cuda_graphs.py"]
 # per workload, each with half the part's time box, so that one workload's overrun leaves the other's figures
-SYNTH_RUNS = [("cifar10", "reference,infer_fast,+bn_fold,+compile,+bf16"), ("imagenet", "reference,infer_fast,+bf16")]
+SYNTH_RUNS = [("cifar10", "reference,infer_fast,+bn_fold,+compile,+bf16,+cuda_graphs"),
+              ("imagenet", "reference,infer_fast,+bf16,+cuda_graphs")]
 
 
 def gpu_problem() -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from infer_fast.config_cli import check_choices, option
 from infer_fast.distilled import METHODS
 from infer_fast.ops.backend import BACKENDS
+from infer_fast.runtime import resolve_device
 
 UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
 PRECISIONS = ("fp32", "bf16")
@@ -95,6 +96,8 @@ class DistillConfig:
     compile: bool = option(False, help="torch.compile the prepared teacher")  # pays off on GPU and for long runs
     precision: str = option("fp32", choices=PRECISIONS,
                             help="fp32, or bf16 autocast of the teacher (GPU lever; refused where it would crash)")
+    # Same result up to float rounding (resampled crop, Adam's capturable arithmetic), hence in the resume fingerprint.
+    cuda_graphs: bool = option(False, help="capture one synthesis iteration in a CUDA graph and replay it (CUDA only)")
     teacher_cache: str | None = option(None, resume=False)  # digits without --teachers: the default ensemble's cache
     stop_after: int | None = option(None, resume=False,
                                     help="stop after this many finished batches (resumable with --resume)")
@@ -122,6 +125,8 @@ class DistillConfig:
             raise ValueError(f"distill: --threads must be >= 1, got {self.threads}")
         if self.stop_after is not None and self.stop_after < 0:
             raise ValueError(f"distill: --stop-after must be >= 0, got {self.stop_after}")
+        if self.cuda_graphs and (dev := resolve_device(self.device)).type != "cuda":
+            raise ValueError(f"distill: --cuda-graphs needs a CUDA device; --device {self.device} is {dev} here")
 
     @property
     def source(self) -> str:

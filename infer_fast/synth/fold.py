@@ -333,10 +333,11 @@ def cpu_bf16_error() -> str | None:
     return f"a bf16 convolution fails on this CPU: {last}"
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
     """The teacher's autocast context: ``"fp32"`` (none) or ``"bf16"``. bf16 is a GPU lever; on CPU it is refused
     with a clear error where it would crash (see :func:`cpu_bf16_error`), and even where it runs it is slower than
-    fp32 on CPUs without AMX."""
+    fp32 on CPUs without AMX. ``cache=False`` turns autocast's cast cache off (required inside a CUDA graph
+    capture)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
@@ -348,4 +349,4 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         err = cpu_bf16_error()
         if err:
             raise RuntimeError(f"--precision bf16 refused: {err}; use --precision fp32 (the CPU default)")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)

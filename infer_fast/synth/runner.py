@@ -268,7 +268,7 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
                     seed=cfg.seed, iterations=cfg.iterations, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     r_bn=cfg.r_bn, first_bn_multiplier=cfg.first_bn_multiplier, aug=aug,
                     class_chunk=cfg.class_chunk, backend=cfg.backend, precision=cfg.precision,
-                    log_every=cfg.log_every,
+                    log_every=cfg.log_every, iteration="graph" if cfg.cuda_graphs else "eager",
                     on_progress=on_progress,
                 )
                 tensors = {f"p{j}": p for j, p in enumerate(res.params)}
