@@ -142,12 +142,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         base.update(w["quick"])
     if a.smoke:
         base.update({"iterations": 5, "epochs": 2, "student_width": 0.125, "eval_points": 1, "seeds": [0]})
+    for k in ("image_size", "jitter", "student_recipe"):  # workload-only settings (no flag)
+        setattr(a, k, None)
     for k, v in base.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    for k in ("image_size", "jitter", "student_recipe"):
-        if not hasattr(a, k) or getattr(a, k) is None:
-            setattr(a, k, base.get(k))
     a.mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     for m in a.methods:
         if m not in METHOD_CHOICES:
