@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infer_fast.config_cli import to_argv
 from infer_fast.runtime import DistContext, atomic_write_json
-from infer_fast.synth import baselines, budget
+from infer_fast.synth import baselines
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.ufc import AugSettings, optimise_batch
@@ -120,22 +120,17 @@ def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c
 
 def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> dict[str, Any]:
     """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
-    from infer_fast import data
-    from infer_fast.synth.runner import load_teachers, resolve
+    from infer_fast.synth.runner import prepare
 
     cfg.validate()
     st.validate()
     with DistContext(cfg.device) as dist:
         device = dist.device
-        info = data.dataset_info(cfg.source, image_size=cfg.image_size)
-        cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
-        classes, s, c = list(info.classes), int(info.image_size), len(info.classes)
-        teachers, tmetas, _ = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), device, dist)
+        setup = prepare(cfg, dist)
+        cfg, info, s, c = setup.cfg, setup.info, setup.image_size, len(setup.classes)
+        teachers, tmetas, storage = setup.teachers, setup.teacher_metas, setup.storage
+        mean, std, lo, hi = setup.mean, setup.std, setup.lo, setup.hi
         m_count = len(teachers)
-        storage = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
-        mean = torch.tensor(info.mean, dtype=torch.float32)
-        std = torch.tensor(info.std, dtype=torch.float32)
-        lo, hi = -mean / std, (1 - mean) / std
         chunks = math.ceil(c / cfg.class_chunk) if 0 < cfg.class_chunk < c else 1
 
         per_teacher = []

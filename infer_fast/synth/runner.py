@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -177,6 +178,39 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
 # ---- the run ----------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class RunSetup:
+    """What a distillation (or its --plan) starts from: the resolved config, the data, the teachers restricted to
+    the data's classes, the budget and the normalisation constants."""
+
+    cfg: DistillConfig
+    info: Any
+    classes: list[str]
+    image_size: int
+    teachers: list[torch.nn.Module]
+    teacher_metas: list
+    teacher_entries: list[dict]
+    storage: budget.Storage
+    mean: torch.Tensor
+    std: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+
+def prepare(cfg: DistillConfig, dist: DistContext) -> RunSetup:
+    from infer_fast import data
+
+    info = data.dataset_info(cfg.source, image_size=cfg.image_size)
+    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
+    classes, s = list(info.classes), int(info.image_size)
+    teachers, metas, entries = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), dist.device, dist)
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
+    return RunSetup(cfg, info, classes, s, teachers, metas, entries,
+                    budget.storage(cfg.method, cfg.ipc, len(classes), len(teachers), s), mean, std,
+                    -mean / std, (1 - mean) / std)
+
+
 def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
     """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``)."""
     cfg.validate()
@@ -195,16 +229,12 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
     if device.type == "cuda":  # the same result on every run and rank (resume and torchrun equality)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    info = data.dataset_info(cfg.source, image_size=cfg.image_size)
-    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
-    classes, s = list(info.classes), int(info.image_size)
+    setup = prepare(cfg, dist)
+    cfg, info, classes, s = setup.cfg, setup.info, setup.classes, setup.image_size
     c = len(classes)
-    teachers, tmeta_obj, tmeta = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), device, dist)
+    teachers, tmeta_obj, tmeta = setup.teachers, setup.teacher_metas, setup.teacher_entries
     m_count = len(teachers)
-    st = budget.storage(cfg.method, cfg.ipc, c, m_count, s)
-    mean = torch.tensor(info.mean, dtype=torch.float32)
-    std = torch.tensor(info.std, dtype=torch.float32)
-    lo, hi = -mean / std, (1 - mean) / std
+    st, mean, std, lo, hi = setup.storage, setup.mean, setup.std, setup.lo, setup.hi
 
     naturals, files = None, None
     if cfg.method in ("infer", "random") or cfg.sre2l_init == "natural":
