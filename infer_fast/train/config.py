@@ -17,8 +17,7 @@ MIXES = ("mixup", "cutmix")
 
 # Student protocols of the field, resolved into the run's saved config (values given as flags or in --config win).
 PRESETS: dict[str, dict] = {
-    # The SRe2L family's ImageNet-1k evaluation (VILA-Lab/SRe2L, SRe2L/validate/train_FKD.py + train_FKD.sh; RDED,
-    # EDC and INFER's ImageNet tables follow it):
+    # The SRe2L family's ImageNet-1k evaluation (VILA-Lab/SRe2L, SRe2L/validate/train_FKD.py + train_FKD.sh):
     "imagenet": {
         "student": "resnet18",  # torchvision ResNet-18 (train_FKD.py --model resnet18)
         "epochs": 300,  # train_FKD.py --epochs default 300
