@@ -127,7 +127,7 @@ def test_bench_scripts_do_not_edit_sys_path():
             assert "sys.path.insert" not in text and "sys.path.append" not in text, name
 
 
-@pytest.mark.parametrize("script", ["bench_ops.py", "bench_quality.py"])
+@pytest.mark.parametrize("script", ["bench_ops.py", "bench_quality.py", "bench_eval.py", "plan_imagenet.py"])
 def test_bench_scripts_run_from_the_project_root(script):
     """`python bench/x.py` finds its sibling modules (script folder) and the package (installed) on its own."""
     r = subprocess.run([sys.executable, os.path.join("bench", script), "--help"], cwd=ROOT, capture_output=True,
