@@ -25,32 +25,16 @@ import json
 import os
 import shutil
 import statistics
-import tarfile
 import time
 
 import torch
-from common import Stats, markdown_table, record, shared_data_dir, write_json
+from bench_quality import TEACHER_DIR, data_root
+from common import Stats, markdown_table, record, write_json
 
 from infer_fast.cli import main as cli_main
 from infer_fast.models.teacher import cache_root
 
 TEACHERS = ("resnet18-w0.25", "mobilenet_v2-w0.5", "efficientnet_b0-w0.5")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def imagenette_root(data: str | None) -> str:
-    if data:
-        return data
-    dest = os.path.join(cache_root(), "data")
-    root = os.path.join(dest, "imagenette")
-    if not os.path.isdir(os.path.join(root, "val")):
-        tarball = os.path.join(shared_data_dir(), "imagenette-224.tar.gz")
-        if not os.path.isfile(tarball):
-            raise SystemExit(f"bench_eval: {tarball} not found; pass --data ROOT (an extracted Imagenette)")
-        os.makedirs(dest, exist_ok=True)
-        with tarfile.open(tarball) as t:
-            t.extractall(dest, filter="data")
-    return root
 
 
 def upscaled_val(root: str, side: int) -> str:
@@ -81,16 +65,17 @@ def upscaled_val(root: str, side: int) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="extracted Imagenette root (default: unpacked from ../shared/data once)")
+    p.add_argument("--data", help="Imagenette tarball or extracted root (default: ../shared/data, unpacked once)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--val-side", type=int, default=0, help="validate on the val split upscaled to N x N (0: as is)")
     p.add_argument("--work", default=os.path.join(cache_root(), "bench_eval"))
     a = p.parse_args(argv)
-    root = imagenette_root(a.data)
+    # bench_quality's Imagenette (checked against its sha256, unpacked once into the same cache)
+    root = data_root(argparse.Namespace(workload="imagenette", data=a.data, cache=None))
     val = upscaled_val(root, a.val_side) if a.val_side else root
-    teachers = [os.path.join(ROOT, "bench", "teachers", "imagenette112", f"{t}.safetensors") for t in TEACHERS]
+    teachers = [os.path.join(TEACHER_DIR, "imagenette112", f"{t}.safetensors") for t in TEACHERS]
     ds = os.path.join(a.work, "random-ipc18-64px")
     if not os.path.isfile(os.path.join(ds, "manifest.json")):
         shutil.rmtree(ds, ignore_errors=True)

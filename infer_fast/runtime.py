@@ -20,7 +20,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,12 @@ TMP_SUFFIX = ".tmp"
 # Errors the user fixes outside the program (free space, permissions, mount options): one line, no traceback.
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 _KEPT: contextvars.ContextVar[str] = contextvars.ContextVar("infer_fast_kept", default="")
+
+
+def sample_names(names: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` of ``names`` for a one-line message, with the count when some are left out."""
+    shown = ", ".join(map(str, list(names)[:n]))
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 class OutputError(OSError):

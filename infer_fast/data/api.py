@@ -14,7 +14,7 @@ from infer_fast.data.eval_cache import cache_key, decode_once, decoded_bytes
 from infer_fast.data.folder import TRAIN_SPLITS, DataError, SplitScan, scan_split
 from infer_fast.data.sampling import mix_seed, resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
-from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device, sample_names
 
 SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
 LARGE_DEFAULT_SIZE = 224
@@ -129,14 +129,12 @@ def match_classes(found: list[str], expected: list[str], where: str, against: st
     from ``where`` and those extra in it, when they are not the same set of names."""
     if found == expected:
         return None
-    missing = [c for c in expected if c not in set(found)]
-    extra = [c for c in found if c not in set(expected)]
+    found_set, expected_set = set(found), set(expected)
+    missing = [c for c in expected if c not in found_set]
+    extra = [c for c in found if c not in expected_set]
     if missing or extra:
-        def few(names: list[str]) -> str:
-            return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-
-        parts = ([f"missing {len(missing)} ({few(missing)})"] if missing else []) + (
-            [f"extra {len(extra)} ({few(extra)})"] if extra else [])
+        parts = ([f"missing {len(missing)} ({sample_names(missing, 8)})"] if missing else []) + (
+            [f"extra {len(extra)} ({sample_names(extra, 8)})"] if extra else [])
         raise DataError(f"class folders of {where!r} differ from {against}: {'; '.join(parts)}")
     position = {c: i for i, c in enumerate(expected)}
     return [position[c] for c in found]

@@ -26,8 +26,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from infer_fast.models.archs import ARCHS, HEADS, NATIVE_SIZE, build_model
-from infer_fast.models.classes import class_index, declared_classes, restrict_head, sample_names
-from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, atomic_save_safetensors, sha256_file
+from infer_fast.models.classes import class_index, declared_classes, restrict_head
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, atomic_save_safetensors, sample_names, sha256_file
 
 META_KEY = "infer_fast.teacher"
 FORMAT_VERSION = 1

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from infer_fast.models.archs import HEADS
+from infer_fast.runtime import sample_names
 
 IMAGENET1K = "imagenet1k"
 DECLARATIONS = (IMAGENET1K,)
@@ -62,11 +63,6 @@ def declared_classes(spec: str) -> list[str]:
 def anonymous(classes: Sequence[str]) -> bool:
     """True for the placeholder names ``0..K-1`` of a file that never said what its outputs are."""
     return list(classes) == [str(i) for i in range(len(classes))]
-
-
-def sample_names(names: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(map(str, list(names)[:n]))
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def class_index(teacher_classes: Sequence[str], data_classes: Sequence[str], teacher: str) -> list[int] | None:

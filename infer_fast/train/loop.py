@@ -21,6 +21,7 @@ split across ranks, and validation counts are summed over the ranks' shards.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -79,14 +80,14 @@ def cutmix_inputs(x: torch.Tensor, lam: float, perm: torch.Tensor, generator: to
     h, w = x.shape[-2:]
     cut = math.sqrt(max(0.0, 1.0 - lam))
     ch, cw = int(h * cut), int(w * cut)
-    cy, cx = (int(v) for v in torch.randint(0, h, (1,), generator=generator).tolist() +
-              torch.randint(0, w, (1,), generator=generator).tolist())
+    cy = int(torch.randint(0, h, (1,), generator=generator))  # CPU generator: no device sync
+    cx = int(torch.randint(0, w, (1,), generator=generator))
     y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     if y2 <= y1 or x2 <= x1:
         return x, 1.0
     out = x.clone()
-    out[:, :, y1:y2, x1:x2] = x.index_select(0, perm)[:, :, y1:y2, x1:x2]
+    out[:, :, y1:y2, x1:x2] = x[:, :, y1:y2, x1:x2].index_select(0, perm)  # gather the box only
     return out, 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
 
 
@@ -137,8 +138,6 @@ def train_students(cfg: EvalConfig) -> list[dict[str, Any]]:
     """``cfg.students`` trained in turn on one distilled set (loaded once), each in ``<out>/<student>``; rank 0
     writes ``students.json`` and a markdown table ``students.md`` in ``<out>``: the field's cross-architecture
     table. One student runs :func:`train_student` as it is."""
-    import dataclasses
-
     from infer_fast.distilled import load_distilled
 
     students = cfg.students
