@@ -3,8 +3,9 @@
     python bench/bench_compensator_broadcast.py [--quick] [--json PATH]
 
 Shapes: ImageNet-size batches composed from 100 uint8 naturals and 10 fp32 UFCs (100 and 1000 images of
-3x224x224), and the CIFAR synthesis batch (10 naturals x 9 UFCs = 90 images of 3x32x32); --quick: the CIFAR
-batch and 32 images of 3x224x224 (32 naturals, 4 UFCs).
+3x224x224), the CIFAR synthesis batch (10 naturals x 9 UFCs = 90 images of 3x32x32) and a Tiny-ImageNet-like
+synthesis batch (200 naturals x 2 UFCs = 400 images of 3x32x32: few UFCs with many images each, the case the CUDA
+backward splits into runs); --quick: the two synthesis batches and 32 images of 3x224x224 (32 naturals, 4 UFCs).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def _inputs(n_base: int, n_ufc: int, batch: int, size: int, device: str):
 
 
 def cases(quick: bool, device: str) -> list[Case]:
-    # (naturals, UFCs, batch, size); --quick keeps the CIFAR synthesis batch and a small 224 batch (time budget)
+    # (naturals, UFCs, batch, size); --quick keeps the synthesis batches and a small 224 batch (time budget)
     if quick:
-        shapes = [(10, 9, 90, 32), (32, 4, 32, 224)]
+        shapes = [(10, 9, 90, 32), (200, 2, 400, 32), (32, 4, 32, 224)]
     else:
-        shapes = [(10, 9, 90, 32), (100, 10, 100, 224), (100, 10, 1000, 224)]
+        shapes = [(10, 9, 90, 32), (200, 2, 400, 32), (100, 10, 100, 224), (100, 10, 1000, 224)]
     compiled = torch.compile(reference.compensator_broadcast)
     out = []
     for n_base, n_ufc, batch, size in shapes:

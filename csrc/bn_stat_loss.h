@@ -46,6 +46,18 @@ C10_HOST_DEVICE inline BnWelford<A> bn_chan_merge(const BnWelford<A>& a, const B
   return r;
 }
 
+// V values at once (a vector load): their own (count, mean, M2), Chan-merged into w, so one division per V values
+// instead of one per value. V is a power of two, so the mean's 1/V is exact.
+template <typename A, int V>
+C10_HOST_DEVICE inline void bn_welford_add_n(BnWelford<A>& w, const A (&v)[V]) {
+  A s = 0;
+  for (int k = 0; k < V; ++k) s += v[k];
+  const A m = s * (A(1) / A(V));
+  A m2 = 0;
+  for (int k = 0; k < V; ++k) m2 += (v[k] - m) * (v[k] - m);
+  w = bn_chan_merge(w, BnWelford<A>{A(V), m, m2});
+}
+
 // Reciprocal of an L2 norm for the backward, with a zero norm contributing zero gradient (as the backward of
 // torch.linalg.vector_norm, which masks grad / norm where norm == 0).
 template <typename A>

@@ -381,6 +381,47 @@ def test_cuda_groups_equal_n(layout):
     _cuda_agree((9, 16, 6, 6), 9, layout, torch.float32)
 
 
+def _misaligned(x: torch.Tensor) -> torch.Tensor:
+    """x's values and strides in storage that starts one element past a 16-byte boundary (vector loads refused)."""
+    buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
+    out = buf.as_strided(x.size(), x.stride())
+    out.copy_(x)
+    assert out.data_ptr() % 16 != 0 and out.stride() == x.stride()
+    return out
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(
+    "shape,groups,layout",
+    [
+        ((6, 8, 8, 8), 3, "contiguous"),  # S % 16-byte vector == 0: vector statistics and dx
+        ((6, 8, 7, 7), 3, "contiguous"),  # S = 49: scalar
+        ((3, 3, 68, 66), 1, "contiguous"),  # several splits whose length is rounded up to whole vectors
+        ((6, 16, 5, 5), 2, "channels_last"),  # C % V == 0: vector channels-last statistics and dx
+        ((6, 12, 5, 5), 2, "channels_last"),  # C = 12: vector statistics for V = 4, scalar dx for 8 halves
+        ((6, 6, 5, 5), 3, "channels_last"),  # C = 6: scalar except fp64 (V = 2)
+    ],
+)
+@pytest.mark.parametrize("offset", [False, True], ids=["aligned", "misaligned"])
+def test_cuda_vector_and_scalar_paths_agree_with_cpu(shape, groups, layout, dtype, offset):
+    """The 16-byte vector loads and stores of the statistics and dx kernels, and their scalar fallbacks."""
+    x, rm, rv = _inputs(shape, layout, dtype=dtype, stat_dtype=torch.float32)
+    xc = x.cuda()
+    if offset:
+        xc = _misaligned(xc)
+    xc.requires_grad_(True)
+    x.requires_grad_(True)
+    tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-5)
+    out, outc = bn_stat_loss(x, rm, rv, groups), bn_stat_loss(xc, rm.cuda(), rv.cuda(), groups)
+    for name, a, b in zip(("loss", "mean", "var"), out, outc, strict=True):
+        assert_close(b, a, atol=tol, rtol=tol, what=f"{name} {dtype} {shape} {layout}")
+    (dx,) = torch.autograd.grad(out[0].sum() + out[1].sum(), x)
+    (dxc,) = torch.autograd.grad(outc[0].sum() + outc[1].sum(), xc)
+    assert dxc.stride() == xc.stride()
+    assert_close(dxc, dx, atol=tol, rtol=tol, what=f"dx {dtype} {shape} {layout}")
+
+
 @requires_cuda
 def test_cuda_more_groups_than_a_grid_dimension():
     _cuda_agree((65540, 3, 2, 2), 65540, "channels_last", torch.float32)

@@ -467,3 +467,60 @@ def test_cuda_graph_captures_forward_and_backward():
     shifted = [cuda[0], ufc.detach(), *cuda[2:]]
     assert torch.equal(out, OP(*shifted)), "replayed forward differs from an eager call"
     assert torch.equal(ufc.grad, BWD(grad, *shifted)), "replayed backward differs from an eager call"
+
+
+def _few_ufcs_many_images(ufc_dtype=torch.float32, device="cpu"):
+    """2 UFCs, 700 images of 3x8x8 (a 2-block grid): the CUDA backward splits each UFC's images into runs. Uneven
+    groups (UFC 1 gets 40 images, some none) so that runs differ in length and some are empty."""
+    torch.manual_seed(7)
+    inputs = make_inputs(nb=50, u=2, b=700, h=8, w=8, ufc_dtype=ufc_dtype, no_ufc=False)
+    ufc_index = torch.zeros(700, dtype=torch.long)
+    ufc_index[torch.randperm(700)[:40]] = 1
+    ufc_index[torch.randperm(700)[:25]] = -1
+    inputs[3] = ufc_index
+    return [t.to(device) for t in inputs]
+
+
+@requires_cuda
+@pytest.mark.parametrize("ufc_dtype", [torch.float32, torch.float16, torch.float64])
+def test_cuda_few_ufcs_many_images_match_cpu_and_are_deterministic(ufc_dtype):
+    cpu = _few_ufcs_many_images(ufc_dtype)
+    cuda = [t.cuda() for t in cpu]
+    grad = torch.randn(700, 3, 8, 8, dtype=torch.float64).to(ufc_dtype)
+    tol = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float16: dict(atol=5e-2, rtol=1e-2)}.get(
+        ufc_dtype, dict(atol=1e-3, rtol=1e-5)
+    )
+    got = BWD(grad.cuda(), *cuda)
+    assert_close(got, BWD(grad, *cpu), what=f"{ufc_dtype} backward, split runs", **tol)
+    assert torch.equal(got, BWD(grad.cuda(), *cuda)), "split-run backward is not deterministic"
+    ones = torch.ones(700, 1, 1, 1, dtype=ufc_dtype).expand(700, 3, 8, 8)
+    assert_close(BWD(ones.cuda(), *cuda), BWD(ones, *cpu), what="broadcast grad, split runs", **tol)
+
+
+@requires_cuda
+def test_cuda_split_run_backward_neither_synchronises_nor_breaks_capture():
+    cuda = _few_ufcs_many_images(device="cuda")
+    ufc = cuda[1].clone().requires_grad_()
+    grad = torch.randn(700, 3, 8, 8, device="cuda")
+    compensator_broadcast(cuda[0], ufc, *cuda[2:]).backward(grad)  # the one host check of the indices
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ufc.grad = None
+        compensator_broadcast(cuda[0], ufc, *cuda[2:]).backward(grad)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    eager = ufc.grad.clone()
+    ufc.grad = None
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        compensator_broadcast(cuda[0], ufc, *cuda[2:]).backward(grad)
+    torch.cuda.current_stream().wait_stream(side)
+    ufc.grad = None
+    with torch.cuda.graph(graph):
+        compensator_broadcast(cuda[0], ufc, *cuda[2:]).backward(grad)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(ufc.grad, eager), "replayed split-run backward differs from an eager call"

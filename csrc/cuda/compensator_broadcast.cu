@@ -1,8 +1,12 @@
 // compensator_broadcast, CUDA: out[i] = clamp(base[bidx[i]] * s/std - mean/std + ufc[uidx[i]], lo, hi) per channel;
 // backward grad_ufc[u] = sum_{i: uidx[i] == u} grad_out[i] * [lo <= pre_i <= hi], recomputing pre (no saved mask).
 // Shapes: base [Nb,C,H,W] uint8|float, ufc [U,C,H,W] float, indices int64 [B], mean/std/lo/hi [C]; out [B,C,H,W].
-// Forward: one thread per output element (grid y over images; an element's channel by 32-bit invariant division). Backward is deterministic without atomics: images
-// are grouped by UFC with a stable sort (CSR), and one thread per UFC pixel sums its group in image order.
+// Forward: one thread per output element (grid y over images; an element's channel by 32-bit invariant division).
+// Backward is deterministic without atomics: images are grouped by UFC with a stable sort (CSR), and one thread per
+// UFC pixel sums its group in image order. When that grid is too small to fill the GPU (few UFCs, small images, many
+// images per UFC: CIFAR/Tiny-sized problems), each group's images are also cut into `splits` contiguous runs (grid
+// z): every run's sum goes to a float buffer and a second kernel adds the runs in order, so the result depends on the
+// group sizes and the split count only, never on scheduling.
 // No host synchronisation: index ranges are checked once on the host by the Python function (device asserts here),
 // the CSR offsets come from a binary search in the sorted keys, and the channel table is computed on the device.
 #include "compensator_broadcast.h"
@@ -22,6 +26,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 constexpr size_t kMaxSharedTable = 48 * 1024;  // dynamic shared memory available without an opt-in
+constexpr int64_t kBlocksPerSm = 4;             // backward: split image runs until the grid has this many per SM
+constexpr int64_t kMinImagesPerSplit = 8;       // ... but keep at least this many images (on average) per run
+constexpr int64_t kMaxSplits = 64;
 
 // Channel of element e of one image: e % C (channels-last) or e / HW (NCHW), as a 32-bit multiply-high division by
 // an invariant (an image has fewer than 2^31 elements, checked on the host).
@@ -72,17 +79,24 @@ __global__ void forward_kernel(const bT* __restrict__ base, const oT* __restrict
   }
 }
 
+// Block (pixels, u, z) sums run z of UFC u's images: all of them when gridDim.z == 1 (written to grad_ufc), else
+// images [first + z * len, first + (z + 1) * len) of the group, len = ceil(group size / gridDim.z), into partial.
 template <typename bT, typename oT, typename acc>
 __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restrict__ base, const oT* __restrict__ ufc,
-                                oT* __restrict__ grad_ufc, const int64_t* __restrict__ bidx,
-                                const int64_t* __restrict__ images, const int64_t* __restrict__ offsets,
-                                const acc* __restrict__ table, bool in_smem, int64_t Nb, int64_t U, int64_t C,
-                                uint32_t n, ChannelOf channel_of, int64_t bs0, int64_t us0, int64_t gs0,
-                                bool grad_broadcast) {
+                                oT* __restrict__ grad_ufc, acc* __restrict__ partial,
+                                const int64_t* __restrict__ bidx, const int64_t* __restrict__ images,
+                                const int64_t* __restrict__ offsets, const acc* __restrict__ table, bool in_smem,
+                                int64_t Nb, int64_t U, int64_t C, uint32_t n, ChannelOf channel_of, int64_t bs0,
+                                int64_t us0, int64_t gs0, bool grad_broadcast) {
   const acc* sh = load_table(table, C, in_smem);
   for (int64_t u = blockIdx.y; u < U; u += gridDim.y) {
     // group u + 1 of the CSR holds the images composed with UFC u (group 0: no compensator)
-    const int64_t first = offsets[u + 1], last = offsets[u + 2];
+    int64_t first = offsets[u + 1], last = offsets[u + 2];
+    if (gridDim.z > 1) {
+      const int64_t len = (last - first + gridDim.z - 1) / gridDim.z;
+      first = min(last, first + blockIdx.z * len);
+      last = min(last, first + len);
+    }
     const oT* uf = ufc + u * us0;
     for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
       const uint32_t c = channel_of(e);
@@ -95,9 +109,33 @@ __global__ void backward_kernel(const oT* __restrict__ grad, const bT* __restric
         const acc g = static_cast<acc>(grad[i * gs0 + (grad_broadcast ? 0 : e)]);
         sum += clamp_grad(g, pre_value(static_cast<acc>(base[bi * bs0 + e]), a, shift), l, h);
       }
-      grad_ufc[u * int64_t(n) + e] = static_cast<oT>(sum);
+      if (gridDim.z > 1)
+        partial[(static_cast<int64_t>(blockIdx.z) * U + u) * n + e] = sum;
+      else
+        grad_ufc[u * int64_t(n) + e] = static_cast<oT>(sum);
     }
   }
+}
+
+// grad_ufc[k] = sum of the runs' partial sums in run order (k over the U * n elements).
+template <typename oT, typename acc>
+__global__ void sum_runs_kernel(const acc* __restrict__ partial, oT* __restrict__ grad_ufc, int64_t total,
+                                int64_t splits) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc sum = 0;
+    for (int64_t z = 0; z < splits; ++z) sum += partial[z * total + k];
+    grad_ufc[k] = static_cast<oT>(sum);
+  }
+}
+
+// Runs per group for the backward: 1 when the (pixels x UFCs) grid already gives every SM kBlocksPerSm blocks, else
+// enough to do so, with at least kMinImagesPerSplit images per run on average. From sizes only (no device read).
+int64_t backward_splits(int64_t grid_blocks, int64_t B, int64_t U) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = (kBlocksPerSm * sms + grid_blocks - 1) / grid_blocks;
+  const int64_t per_group = (B + U - 1) / U;
+  return std::max<int64_t>(1, std::min({want, per_group / kMinImagesPerSplit, kMaxSplits}));
 }
 
 template <typename F>
@@ -163,15 +201,31 @@ at::Tensor compensator_broadcast_backward_cuda(const at::Tensor& grad_out, const
   const auto offsets = at::searchsorted(keys, at::arange(U + 2, keys.options()));
   const at::Tensor table = channel_table(p.base, ufc, mean, std, lo, hi);
   const size_t smem = table_smem(table);
+  const int64_t B = base_index.size(0), n = C * HW;
+  dim3 grid = grid_for(n, U);
+  const int64_t splits = backward_splits(static_cast<int64_t>(grid.x) * grid.y, B, U);
+  grid.z = static_cast<unsigned>(splits);
+  const auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_types(p.base, p.ufc, [&]<typename bT, typename oT>() {
     using acc = at::opmath_type<oT>;
-    backward_kernel<bT, oT, acc><<<grid_for(C * HW, U), kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
+    at::Tensor partial;
+    if (splits > 1) partial = at::empty({splits, U * n}, ufc.options().dtype(at::toOpMathType(ufc.scalar_type())));
+    backward_kernel<bT, oT, acc><<<grid, kThreads, smem, stream>>>(
         p.grad.const_data_ptr<oT>(), p.base.const_data_ptr<bT>(), p.ufc.const_data_ptr<oT>(),
-        grad_ufc.mutable_data_ptr<oT>(), p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), table.const_data_ptr<acc>(), smem > 0, p.base.size(0), U, C,
-        static_cast<uint32_t>(C * HW), ChannelOf(C, HW, p.fmt == at::MemoryFormat::ChannelsLast), p.base.stride(0),
-        p.ufc.stride(0), p.grad.stride(0), p.grad_broadcast);
+        grad_ufc.mutable_data_ptr<oT>(), splits > 1 ? partial.mutable_data_ptr<acc>() : nullptr,
+        p.base_index.const_data_ptr<int64_t>(), images.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
+        table.const_data_ptr<acc>(), smem > 0, p.base.size(0), U, C, static_cast<uint32_t>(n),
+        ChannelOf(C, HW, p.fmt == at::MemoryFormat::ChannelsLast), p.base.stride(0), p.ufc.stride(0),
+        p.grad.stride(0), p.grad_broadcast);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t total = U * n;
+      const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 1 << 16));
+      sum_runs_kernel<oT, acc>
+          <<<blocks, kThreads, 0, stream>>>(partial.const_data_ptr<acc>(), grad_ufc.mutable_data_ptr<oT>(), total,
+                                            splits);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return grad_ufc;
 }
