@@ -237,11 +237,12 @@ def markdown(summary: dict) -> str:
         lines += ["", "## Failing tests", "", *[f"- {f}" for f in fails]]
     def cell(r: dict, k: str) -> str:  # as bench/common.py's tables: "!" marks a record with spread_flag
         v = r.get(k, "")
-        text = str(round(v, 3)) if isinstance(v, float) else str(v)
+        text = f"{v:.3g}" if isinstance(v, float) else str(v)  # 3 significant digits: 3.02e-07 stays readable
         return text + " !" if k == "spread" and r.get("spread_flag") else text
 
     for name, cols in (("ops", ["kernel", "provider", "mode", "x_value", "p50", "unit", "samples", "spread"]),
-                       ("synthesis", ["workload", "provider", "images_per_s", "samples", "spread", "loss_check"]),
+                       ("synthesis", ["workload", "provider", "images_per_s", "samples", "spread",
+                                      "speedup_vs_reference", "loss_check", "loss_rdiff_first", "loss_rdiff_timed"]),
                        ("loader", ["provider", "images_per_s", "samples", "spread", "error"])):
         recs = summary["parts"].get(name, {}).get("records") or []
         if recs and isinstance(recs[0], dict):

@@ -134,3 +134,20 @@ def test_bench_scripts_run_from_the_project_root(script):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+def test_synthesis_loss_agreement_judges_the_window_not_single_iterations():
+    """Rounding-level drift (+-1.4 % per iteration, alternating) passes; a systematic 3 % offset and a wrong
+    iteration 0 fail; the per-iteration and single-problem figures are reported."""
+    from bench_synthesis import TOLERANCE, loss_agreement
+
+    tol_first, tol_window = TOLERANCE["fp32"]
+    ref = {"ce": [[2.0] * 8] * 6, "bn": [[30.0] * 8] * 6}
+    drift = [1.0] + [1 + 0.014 * (-1) ** i for i in range(5)]  # iteration 0 identical, then +-1.4 %
+    noisy = {k: [[x * d for x in row] for row, d in zip(v, drift, strict=True)] for k, v in ref.items()}
+    first, window, per_iter, worst = loss_agreement(ref, noisy, warmup=1)
+    assert first == 0 and window < tol_window and abs(per_iter - 0.014) < 1e-6 and abs(worst - 0.014) < 1e-6
+    offset = {k: [row if i == 0 else [x * 1.03 for x in row] for i, row in enumerate(v)] for k, v in ref.items()}
+    assert loss_agreement(ref, offset, warmup=1)[1] > tol_window
+    wrong0 = {k: [[x * 1.001 for x in row] if i == 0 else row for i, row in enumerate(v)] for k, v in ref.items()}
+    assert loss_agreement(ref, wrong0, warmup=1)[0] > tol_first

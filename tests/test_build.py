@@ -89,18 +89,22 @@ def test_torch_mismatch_is_one_line_naming_both_versions():
 
 
 def test_import_under_another_torch_fails_with_that_line():
-    """Fake the recorded build torch (no second torch here): the import stops before loading _C."""
+    """Fake the recorded build torch (no second torch here): the import stops before loading _C. The faked version
+    is one that no machine runs (the GPU check's machine has torch 2.11, so a real version could be the installed
+    one there)."""
     import subprocess
     import sys
 
+    built = "1.0.0+cu999"
+    assert torch.__version__ != built
     fake = (
-        "import sys, types; m = types.ModuleType('infer_fast._build'); m.TORCH_VERSION = '2.11.0+cu130'; "
+        f"import sys, types; m = types.ModuleType('infer_fast._build'); m.TORCH_VERSION = '{built}'; "
         "sys.modules['infer_fast._build'] = m; import infer_fast"
     )
     r = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: infer_fast was built against torch 2.11.0+cu130 but torch "), r.stderr
+    assert last.startswith(f"ImportError: infer_fast was built against torch {built} but torch "), r.stderr
     assert f"torch {torch.__version__} is installed" in last
     assert "undefined symbol" not in r.stderr
 

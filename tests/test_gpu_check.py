@@ -57,10 +57,14 @@ def test_markdown_report_lists_every_part():
                 "skipped_no_gpu": 0,
                 "failures": ["t::test_y: boom"],
             },
+            "synthesis": {"status": "ok", "records": [{"workload": "cifar10", "provider": "infer_fast",
+                                                        "images_per_s": 98.51, "loss_check": "ok",
+                                                        "loss_rdiff_first": 3.02e-07}]},
             "loader": {"status": "ok", "records": [{"provider": "torch-w2", "images_per_s": 10.0}]},
         },
     }
     md = _module().markdown(summary)
     assert md.startswith("# gpu-check FAIL") and "H200 (compute 9.0)" in md
-    for line in ("| build | ok | 80.0 |", "| tests | failed (exit 1) |", "- t::test_y: boom", "| torch-w2 | 10.0 |"):
+    for line in ("| build | ok | 80.0 |", "| tests | failed (exit 1) |", "- t::test_y: boom", "| torch-w2 | 10 |",
+                 "| cifar10 | infer_fast | 98.5 | ok | 3.02e-07 |"):  # 3 significant digits, small ones too
         assert line in md, line
