@@ -151,8 +151,11 @@ def _common(w: Workload) -> dict:
 def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
     if device.startswith("cuda") and (provider == "reference" or (LEVERS.get(provider) or DEFAULT)["precision"] ==
                                       "fp32"):
-        torch.backends.cudnn.conv.fp32_precision = "ieee"  # float32 means float32 here: no TF32 (see TOLERANCE)
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        # float32 means float32 here: no TF32 (see TOLERANCE). The flags torch.compile's conv lowering reads
+        # (torch.backends.cudnn.allow_tf32), not the per-operator fp32_precision API: with conv set to "ieee" that
+        # getter raises on torch 2.11-2.14 ("cuDNN conv and cuDNN RNN have different TF32 flags").
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     model, base, problems, lo, hi = build(w, device)
     mean, std = MEAN.to(device), STD.to(device)
     common = _common(w)
