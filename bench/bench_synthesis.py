@@ -61,9 +61,10 @@ MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.2
 # Iteration 0 sees identical parameters: only float32 rounding differs. Later, Adam's normalised steps move pixels
 # whose gradient is at rounding level by a full step either way, so single problems drift apart by a few per cent
 # within ten iterations without either side being wrong, and with --quick's 8 problems the problem-mean of a single
-# iteration still moves by up to 1.4 % (measured on CPU: infer_fast, +bn_fold and +compile against the reference,
-# 0.85-1.4 % per iteration, 0.02-0.22 % over the window). Both per-iteration figures are reported, not judged;
-# tests/test_fold.py checks the prepared teacher against the hooked model in float64. bf16 rounds every activation.
+# iteration still moves by up to 1.5 % (`bench_synthesis.py --quick --device cpu`, cifar10: infer_fast, +bn_fold and
+# +compile against the reference, 0.91-1.47 % per iteration, 0.12-0.22 % over the window). Both per-iteration
+# figures are reported, not judged; tests/test_fold.py checks the prepared teacher against the hooked model in
+# float64. bf16 rounds every activation.
 TOLERANCE = {"fp32": (1e-4, 1e-2), "bf16": (2e-2, 5e-2)}
 
 
@@ -148,9 +149,13 @@ def _common(w: Workload) -> dict:
             "aug": AugSettings(small=w.small, jitter=d.jitter, scale=(d.crop_scale_min, d.crop_scale_max))}
 
 
+def precision_of(provider: str) -> str:
+    """fp32 or bf16: the lever's precision; the reference and infer_fast run the default (fp32)."""
+    return (LEVERS.get(provider) or DEFAULT)["precision"]
+
+
 def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
-    if device.startswith("cuda") and (provider == "reference" or (LEVERS.get(provider) or DEFAULT)["precision"] ==
-                                      "fp32"):
+    if device.startswith("cuda") and precision_of(provider) == "fp32":
         # float32 means float32 here: no TF32 (see TOLERANCE). The flags torch.compile's conv lowering reads
         # (torch.backends.cudnn.allow_tf32), not the per-operator fp32_precision API: with conv set to "ieee" that
         # getter raises on torch 2.11-2.14 ("cuDNN conv and cuDNN RNN have different TF32 flags").
@@ -367,7 +372,7 @@ def main(argv=None) -> int:
                 first, window, per_iter, worst = loss_agreement(ref, r, w.warmup)
                 rec.update(loss_rdiff_first=first, loss_rdiff_timed=window, loss_rdiff_iter=per_iter,
                            loss_rdiff_worst=worst)
-                tol_first, tol_timed = TOLERANCE[(LEVERS.get(prov) or DEFAULT)["precision"]]
+                tol_first, tol_timed = TOLERANCE[precision_of(prov)]
                 rec["loss_check"] = "ok" if first <= tol_first and window <= tol_timed else "MISMATCH"
                 if rec["loss_check"] != "ok":
                     failures.append(f"{name}/{prov}: losses differ from the reference by {first:.2e} at iteration 0 "

@@ -51,6 +51,11 @@ constexpr int kVecNhwc = std::min(4, kVec<T>);
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
+// The vector kernels' common condition: a 16-byte aligned start and 32-bit element indices.
+bool vector_ready(const void* p, int64_t numel) {
+  return aligned16(p) && numel <= std::numeric_limits<int32_t>::max();
+}
+
 // 32-bit index arithmetic (fast invariant division) when every element offset fits, else 64-bit.
 template <typename F>
 void with_index_type(int64_t numel, const F& f) {
@@ -251,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stat_loss_cuda(const at::Tenso
     const scalar_t* x = v.x.const_data_ptr<scalar_t>();
     int64_t splits;
     at::Tensor part;
-    const bool aligned = aligned16(x) && v.x.numel() <= std::numeric_limits<int32_t>::max();
+    const bool aligned = vector_ready(x, v.x.numel());
     if (v.channels_last) {
       constexpr int V = kVecNhwc<scalar_t>;
       const bool vec = aligned && c % V == 0;
@@ -327,8 +332,7 @@ at::Tensor bn_stat_loss_backward_cuda(const at::Tensor& grad_loss, const at::Ten
     const scalar_t* x = v.x.const_data_ptr<scalar_t>();
     scalar_t* out = dx.data_ptr<scalar_t>();
     constexpr int V = kVec<scalar_t>;
-    const bool vec = aligned16(x) && aligned16(out) && numel <= std::numeric_limits<int32_t>::max() &&
-                     (v.channels_last ? c : s) % V == 0;
+    const bool vec = vector_ready(x, numel) && aligned16(out) && (v.channels_last ? c : s) % V == 0;
     const auto blocks =
         static_cast<unsigned>(std::min<int64_t>(ceil_div(numel, kThreads * (vec ? V : 1)), sms * 32));
     const auto launch = [&](auto kernel, auto idx) {
