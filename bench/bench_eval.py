@@ -32,7 +32,7 @@ from bench_quality import TEACHER_DIR, data_root
 from common import Stats, markdown_table, record, write_json
 
 from infer_fast.cli import main as cli_main
-from infer_fast.models.teacher import cache_root
+from infer_fast.runtime import cache_root
 
 TEACHERS = ("resnet18-w0.25", "mobilenet_v2-w0.5", "efficientnet_b0-w0.5")
 

@@ -31,6 +31,7 @@ from common import Stats, base_parser, git_commit, markdown_table, record, share
 from PIL import Image
 
 from infer_fast.data import dali_available, make_loader
+from infer_fast.runtime import cache_root
 
 COLUMNS = ["dataset", "mode", "provider", "images_per_s", "samples", "spread", "speedup_vs_best_torch", "batches",
            "batch_size"]
@@ -39,7 +40,7 @@ BIG_SIZE = (500, 375)  # width, height: a typical ImageNet photo
 
 
 def default_cache() -> str:
-    return os.path.join(os.environ.get("INFER_FAST_CACHE") or os.path.expanduser("~/.cache/infer_fast"), "data")
+    return cache_root("data")
 
 
 def prepare_cifar(cache: str) -> str:

@@ -45,6 +45,8 @@ import time
 
 from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_dir, write_json
 
+from infer_fast.runtime import cache_root
+
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
 
@@ -157,8 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _cache_dir(a) -> str:
-    return a.cache or os.path.join(os.environ.get("INFER_FAST_CACHE") or os.path.expanduser("~/.cache/infer_fast"),
-                                   "bench_quality")
+    return a.cache or cache_root("bench_quality")
 
 
 def _key(d: dict) -> str:
@@ -198,7 +199,7 @@ def teachers(a, root: str) -> list[str]:
     """Teacher files: --teacher-files, else the committed ones of the workload, else trained (and cached)."""
     from infer_fast.models import load_teacher
     from infer_fast.models.checkpoint import CheckpointError
-    from infer_fast.models.teacher import TeacherConfig, train_teacher
+    from infer_fast.train.teacher import TeacherConfig, train_teacher
 
     if a.teacher_files:
         for path in a.teacher_files:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from infer_fast.cli import main as cli_main
 from infer_fast.models import build_model, imagenet1k_wnids
-from infer_fast.models.teacher import cache_root
+from infer_fast.runtime import cache_root
 
 TEACHERS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 

@@ -15,7 +15,6 @@ from infer_fast.runtime import BusyError, OutputError
 # Stage modules that add subcommands (each defines register(subparsers)).
 COMMAND_MODULES = [
     "infer_fast.data.commands",
-    "infer_fast.models.commands",
     "infer_fast.synth.commands",
     "infer_fast.train.commands",
     "infer_fast.demo",

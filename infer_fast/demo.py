@@ -1,7 +1,7 @@
 """``infer-fast demo``: the whole method end to end on the embedded digits, with nothing downloaded.
 
-Default teacher ensemble (models.default_teachers, cached) -> distill with ``infer``, ``sre2l`` and ``random`` at the
-same storage budget (synth.run_distill) -> train the same student with the same epochs on each (static labels) ->
+Default teacher ensemble (train.teacher.default_teachers, cached) -> distill with ``infer``, ``sre2l`` and ``random``
+at the same storage budget (synth.run_distill) -> train the same student with the same epochs on each (static labels) ->
 a table of top-1, stored bytes, label bytes and wall time, written as results.json, report.md and PNGs.
 The default settings are sized to finish in under 4 minutes on a 2-core CPU (see report.md of a run).
 """
@@ -102,9 +102,9 @@ def _table(rows: list[dict]) -> str:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; returns the results dict (also written to ``<out>/results.json``)."""
     from infer_fast.distilled import load_distilled
-    from infer_fast.models import default_teachers
     from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
+    from infer_fast.train.teacher import default_teachers
 
     cfg.validate()
     t_all = time.perf_counter()

@@ -32,6 +32,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TMP_SUFFIX = ".tmp"
 
+
+def cache_root(*parts: str) -> str:
+    """``$INFER_FAST_CACHE`` or ``~/.cache/infer_fast`` (joined with ``parts``): every cache of the package."""
+    root = os.environ.get("INFER_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "infer_fast")
+    return os.path.join(root, *parts)
+
 # ---- errors -----------------------------------------------------------------------------------
 
 # Errors the user fixes outside the program (free space, permissions, mount options): one line, no traceback.

@@ -108,7 +108,7 @@ def test_deprecated_aliases_parse_and_warn(capsys):
 
 def test_shared_options_have_one_spelling_and_old_ones_still_work(capsys):
     from infer_fast.cli import build_parser
-    from infer_fast.models.commands import config_from_args as teacher_config
+    from infer_fast.train.commands import teacher_config_from_args as teacher_config
     from infer_fast.train.config import EvalConfig
 
     parser = build_parser()
@@ -151,8 +151,8 @@ def test_every_subcommand_takes_a_config_file(tmp_path, cmd, key, value):
     from infer_fast.cli import build_parser
     from infer_fast.data.commands import CheckConfig
     from infer_fast.demo import DemoConfig
-    from infer_fast.models.commands import config_from_args as teacher_config
     from infer_fast.synth.config import DistillConfig
+    from infer_fast.train.commands import teacher_config_from_args as teacher_config
     from infer_fast.train.config import EvalConfig
 
     def config(argv: list[str]):

@@ -30,7 +30,8 @@ SIZE = 16
 def teachers():
     """Two small ConvNets (different widths and seeds) on digits at 16 px, cached across test sessions."""
     from infer_fast import __version__, models
-    from infer_fast.models.teacher import cache_root
+    from infer_fast.runtime import cache_root
+    from infer_fast.train.teacher import TeacherConfig, train_teacher
 
     folder = os.path.join(cache_root(), f"test-teachers-{__version__}")
     paths = []
@@ -40,7 +41,7 @@ def teachers():
             models.load_teacher(path)
         except Exception:
             os.makedirs(folder, exist_ok=True)
-            models.train_teacher(models.TeacherConfig(arch="convnet", width=width, epochs=3, image_size=SIZE,
+            train_teacher(TeacherConfig(arch="convnet", width=width, epochs=3, image_size=SIZE,
                                                       batch_size=64, lr=0.05, seed=i, out=path, progress=False,
                                                       num_workers=0))
         paths.append(path)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from infer_fast.runtime import atomic_write_json
+from infer_fast.runtime import atomic_write_json, cache_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRAIN_SPLITS = ("train",)
@@ -186,13 +186,12 @@ def check_image(path: str, full_decode: bool = False) -> tuple[str | None, str, 
 
 
 def cache_dir_for(root: str) -> str:
-    env = os.environ.get("INFER_FAST_CACHE")
-    if env:
-        return os.path.join(env, "check")
+    if os.environ.get("INFER_FAST_CACHE"):
+        return cache_root("check")
     local = os.path.join(root, ".infer_fast")
     if os.access(root, os.W_OK) and (not os.path.exists(local) or os.access(local, os.W_OK)):
         return local
-    return os.path.join(os.path.expanduser("~"), ".cache", "infer_fast", "check")
+    return cache_root("check")
 
 
 def cache_path_for(root: str, split: str) -> str:

@@ -65,6 +65,7 @@ def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, mean_
     restricted to the data's ``classes`` in the data's order (models.classes: a subset of the teacher's classes,
     e.g. Imagenette under an ImageNet-1k teacher, or a permutation of them)."""
     from infer_fast import models
+    from infer_fast.train.teacher import default_teachers  # the digits' default ensemble is trained on first use
 
     paths = list(cfg.teachers)
     if not paths:
@@ -73,10 +74,10 @@ def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, mean_
                              "default teacher ensemble)")
         # Rank 0 trains and caches the default ensemble first; the other ranks then find it in the cache.
         if dist.rank == 0:
-            paths = models.default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
+            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
         dist.barrier()
         if dist.rank != 0:
-            paths = models.default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
+            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
     nets, tmetas, metas = [], [], []
     for path in paths:
         if not os.path.isfile(path):

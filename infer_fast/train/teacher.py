@@ -25,7 +25,7 @@ from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 from infer_fast.models.evaluate import accuracy_counts
-from infer_fast.runtime import atomic_write_text, resolve_device
+from infer_fast.runtime import atomic_write_text, cache_root, resolve_device
 
 
 @dataclass
@@ -146,11 +146,6 @@ DEFAULT_ENSEMBLE: tuple[tuple[str, float, int], ...] = (
 DEFAULT_BATCH_SIZE, DEFAULT_LR = 32, 0.05
 
 
-def cache_root() -> str:
-    """``$INFER_FAST_CACHE`` or ``~/.cache/infer_fast``."""
-    return os.environ.get("INFER_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "infer_fast")
-
-
 def default_teachers(source: str = "digits", cache_dir: str | None = None, image_size: int = 32, seed: int = 0,
                      progress: bool = True) -> list[str]:
     """Train (seeded) or reuse the default ensemble :data:`DEFAULT_ENSEMBLE` on ``source`` and return the
@@ -164,7 +159,7 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
     key = json.dumps({"source": src, "ensemble": DEFAULT_ENSEMBLE, "batch_size": DEFAULT_BATCH_SIZE,
                       "lr": DEFAULT_LR, "image_size": image_size, "seed": seed, "version": __version__},
                      sort_keys=True)
-    folder = os.path.join(cache_dir or os.path.join(cache_root(), "teachers"),
+    folder = os.path.join(cache_dir or cache_root("teachers"),
                           hashlib.sha256(key.encode()).hexdigest()[:16])
     paths = []
     for arch, width, epochs in DEFAULT_ENSEMBLE:
