@@ -107,3 +107,34 @@ def test_data_check_accepts_eval_only_and_plain_roots(tmp_path, capsys):
     (empty / "notes").mkdir(parents=True)
     assert main(["data", "check", str(empty)]) == 2
     assert "or, for evaluation, ROOT/<class>/<image>" in capsys.readouterr().err
+
+
+def test_small_train_split_in_memory_is_the_streamed_reads_augmented_in_memory(tmp_path):
+    """A small-image train split that fits the budget is decoded once (the S x S images) and augmented in memory:
+    same batches per epoch, every image a pad-4 crop (+ flip) of its file's decoded pixels, disjoint shards; an
+    ImageNet-style train split (random resized crops of the full image) keeps streaming."""
+    root = str(tmp_path / "small")
+    make_folder(root, {"train": 6, "val": 1}, size=(16, 16), solid=False, with_bad=False)
+    kw = dict(batch_size=4, loader="torch", num_workers=0, device="cpu", seed=3)
+    stream = make_loader(root, "train", **kw)
+    memory = make_loader(root, "train", memory_budget=1 << 20, **kw)
+    assert memory.provider.startswith("memory") and memory.train and len(memory) == len(stream) == 4
+    (mx, my) = _batches(memory)
+    mean, std = torch.tensor(memory.mean).view(3, 1, 1), torch.tensor(memory.std).view(3, 1, 1)
+    originals = memory.images.float() / 255  # the decoded train files, [0, 1]
+    assert originals.shape[0] == 18 and memory.labels.bincount().tolist() == [6, 6, 6]
+    for img, lab in zip(mx, my, strict=True):  # each augmented image is a crop (+ flip) of a same-label original
+        pixels = img * std + mean  # zero padding is black, as RandomCrop pads the streamed uint8 reads
+        crops = [torch.nn.functional.pad(o, (4, 4, 4, 4))[:, dy:dy + 16, dx:dx + 16]
+                 for o in originals[memory.labels == lab] for o in (o, o.flip(2)) for dy in range(9)
+                 for dx in range(9)]
+        assert min(float((pixels - c).abs().max()) for c in crops) < 1e-5
+    assert not torch.equal(_batches(memory)[0], mx)  # the next epoch draws other crops
+    memory.set_epoch(0)
+    assert torch.equal(_batches(memory)[0], mx)  # epoch-seeded: a resumed run replays them
+    halves = [make_loader(root, "train", memory_budget=1 << 20, shard=(r, 2), **kw) for r in (0, 1)]
+    seen = [set(h.indices(0).tolist()) for h in halves]
+    assert not seen[0] & seen[1] and len(halves[0]) == len(halves[1])
+    big = str(tmp_path / "big")
+    make_folder(big, {"train": 2, "val": 1}, size=(120, 90), solid=False, with_bad=False)
+    assert make_loader(big, "train", memory_budget=1 << 30, image_size=48, **kw).provider == "torch"

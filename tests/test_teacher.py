@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from infer_fast.models import load_teacher
 from infer_fast.train import teacher
@@ -47,3 +48,78 @@ def test_default_teachers_cache(tmp_path, monkeypatch):
     other = default_teachers(image_size=8, seed=1, cache_dir=str(tmp_path / "elsewhere"), progress=False)
     assert other[0].startswith(str(tmp_path / "elsewhere")) and os.path.dirname(other[0]) != os.path.dirname(first[0])
     assert load_teacher(other[0])[1].fingerprint != load_teacher(first[0])[1].fingerprint  # another seed
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def _tiny(tmp_path, name: str, **kw) -> TeacherConfig:
+    base = dict(source="digits", arch="convnet", width=0.125, epochs=3, image_size=8, batch_size=64, lr=0.05,
+                num_workers=0, progress=False, loader="torch", out=str(tmp_path / name))
+    return TeacherConfig(**{**base, **kw})
+
+
+def test_resumed_teacher_equals_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    whole = teacher.train_teacher(_tiny(tmp_path, "whole.safetensors", eval_every=1))[1]
+    out, meta = teacher.train_teacher(_tiny(tmp_path, "parts.safetensors", eval_every=1, stop_after=2))
+    state = out + teacher.STATE_SUFFIX
+    assert meta is None and not os.path.exists(out)
+    assert sorted(os.listdir(state)) == ["accuracy.png", "checkpoint.pt", "metrics.jsonl"]
+    assert [json.loads(line)["epoch"] for line in open(os.path.join(state, "metrics.jsonl"))] == [1, 2]
+    meta = teacher.train_teacher(_tiny(tmp_path, "parts.safetensors", eval_every=1, resume=True))[1]
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta.val_acc == whole.val_acc and not os.path.exists(state)  # the state folder goes with success
+    assert [h["epoch"] for h in meta.extra["history"]] == [1, 2, 3]
+    assert [h["val_acc"] is not None for h in meta.extra["history"]] == [True, True, True]
+    assert meta.extra["config"]["label_smoothing"] == 0.0 and meta.extra["config"]["schedule"] == "cosine"
+
+
+def test_unfinished_runs_are_not_overwritten_and_resume_checks_the_settings(tmp_path, capsys):
+    from infer_fast.cli import main
+
+    out, _ = teacher.train_teacher(_tiny(tmp_path, "t.safetensors", stop_after=1))
+    argv = ["train-teacher", "--dataset", "digits", "--arch", "convnet", "--width", "0.125", "--epochs", "3",
+            "--image-size", "8", "--batch-size", "64", "--lr", "0.05", "--workers", "0", "--loader", "torch",
+            "--no-progress", "--out", out]
+    assert main(argv) == 2  # no --resume: one line, the state kept
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds an unfinished run" in err and "--resume" in err
+    assert main([*argv[:-2], "--lr", "0.1", "--out", out, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lr: checkpoint 0.05 vs now 0.1" in err
+    assert os.path.exists(os.path.join(out + teacher.STATE_SUFFIX, "checkpoint.pt"))
+    assert main([*argv, "--resume", "--eval-every", "1"]) == 0  # settings that do not change the result may
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["finished"] is True
+
+
+def test_fp16_storage_halves_the_file_and_loads_back_to_float32(tmp_path):
+    import torch.nn.functional as F
+
+    from infer_fast.data import make_loader
+
+    teacher.train_teacher(_tiny(tmp_path, "fp32.safetensors", epochs=1))
+    teacher.train_teacher(_tiny(tmp_path, "fp16.safetensors", epochs=1, storage="fp16"))
+    full, half = (load_teacher(str(tmp_path / f))[0] for f in ("fp32.safetensors", "fp16.safetensors"))
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    assert os.path.getsize(tmp_path / "fp16.safetensors") < 0.6 * os.path.getsize(tmp_path / "fp32.safetensors")
+    x, _ = next(iter(make_loader("digits", "eval", batch_size=64, image_size=8, device="cpu", loader="torch")))
+    with torch.no_grad():
+        p, q = F.softmax(full.eval()(x), 1), F.softmax(half.eval()(x), 1)
+    assert float((p - q).abs().max()) < 1e-2 and torch.equal(p.argmax(1), q.argmax(1))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_start_peak_and_end_where_documented(schedule):
+    cfg = TeacherConfig(epochs=4, lr=0.2, schedule=schedule, warmup_epochs=1.0 if schedule == "cosine" else 0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=0.9)
+    sched = teacher.make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2 / 25) and max(lrs) == pytest.approx(0.2, rel=1e-3) and lrs[-1] < 0.2 * 0.01
+    peak = lrs.index(max(lrs))
+    assert peak == 10 if schedule == "cosine" else 9 <= peak <= 10  # end of the warm-up: epoch 1 / 25 % of 40
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))  # then annealed monotonically

@@ -160,7 +160,11 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
     and a split whose class folders are another set of names is refused, naming the missing and extra ones.
     ``small`` overrides the small-image geometry read from the data. ``memory_budget`` (bytes; 0: off): an eval
     split whose decoded uint8 images fit it is decoded once, cached on disk and served from memory
-    (:mod:`infer_fast.data.eval_cache`), with the same pixels as the streaming loader.
+    (:mod:`infer_fast.data.eval_cache`), with the same pixels as the streaming loader. A small-image train split
+    that fits is decoded once too (its images at S x S, the reads before augmentation) and augmented in memory,
+    batched (pad-4 random crop + flip, the same transform as the streaming reads, drawn from the loader's seed):
+    re-decoding 100,000 thumbnails every epoch is most of a CPU epoch's data time. ImageNet-style train reads
+    (random resized crops of the full-size image) always stream.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"make_loader: split must be 'train' or 'eval', got {split!r}")
@@ -202,15 +206,22 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
         from infer_fast.data.dali import DaliFolderLoader as Stream
     else:
         Stream = TorchFolderLoader
-    if train or not memory_budget or decoded_bytes(len(scan.files) / world, info.image_size) > memory_budget:
+    in_memory = bool(memory_budget) and (not train or common["small"])
+    # a train split is decoded whole (every rank draws its own shard of each epoch's permutation from it)
+    decoded_share = len(scan.files) / (1 if train else world)
+    if not in_memory or decoded_bytes(decoded_share, info.image_size) > memory_budget:
         return Stream(scan.files, labels, num_workers=num_workers, skipped=len(scan.bad), **common)
-    # Decode this rank's shard once with an identity normalisation (mean 0, std 1/255: raw pixel values).
-    raw = Stream(scan.files, labels, num_workers=num_workers, **{**common, "mean": (0.0,) * 3,
+    # Decode once (this rank's eval shard, or the whole train split) with eval reads -- for small images the
+    # S x S image itself -- and an identity normalisation (mean 0, std 1/255: raw pixel values).
+    shard = {"rank": 0, "world": 1} if train else {}
+    raw = Stream(scan.files, labels, num_workers=num_workers, **{**common, **shard, "train": False,
+                                                                 "drop_last": False, "mean": (0.0,) * 3,
                                                                  "std": (1 / 255,) * 3})
     key = cache_key(scan.fingerprint, labels, raw)
-    path = None if scan.cache_path is None else os.path.join(os.path.dirname(scan.cache_path), f"eval-{key[:24]}"
-                                                                                                 ".safetensors")
+    path = None if scan.cache_path is None else os.path.join(os.path.dirname(scan.cache_path),
+                                                          f"{'train' if train else 'eval'}-{key[:24]}.safetensors")
     images, shard_labels = decode_once(raw, path, key)
-    memory = TensorLoader(images, shard_labels, skipped=len(scan.bad), **{**common, "rank": 0, "world": 1})
+    memory = TensorLoader(images, shard_labels, skipped=len(scan.bad), **{**common, **({} if train else
+                                                                                      {"rank": 0, "world": 1})})
     memory.provider = f"memory ({raw.provider}-decoded)"
     return memory

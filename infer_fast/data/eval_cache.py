@@ -1,11 +1,12 @@
-"""Fast validation: a validation split decoded once at the student's resolution, then read from memory.
+"""Fast validation (and small-image training): a split decoded once at the model's resolution, then read from memory.
 
 Evaluating a student every few epochs re-decodes and re-resizes the same full-size JPEGs each time, which can take
 nearly all of an ``evaluate`` run. When the decoded split (uint8, ``N * 3 * S * S`` bytes for this rank's shard)
 fits a memory budget, the streaming loader that would have read it (DALI or torch, same geometry) decodes it once
 with an identity normalisation, the uint8 result is kept in memory and on disk (safetensors, keyed by the good-file
 fingerprint, the class mapping, size, geometry, decoder and shard) and every evaluation normalises it exactly as
-the streaming loader does. A split over the budget is streamed as before.
+the streaming loader does. A split over the budget is streamed as before. Small-image train splits use the same
+cache (their eval read is the S x S image itself) and are augmented in memory (``data.api.make_loader``).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def decode_once(stream: BaseLoader, path: str | None, key: str) -> tuple[torch.T
         if hit is not None:
             return hit
     images, labels = [], []
-    for x, y in tqdm(stream, total=len(stream), desc="decode val once", unit="batch", leave=False,
+    for x, y in tqdm(stream, total=len(stream), desc="decode once", unit="batch", leave=False,
                      disable=len(stream) < 20):
         images.append(x.round_().clamp_(0, 255).to("cpu", torch.uint8))
         labels.append(y.to("cpu", torch.int64))

@@ -56,15 +56,17 @@ class TeacherMeta:
 
 
 # ---------------------------------------------------------------------------------------------------- saving
-def save_teacher(model: nn.Module, meta: TeacherMeta, path: str) -> TeacherMeta:
-    """Write ``model``'s weights and ``meta`` to the safetensors file ``path`` atomically (temp + rename).
-    Returns ``meta`` with ``fingerprint`` set to the sha256 of the written file."""
+def save_teacher(model: nn.Module, meta: TeacherMeta, path: str, dtype: torch.dtype | None = None) -> TeacherMeta:
+    """Write ``model``'s weights and ``meta`` to the safetensors file ``path`` atomically (temp + rename), floating
+    tensors in ``dtype`` when given (e.g. float16 halves a committed file; :func:`load_teacher` copies them back
+    into the float32 model). Returns ``meta`` with ``fingerprint`` set to the sha256 of the written file."""
     if meta.arch not in ARCHS:
         raise ValueError(f"save_teacher: meta.arch {meta.arch!r} is not one of {', '.join(ARCHS)}")
     if len(meta.classes) != meta.num_classes:
         raise ValueError(f"save_teacher: meta.classes has {len(meta.classes)} names, meta.num_classes is "
                          f"{meta.num_classes}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     head = state.get(HEADS[meta.arch])
     if head is None or head.shape[0] != meta.num_classes:
         raise ValueError(f"save_teacher: the model is not a {meta.arch} with {meta.num_classes} classes "

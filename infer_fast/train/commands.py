@@ -73,7 +73,11 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
 
 def _run_train_teacher(cfg: TeacherConfig, args: argparse.Namespace) -> int:
     path, meta = train_teacher(cfg)
-    print(json.dumps({"out": path, "arch": meta.arch, "val_acc": meta.val_acc, "sha256": meta.fingerprint}))
+    if meta is None:  # --stop-after ended the sitting; the state folder holds the run
+        print(json.dumps({"out": path, "finished": False}))
+    else:
+        print(json.dumps({"out": path, "finished": True, "arch": meta.arch, "val_acc": meta.val_acc,
+                          "sha256": meta.fingerprint}))
     return 0
 
 
@@ -81,8 +85,9 @@ def register_train_teacher(subparsers) -> None:
     p = config_cli.add_command(
         subparsers, "train-teacher", TeacherConfig, _run_train_teacher, build=teacher_config_from_args,
         help="train a teacher classifier and save it as safetensors with metadata",
-        description="Train a teacher (SGD nesterov, one-cycle lr, label smoothing 0.1, weight decay 5e-4) and "
-                    "save it atomically as safetensors with its metadata (arch, classes, normalisation, val acc).")
+        description="Train a teacher (SGD nesterov 0.9, cosine lr, weight decay 5e-4, no label smoothing) and save "
+                    "it atomically as safetensors with its metadata (arch, classes, normalisation, val acc, history). "
+                    "Resumable: --stop-after N ends a sitting, --resume continues it.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="ROOT", help="dataset root with train/ and val/ (or test/) class folders")
     src.add_argument("--dataset", choices=["digits"], help="scikit-learn's bundled digits (embedded default)")
