@@ -54,7 +54,20 @@ class TeacherEnsemble(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
+        return self.mean(self.each(x))
+
+    @staticmethod
+    def mean(each: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's logits from every teacher's (summed in teacher order, then divided)."""
+        total = each[0]
+        for logits in each[1:]:
+            total = total + logits
+        return total / len(each)
+
+    @torch.no_grad()
+    def each(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every teacher's float32 logits on ``x`` (the ensemble is their mean)."""
+        out = []
         for model, adapt in zip(self.models, self.adapt, strict=True):
             xt = x
             if adapt is not None:
@@ -63,9 +76,8 @@ class TeacherEnsemble(nn.Module):
                 if size != x.shape[-1]:
                     xt = torch.nn.functional.interpolate(xt, size=(size, size), mode="bilinear", antialias=True,
                                                          align_corners=False)
-            logits = model(xt).float()
-            total = logits if total is None else total + logits
-        return total / len(self.models)
+            out.append(model(xt).float())
+        return out
 
 
 def teacher_paths(dataset, explicit: Sequence[str] = (), where: str = "") -> list[str]:
@@ -110,14 +122,22 @@ def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), wh
 
 @torch.no_grad()
 def static_labels(
-    teachers: TeacherEnsemble, ds: DistilledDataset, batch_size: int, device: torch.device, progress: bool = True
+    teachers: TeacherEnsemble, ds: DistilledDataset, batch_size: int, device: torch.device, progress: bool = True,
+    evidence=None, natural: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """float32 [len(ds), C] on CPU: the ensemble's mean logits on every un-augmented ``ds.compose(i)``."""
+    """float32 [len(ds), C] on CPU: the ensemble's mean logits on every un-augmented ``ds.compose(i)``.
+
+    ``evidence`` (a :class:`infer_fast.synth.evidence.EvidenceMeter`) also gets every teacher's logits of the same
+    pass, each image in the group "natural" where the bool mask ``natural`` [len(ds)] is set, else "composed"."""
     n = len(ds)
     out = torch.empty(n, ds.num_classes, dtype=torch.float32)
     with tqdm(total=n, desc="static labels", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             idx = torch.arange(start, min(start + batch_size, n))
-            out[start:start + len(idx)] = teachers(ds.compose(idx, device)).cpu()
+            each = teachers.each(ds.compose(idx, device))
+            out[start:start + len(idx)] = teachers.mean(each).cpu()
+            if evidence is not None:
+                for group, rows in (("natural", natural[idx]), ("composed", ~natural[idx])):
+                    evidence.add(group, [z[rows.to(z.device)] for z in each], ds.hard_labels[idx][rows])
             bar.update(len(idx))
     return out

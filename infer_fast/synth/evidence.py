@@ -1,0 +1,87 @@
+"""Class evidence: how much of its class each image of a distilled set still carries, under the teachers.
+
+INFER's premise (spec section 1) is that a compensator turns every natural image into an extra image that keeps its
+class. This module measures that on what ``distill`` made, un-augmented, with one forward per image per teacher (the
+pass that computes the static labels): per teacher and for the ensemble (the mean logits, the static labels' rule),
+top-1 and the mean probability of the image's own class, on the naturals and on the composed (INFER) or synthesised
+(sre2l) images. A set whose composed images carry less than their naturals gets a one-line warning: its extra images
+are extra teacher-labelled views, not extra class evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+GROUPS = ("natural", "composed")
+
+
+class EvidenceMeter:
+    """Accumulates top-1 hits and true-class probabilities per group, per teacher and for the ensemble."""
+
+    def __init__(self, num_teachers: int) -> None:
+        if num_teachers < 1:
+            raise ValueError(f"EvidenceMeter: num_teachers must be >= 1, got {num_teachers}")
+        self.num_teachers = int(num_teachers)
+        # per group: rows = teachers then the ensemble; columns = top-1 hits, sum of true-class probability, images
+        self._sums = {g: torch.zeros(num_teachers + 1, 3, dtype=torch.float64) for g in GROUPS}
+
+    def add(self, group: str, logits: Sequence[torch.Tensor], targets: torch.Tensor) -> None:
+        """One batch of ``group``: each teacher's logits [B, C] (the ensemble is their mean) and the classes [B]."""
+        if group not in GROUPS:
+            raise ValueError(f"EvidenceMeter.add: group must be one of {GROUPS}, got {group!r}")
+        if len(logits) != self.num_teachers:
+            raise ValueError(f"EvidenceMeter.add: expected {self.num_teachers} teachers' logits, got {len(logits)}")
+        if targets.numel() == 0:
+            return
+        t = targets.to(logits[0].device, torch.int64).view(-1, 1)
+        rows = [z.float() for z in logits]
+        rows.append(torch.stack(rows).mean(0))
+        for j, z in enumerate(rows):
+            p = torch.softmax(z, dim=1)
+            hits = (z.argmax(1, keepdim=True) == t).sum()
+            self._sums[group][j] += torch.stack([hits.double().cpu(), p.gather(1, t).sum().double().cpu(),
+                                                 torch.tensor(float(t.numel()), dtype=torch.float64)])
+
+    def summary(self) -> dict:
+        """``{group: {"images", "ensemble": {"top1", "true_prob"}, "teachers": [{"top1", "true_prob"}, ...]}}`` for
+        each group that saw images (top-1 as a fraction), plus ``composed_minus_natural`` (ensemble) when both did."""
+        out: dict = {}
+        for g, s in self._sums.items():
+            n = float(s[0, 2])
+            if n == 0:
+                continue
+            figs = [{"top1": float(r[0]) / n, "true_prob": float(r[1]) / n} for r in s]
+            out[g] = {"images": int(n), "ensemble": figs[-1], "teachers": figs[:-1]}
+        if all(g in out for g in GROUPS):
+            nat, comp = out["natural"]["ensemble"], out["composed"]["ensemble"]
+            out["composed_minus_natural"] = {k: comp[k] - nat[k] for k in ("top1", "true_prob")}
+        return out
+
+
+def loss_summary(rows: Sequence[dict]) -> dict | None:
+    """Mean over problems of the CE and BN losses at the first and last iteration (the runner's metrics rows), and
+    of the iteration-0 BN/CE gradient-norm ratio where the rows carry it."""
+    if not rows:
+        return None
+    keys = [k for k in ("ce_first", "ce_last", "bn_first", "bn_last", "grad_ratio_bn_ce") if k in rows[0]]
+    return {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys} | {"problems": len(rows)}
+
+
+def describe(evidence: dict) -> tuple[str, str | None]:
+    """(one summary line, one warning line or None) for a distilled set's evidence figures."""
+    parts = []
+    for g in GROUPS:
+        if g in evidence:
+            e = evidence[g]["ensemble"]
+            parts.append(f"{g} top-1 {e['top1']:.1%}, true-class p {e['true_prob']:.3f} ({evidence[g]['images']} "
+                         "images)")
+    line = "class evidence (teacher ensemble, un-augmented): " + "; ".join(parts)
+    diff = evidence.get("composed_minus_natural")
+    warning = None
+    if diff is not None and diff["true_prob"] < 0:
+        warning = (f"warning: the composed images carry less class evidence than their naturals (ensemble "
+                   f"true-class probability {diff['true_prob']:+.3f}, top-1 {diff['top1']:+.1%}); the BN term may "
+                   "dominate the objective (lower --r-bn, see the README's 'Class evidence')")
+    return line, warning

@@ -1,0 +1,64 @@
+"""infer_fast.synth.evidence: class evidence per teacher and for the ensemble, natural vs composed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from infer_fast.synth.evidence import EvidenceMeter, describe, loss_summary
+
+
+def test_figures_per_teacher_and_ensemble_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(40, 7, generator=g) * 3 for _ in range(3)]
+    targets = torch.randint(0, 7, (40,), generator=g)
+    meter = EvidenceMeter(3)
+    for lo in range(0, 40, 16):  # batches of uneven size accumulate to the whole
+        meter.add("composed", [z[lo:lo + 16] for z in logits], targets[lo:lo + 16])
+    meter.add("natural", [z[:5] for z in logits], targets[:5])
+    out = meter.summary()
+    ens = (logits[0] + logits[1] + logits[2]) / 3
+    for z, fig in zip([*logits, ens], [*out["composed"]["teachers"], out["composed"]["ensemble"]], strict=True):
+        assert fig["top1"] == pytest.approx(float((z.argmax(1) == targets).double().mean()))
+        assert fig["true_prob"] == pytest.approx(float(z.softmax(1)[torch.arange(40), targets].double().mean()))
+    assert out["composed"]["images"] == 40 and out["natural"]["images"] == 5
+    nat = float(ens[:5].softmax(1)[torch.arange(5), targets[:5]].mean())
+    assert out["composed_minus_natural"]["true_prob"] == pytest.approx(out["composed"]["ensemble"]["true_prob"] - nat)
+
+
+def test_a_set_without_compositions_reports_only_its_naturals():
+    meter = EvidenceMeter(1)
+    meter.add("natural", [torch.eye(4) * 10], torch.arange(4))
+    meter.add("composed", [torch.zeros(0, 4)], torch.zeros(0, dtype=torch.int64))
+    out = meter.summary()
+    assert set(out) == {"natural"} and out["natural"]["ensemble"]["top1"] == 1.0
+    line, warning = describe(out)
+    assert "natural top-1 100.0%" in line and "composed" not in line and warning is None
+
+
+def test_warning_names_the_loss_of_evidence_in_one_line():
+    meter = EvidenceMeter(2)
+    sharp, flat = torch.eye(3) * 8, torch.zeros(3, 3)
+    meter.add("natural", [sharp, sharp], torch.arange(3))
+    meter.add("composed", [flat, sharp], torch.arange(3))  # one teacher lost the class entirely
+    out = meter.summary()
+    assert out["composed"]["teachers"][0]["true_prob"] == pytest.approx(1 / 3)
+    line, warning = describe(out)
+    assert warning is not None and len(warning.splitlines()) == 1 and "less class evidence" in warning
+    assert out["composed_minus_natural"]["true_prob"] < 0
+
+
+def test_bad_calls_and_loss_summary():
+    with pytest.raises(ValueError, match="num_teachers"):
+        EvidenceMeter(0)
+    meter = EvidenceMeter(2)
+    with pytest.raises(ValueError, match="expected 2 teachers"):
+        meter.add("natural", [torch.zeros(1, 2)], torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="group must be one of"):
+        meter.add("other", [torch.zeros(1, 2)] * 2, torch.zeros(1, dtype=torch.int64))
+    rows = [{"ce_first": 2.0, "ce_last": 1.0, "bn_first": 4.0, "bn_last": 3.0},
+            {"ce_first": 4.0, "ce_last": 2.0, "bn_first": 6.0, "bn_last": 1.0}]
+    assert loss_summary(rows) == {"ce_first": 3.0, "ce_last": 1.5, "bn_first": 5.0, "bn_last": 2.0, "problems": 2}
+    assert loss_summary([]) is None and not math.isnan(loss_summary(rows)["bn_last"])
