@@ -90,10 +90,10 @@ def class_index(teacher_classes: Sequence[str], data_classes: Sequence[str], tea
 
 
 @torch.no_grad()
-def restrict_head(model: nn.Module, arch: str, index: Sequence[int]) -> nn.Module:
-    """Keep only the rows ``index`` of the final linear layer of ``model`` (an ``arch`` network), in place:
-    its logits become the full logits indexed by ``index``. Returns ``model``."""
-    path = HEADS[arch].rsplit(".", 1)[0]  # "fc", "classifier.1", "linear", ...
+def restrict_head(model: nn.Module, arch: str, index: Sequence[int], head: str | None = None) -> nn.Module:
+    """Keep only the rows ``index`` of the final linear layer of ``model`` (an ``arch`` network, or the layer
+    named ``head``), in place: its logits become the full logits indexed by ``index``. Returns ``model``."""
+    path = head or HEADS[arch].rsplit(".", 1)[0]  # "fc", "classifier.1", "linear", ...
     parent_name, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
