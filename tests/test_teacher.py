@@ -123,3 +123,29 @@ def test_schedules_start_peak_and_end_where_documented(schedule):
     peak = lrs.index(max(lrs))
     assert peak == 10 if schedule == "cosine" else 9 <= peak <= 10  # end of the warm-up: epoch 1 / 25 % of 40
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))  # then annealed monotonically
+
+
+def test_log_dir_writes_tensorboard_scalars_or_says_in_one_line_that_it_cannot(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    teacher.train_teacher(_tiny(tmp_path, "t.safetensors", epochs=2, eval_every=1, log_dir=str(tmp_path / "tb")))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"teacher/train_loss", "teacher/val_top1", "teacher/lr", "teacher/images_per_s"} <= tags
+    assert [e.step for e in events.Scalars("teacher/val_top1")] == [1, 2]
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kw):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    _, meta = teacher.train_teacher(_tiny(tmp_path, "u.safetensors", epochs=1, log_dir=str(tmp_path / "tb2")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert meta is not None and len([e for e in err if "tensorboard package is not installed" in e]) == 1

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from infer_fast.config_cli import ConfigError, check_choices, option, resume_fields
+from infer_fast.dashboard import Dashboard
 from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
@@ -85,6 +86,7 @@ class TeacherConfig:
     loader: str = option("auto", choices=LOADERS, resume=False)
     # --workers, the spelling of the other subcommands; the field keeps DataLoader's name
     num_workers: int = option(2, flag="workers", aliases=["--num-workers"], resume=False, help="data loader workers")
+    log_dir: str | None = option(None, metavar="DIR", resume=False, help="also write TensorBoard scalars to DIR")
     resume: bool = option(False, resume=False, help="continue from FILE.train/ (same settings)")
     stop_after: int = option(0, metavar="N", resume=False,
                              help="end this sitting (resumably) after N epochs (0: run to the end)")
@@ -243,7 +245,7 @@ def train_teacher(cfg: TeacherConfig) -> tuple[str, TeacherMeta | None]:
     cfg.validate()
     run = _setup(cfg)
     make_dirs(run.state_dir)
-    with lock_folder(run.state_dir, "train-teacher"):
+    with lock_folder(run.state_dir, "train-teacher"), Dashboard(cfg.log_dir, "train-teacher") as board:
         _resume(run)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         bar = tqdm(total=cfg.epochs * len(run.train), initial=run.epoch * len(run.train), unit="batch",
@@ -259,6 +261,8 @@ def train_teacher(cfg: TeacherConfig) -> tuple[str, TeacherMeta | None]:
                 cfg.eval_every and run.epoch % cfg.eval_every == 0) else None
             run.history.append({"epoch": run.epoch, "train_loss": round(loss, 5), "val_acc": val_acc,
                                 "lr": run.opt.param_groups[0]["lr"], "seconds": round(run.seconds, 1)})
+            board.scalars(run.epoch, "teacher", train_loss=loss, val_top1=val_acc, lr=run.history[-1]["lr"],
+                          images_per_s=len(run.train) * cfg.batch_size / (time.perf_counter() - start))
             bar.set_postfix(epoch=run.epoch, loss=f"{loss:.3f}",
                             **({} if val_acc is None else {"val_acc": f"{val_acc:.4f}"}))
             _save_state(run)
