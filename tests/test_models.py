@@ -255,3 +255,19 @@ def test_non_checkpoints_are_refused(tmp_path):
         load_teacher(str(tensor))
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_teacher(str(tmp_path / "absent.pth"))
+
+
+def test_weights_holding_nan_are_refused_naming_file_and_tensor(tmp_path, capsys):
+    from infer_fast.cli import main
+
+    model = build_model("convnet", 10, 16, 0.125)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_teacher(model, _meta("convnet", 10, 16, 0.125), str(path))
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: tensor 'classifier\.weight' holds 1 non-finite"):
+        load_teacher(str(path))
+    rc = main(["distill", "--dataset", "digits", "--teachers", str(path), "--ipc", "1", "--iterations", "1",
+               "--image-size", "16", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "classifier.weight" in err

@@ -265,6 +265,7 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
         raise CheckpointError(f"{path}: does not fit {arch} (width {width:g}, {file_classes} classes): "
                               + "; ".join(problems))
 
+    check_finite(state, path)
     model = build_model(arch, file_classes, size, width)
     model.load_state_dict(state, strict=False)  # strictness checked above (num_batches_tracked may be absent)
     model.to(device).eval()
@@ -299,6 +300,16 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
             meta.extra = {**meta.extra, "teacher_classes": file_classes, "class_index": index}
             meta.num_classes, meta.classes = len(index), list(data_classes)
     return model, meta
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged or damaged teacher would otherwise fail mid-synthesis),
+    naming the file and the first such tensor."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN/Inf) of "
+                                  f"{value.numel()}; the teacher diverged or the file is damaged")
 
 
 def _meta_state(arch: str, num_classes: int, size: int, width: float) -> dict[str, torch.Tensor]:

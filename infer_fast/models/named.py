@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from infer_fast.models.checkpoint import CheckpointError, TeacherMeta
+from infer_fast.models.checkpoint import CheckpointError, TeacherMeta, check_finite
 from infer_fast.models.classes import IMAGENET1K, class_index, imagenet1k_wnids, restrict_head
 from infer_fast.runtime import sha256_file
 
@@ -115,6 +115,7 @@ def load_named_teacher(spec: str, device: str | torch.device = "cpu",
     except Exception as exc:  # noqa: BLE001 - a damaged cache file: say which and how to refill it
         raise CheckpointError(f"teacher {spec}: {path} is not a readable state dict ({type(exc).__name__}); delete "
                               "it to download it again") from None
+    check_finite(state, path)
     model = get_model(named.model, weights=None)
     try:
         model.load_state_dict(state)
