@@ -45,7 +45,7 @@ import time
 
 from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_dir, write_json
 
-from infer_fast.runtime import cache_root
+from infer_fast.runtime import cache_root, json_key
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -163,7 +163,7 @@ def _cache_dir(a) -> str:
 
 
 def _key(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return json_key(d)[:12]
 
 
 def data_root(a) -> str:
@@ -268,7 +268,7 @@ def ufc_report(ddir: str) -> dict | None:
     from safetensors.torch import load_file
 
     from infer_fast.distilled import load_distilled
-    from infer_fast.synth.ufc import pinned_fraction
+    from infer_fast.synth.problem import pinned_fraction
 
     path = os.path.join(ddir, "ufcs.safetensors")
     if not os.path.isfile(path):
@@ -394,15 +394,14 @@ def main(argv=None) -> list[dict]:
                 summary = train_student(cfg, ds)
             with open(os.path.join(run, "metrics.jsonl")) as f:
                 curves[f"{spec} s{seed}"] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
-            st = ds.manifest.get("storage", {})
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
                 workload=a.workload, method=method, labels=labels, seed=seed, ipc=a.ipc,
                 top1=summary["top1"], top5=summary.get("top5"),
                 best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
                 paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),
-                stored_bytes=st.get("stored_bytes"), compression_ratio=st.get("compression_ratio"),
-                label_bytes=0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
+                stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
+                label_bytes=0 if labels == "dynamic" else ds.manifest.label_bytes,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),

@@ -20,17 +20,19 @@ from dataclasses import asdict, dataclass
 import torch
 
 from infer_fast.config_cli import add_command, check_choices, option
-from infer_fast.distilled import METHODS
 from infer_fast.runtime import atomic_write_text, atomic_write_with, git_commit
+from infer_fast.synth.methods import names as method_names
 from infer_fast.train.config import BACKENDS, EvalConfig
 from infer_fast.train.loop import train_student
 from infer_fast.train.report import plot_curves
+
+METHODS = method_names()
 
 
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", help="output folder")
-    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)
+    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)  # every registered method
     ipc: int = option(10, help="storage budget, images per class (same for every method)")
     image_size: int = option(16, help="digits image size")  # 8x8 originals; 16 px keeps every stage fast on a CPU
     iterations: int = option(120, help="synthesis iterations per UFC / sre2l image")  # paper: 1000 at CIFAR scale
@@ -136,14 +138,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         eval_time = time.perf_counter() - t0
         with open(os.path.join(ecfg.out, "metrics.jsonl")) as f:
             curves[method] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
-        st = ds.manifest.get("storage", {})
+        man = ds.manifest
         rows.append({
             "method": method, "top1": summary["top1"],
             "best_top1_selected_on_val": summary["best_top1_selected_on_val"],
-            "synthetic_images": len(ds), "stored_images": st.get("stored_images"),
-            "stored_bytes": st.get("stored_bytes"),
-            "label_bytes": ds.manifest.get("label_bytes", st.get("label_bytes")),
-            "compression_ratio": st.get("compression_ratio"), "distill_time_s": distill_time,
+            "synthetic_images": len(ds), "stored_images": man.stored_images, "stored_bytes": man.stored_bytes,
+            "label_bytes": man.static_label_bytes, "compression_ratio": man.compression_ratio,
+            "distill_time_s": distill_time,
             "eval_time_s": eval_time, "wall_time_s": distill_time + eval_time, "distilled": ddir,
             "student_run": ecfg.out,
         })

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from infer_fast.distilled import DistilledDataset, teacher_files
+from infer_fast.distilled import DistilledDataset
 
 
 class TeacherEnsemble(nn.Module):
@@ -73,7 +73,7 @@ def teacher_paths(dataset, explicit: Sequence[str] = (), where: str = "") -> lis
     if explicit:
         paths = list(explicit)
     else:
-        paths = teacher_files(getattr(dataset, "manifest", None) or {})
+        paths = dataset.manifest.teacher_files if hasattr(dataset, "manifest") else []
         if not paths:
             raise ValueError(
                 f"--labels dynamic: the distilled dataset {where or '(in memory)'} names no teacher files in "
@@ -104,7 +104,7 @@ def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), wh
     else the teachers it was distilled with (with the declarations the distillation used)."""
     paths = teacher_paths(dataset, explicit, where)
     if not explicit:
-        declared = {t["path"]: t["classes"] for t in getattr(dataset, "teachers", []) if t.get("classes")}
+        declared = dataset.manifest.teacher_declarations if hasattr(dataset, "manifest") else None
     return load_ensemble(paths, dataset, device, declared)
 
 

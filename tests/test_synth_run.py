@@ -73,16 +73,16 @@ def test_infer_end_to_end(full_run, teachers):
     m = len(teachers)
     k = (3 * 10) // (10 + m)
     man = ds.manifest
-    assert (man["method"], man["num_natural_sets"], man["num_teachers"], man["ipc"]) == ("infer", k, m, 3)
-    assert len(ds) == k * 10 * (m + 1) == man["num_synthetic"]
-    st = man["storage"]
+    assert (man.method, man.num_natural_sets, man.num_teachers, man.ipc) == ("infer", k, m, 3)
+    assert len(ds) == k * 10 * (m + 1) == man.num_synthetic
+    st = man.storage
     assert st["stored_images"] == k * 10 + k * m <= st["budget_images"] == 30
     assert st["stored_bytes"] == os.path.getsize(full_run / "naturals.safetensors") - _header(
         full_run / "naturals.safetensors") + os.path.getsize(full_run / "ufcs.safetensors") - _header(
         full_run / "ufcs.safetensors")
     assert st["label_bytes"] == len(ds) * 10 * 2 and 0 < st["compression_ratio"] < 1
-    assert [t["fingerprint"] for t in man["teachers"]] == ds.teacher_fingerprints and len(man["teachers"]) == m
-    assert man["config"]["iterations"] == ITER and man["config"]["r_bn"] == 0.05 and man["git_commit"]
+    assert [t["fingerprint"] for t in man.teachers] == ds.teacher_fingerprints and len(man.teachers) == m
+    assert man.config["iterations"] == ITER and man.config["r_bn"] == 0.05 and man.git_commit
     nat, ufcs, labels = ds.tensors["naturals"], ds.tensors["ufcs"], ds.tensors["labels"]
     s = ds.image_size
     assert nat.dtype == torch.uint8 and nat.shape == (k, 10, 3, s, s)
@@ -101,7 +101,7 @@ def test_infer_end_to_end(full_run, teachers):
     assert (u.abs() <= (hi - lo) * (1 + 2 ** -10)).all()
     composed = ds.compose(torch.arange(len(ds))).float()
     assert (composed >= lo - 1e-6).all() and (composed <= hi + 1e-6).all()
-    assert man["config"]["ufc_bound"] == "loose" and man["config"]["jitter"] == 1
+    assert man.config["ufc_bound"] == "loose" and man.config["jitter"] == 1
     # the labels are the mean teacher logits on the composed images
     from infer_fast import models
 
@@ -160,7 +160,7 @@ def test_baselines(method, teachers, tmp_path):
     assert ds.tensors["naturals"].shape == (2, 10, 3, ds.image_size, ds.image_size)
     assert ds.hard_labels.tolist() == [i % 10 for i in range(20)]
     assert ds.soft_labels.shape == (20, 10) and torch.isfinite(ds.soft_labels).all()
-    assert ds.manifest["storage"]["stored_images"] == 20
+    assert ds.manifest.stored_images == 20
     if method == "sre2l":
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(r["ce_last"] < r["ce_first"] for r in rows), rows
@@ -173,7 +173,7 @@ def test_export(full_run, tmp_path):
     from safetensors.torch import load_file
     from torchvision.datasets import ImageFolder
 
-    from infer_fast.synth.export import export_imagefolder
+    from infer_fast.distilled.export import export_imagefolder
 
     ds = load_distilled(str(full_run))
     out = tmp_path / "exp"

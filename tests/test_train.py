@@ -137,7 +137,7 @@ def test_dynamic_labels_load_teacher_files_from_the_manifest(tmp_path):
         path = str(tmp_path / f"{arch}.safetensors")
         save_teacher(build_model(arch, 10, image_size=S, width=0.125), meta, path)
         paths.append(path)
-    ds.manifest["teachers"] = [{"path": p, "arch": "x"} for p in paths]
+    ds.manifest.teachers = [{"path": p, "arch": "x"} for p in paths]
     summary = train_student(_cfg(tmp_path, labels="dynamic", epochs=3, eval_every=0), ds)
     assert summary["epochs"] == 3, "a baseline set (no UFCs) trains the full epochs under dynamic labels too"
     steps_per_epoch = -(-len(ds) // 32)

@@ -12,9 +12,9 @@ from torchvision.transforms import v2
 from infer_fast.data import digits
 from infer_fast.data.eval_cache import cache_key, decode_once, decoded_bytes
 from infer_fast.data.folder import TRAIN_SPLITS, DataError, SplitScan, scan_split
-from infer_fast.data.sampling import mix_seed, resolve_shard
+from infer_fast.data.sampling import resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
-from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device, sample_names
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, mix_seed, resolve_device, sample_names
 
 SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
 LARGE_DEFAULT_SIZE = 224

@@ -22,8 +22,9 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from infer_fast.data.sampling import epoch_order, mix_seed
+from infer_fast.data.sampling import epoch_order
 from infer_fast.data.torch_loader import PAD, BaseLoader, eval_resize_size
+from infer_fast.runtime import mix_seed
 
 READER = "Reader"
 _WHITESPACE = re.compile(r"\s")

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from infer_fast.data.augment import random_crop_flip
-from infer_fast.data.sampling import mix_seed, num_batches, shard_indices, train_batches
+from infer_fast.data.sampling import num_batches, shard_indices, train_batches
+from infer_fast.runtime import mix_seed
 
 # ImageNet-style eval reads resize the short side to S * 256 / 224, then center-crop S.
 EVAL_RESIZE_RATIO = 256 / 224

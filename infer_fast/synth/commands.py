@@ -53,7 +53,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from infer_fast.synth.export import export_imagefolder
+    from infer_fast.distilled.export import export_imagefolder
 
     export_imagefolder(args.dir, args.to, backend=args.backend)
     return 0

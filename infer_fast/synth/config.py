@@ -10,11 +10,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from infer_fast.config_cli import check_choices, option
-from infer_fast.distilled import METHODS
 from infer_fast.ops.backend import BACKENDS
 from infer_fast.runtime import resolve_device
+from infer_fast.synth import methods
+from infer_fast.synth.problem import UFC_BOUNDS
 
-UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
 PRECISIONS = ("fp32", "bf16")
 SRE2L_INITS = ("noise", "natural")
 # Per-dataset defaults of the fields left None (spec 3.2): small (CIFAR-style) images and ImageNet-style ones.
@@ -45,8 +45,8 @@ class DistillConfig:
     teacher_classes: str | None = option(None, metavar="imagenet1k|FILE", help="declare the output classes of "
                                          "teacher files that do not state them: imagenet1k (the 1,000 ImageNet-1k "
                                          "wnids, sorted) or a text file with one class name per line")
-    method: str = option("infer", choices=METHODS, help="infer (UFCs), sre2l (class-specific synthesis) or random "
-                         "(random naturals); same budget and format")
+    method: str = option("infer", choices=methods.names(), help="infer (UFCs), sre2l (class-specific synthesis) or "
+                         "random (random naturals); same budget and format")
     ipc: int = option(10, help="storage budget in images per class")
     seed: int = option(0)
     out: str = option("distilled", resume=False, help="output folder of the distilled dataset")

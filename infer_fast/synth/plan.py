@@ -30,10 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infer_fast.config_cli import to_argv
 from infer_fast.runtime import DistContext, atomic_write_json
-from infer_fast.synth import baselines
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.runner import RunSetup, prepare
+from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 # H100 SXM dense TF32 tensor-core peak (PyTorch runs fp32 convolutions as TF32 on cuDNN by default). The assumed
 # utilisation is deliberately modest: batches of ~100 images through BN-heavy convnets, with per-layer statistics
@@ -74,32 +74,20 @@ def teacher_flops(model: torch.nn.Module, image_size: int, device: torch.device)
     return fwd.get_total_flops() // 2, both.get_total_flops() // 2
 
 
-def _probe_batch(cfg: DistillConfig, m: int, m_count: int, n: int, s: int, mean, std, lo, hi):
-    """One batch of ``problems_per_batch`` problems of teacher ``m`` with ``n`` images each, on random images."""
-    g = torch.Generator().manual_seed(0)
-    ppb = cfg.problems_per_batch
-    if cfg.method == "infer":
-        naturals = torch.randint(0, 256, (ppb, n, 3, s, s), dtype=torch.uint8, generator=g)
-        problems = [p for p in baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
-                    if p.teacher == m]
-        return problems, naturals.reshape(-1, 3, s, s)
-    problems = [p for p in baselines.sre2l_problems(ppb * m_count, n, m_count, s, 0, mean, std, lo, hi)
-                if p.teacher == m][:ppb]
-    return problems, mean.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()
-
-
-def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c: int, s: int, small: bool,
-           st: PlanSettings, device: torch.device, mean, std, lo, hi) -> dict[str, Any]:
+def _probe(setup: RunSetup, m: int, st: PlanSettings, device: torch.device) -> dict[str, Any]:
+    """A few timed iterations of one real-sized batch of teacher ``m`` (at most ``st.probe_images`` images per
+    problem, scaled to the real count)."""
+    cfg, c, s = setup.cfg, len(setup.classes), setup.image_size
     chunk = cfg.class_chunk if 0 < cfg.class_chunk < c else c
     n = min(chunk, st.probe_images)
-    problems, base = _probe_batch(cfg, m, m_count, n, s, mean, std, lo, hi)
-    prepared = SynthesisTeacher(teacher, first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
+    problems, base = setup.method.probe_batch(cfg, m, len(setup.teachers), n, s, setup.norm)
+    prepared = SynthesisTeacher(setup.teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
                                 fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
                                 probe_size=s)
     stamps: list[float] = []
-    aug = AugSettings(small=small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
-                      per_image_crop=cfg.per_image_crop)
-    to = [t.to(device) for t in (base, mean, std, lo, hi)]
+    settings = dataclasses.replace(SynthesisSettings.from_config(cfg, setup.info.small),
+                                   iterations=st.probe_iterations + 1, class_chunk=0, log_every=10**9,
+                                   iteration="eager")
 
     def tick(_n, _ce, _bn):
         if device.type == "cuda":
@@ -107,10 +95,7 @@ def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c
         stamps.append(time.perf_counter())
 
     start = time.perf_counter()
-    optimise_batch(problems, prepared, *to, seed=cfg.seed, iterations=st.probe_iterations + 1, lr=cfg.lr,
-                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, r_bn=cfg.r_bn,
-                   first_bn_multiplier=cfg.first_bn_multiplier, aug=aug, class_chunk=0, backend=cfg.backend,
-                   precision=cfg.precision, log_every=10**9, on_progress=tick)
+    optimise_batch(problems, prepared, PixelGeometry.of(base, setup.norm, device), settings, on_progress=tick)
     per_iter = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 \
         else stamps[0] - start
     scale = c / n  # the batch's real images per problem over the probe's
@@ -120,8 +105,6 @@ def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c
 
 def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> dict[str, Any]:
     """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
-    from infer_fast.synth.runner import prepare
-
     cfg.validate()
     st.validate()
     with DistContext(cfg.device) as dist:
@@ -129,18 +112,11 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> di
         setup = prepare(cfg, dist)
         cfg, info, s, c = setup.cfg, setup.info, setup.image_size, len(setup.classes)
         teachers, tmetas, storage = setup.teachers, setup.teacher_metas, setup.storage
-        mean, std, lo, hi = setup.mean, setup.std, setup.lo, setup.hi
-        m_count = len(teachers)
         chunks = math.ceil(c / cfg.class_chunk) if 0 < cfg.class_chunk < c else 1
 
         per_teacher = []
         for m, (model, meta) in enumerate(zip(teachers, tmetas, strict=True)):
-            if cfg.method == "infer":
-                problems = storage.num_natural_sets
-            elif cfg.method == "sre2l":
-                problems = len(range(m, cfg.ipc, m_count))
-            else:
-                problems = 0
+            problems = setup.method.problems_of_teacher(cfg, storage, m)
             fwd, fwd_bwd = teacher_flops(model, s, device)
             row = {"teacher": meta.arch, "width": meta.width, "problems": problems,
                    "batches": math.ceil(problems / cfg.problems_per_batch) if problems else 0,
@@ -149,7 +125,7 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> di
             if problems and st.probe_iterations:
                 if progress:
                     print(f"distill --plan: probing {meta.arch} ({st.probe_iterations} iterations)", flush=True)
-                row.update(_probe(cfg, model, m, m_count, c, s, info.small, st, device, mean, std, lo, hi))
+                row.update(_probe(setup, m, st, device))
                 row["seconds_this_device"] = row["seconds_per_iteration"] * cfg.iterations * row["batches"]
             per_teacher.append(row)
 

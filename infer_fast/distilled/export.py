@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from infer_fast.distilled import load_distilled
+from infer_fast.distilled.dataset import load_distilled
 from infer_fast.runtime import atomic_save_safetensors, atomic_write_bytes
 
 
