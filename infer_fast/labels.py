@@ -14,12 +14,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from infer_fast.distilled import DistilledDataset
+from infer_fast.runtime import Normalisation
 
 
 class TeacherEnsemble(nn.Module):
@@ -41,7 +41,7 @@ class TeacherEnsemble(nn.Module):
             tm = getattr(meta, "mean", None)
             ts = getattr(meta, "std", None)
             size = int(getattr(meta, "image_size", None) or image_size)
-            same_norm = tm is None or (np.allclose(tm, mean, atol=1e-4) and np.allclose(ts, std, atol=1e-4))
+            same_norm = tm is None or Normalisation(tm, ts).matches(Normalisation(mean, std))
             if same_norm and size == image_size:
                 self.adapt.append(None)
                 continue
@@ -89,12 +89,9 @@ def load_ensemble(paths: Sequence[str], dataset, device: torch.device,
     """The ensemble of the teacher files ``paths`` for ``dataset`` (its classes, mean/std and image size). Each
     teacher is restricted to the dataset's classes in the dataset's order (models.classes); ``declared`` names the
     classes of files that do not state them (``imagenet1k`` or a class-list file), for all files or per path."""
-    from infer_fast.models import load_teacher
+    from infer_fast.models import load_teachers
 
-    teachers = []
-    for p in paths:
-        decl = declared.get(p) if isinstance(declared, dict) else declared
-        teachers.append(load_teacher(p, device=str(device), classes=decl, data_classes=list(dataset.classes)))
+    teachers = load_teachers(paths, dataset.classes, device, declared)
     return TeacherEnsemble(teachers, dataset.mean, dataset.std, dataset.image_size).to(device)
 
 

@@ -114,7 +114,8 @@ def test_imagenet_preset_resolves_into_the_saved_config(tmp_path):
     from infer_fast.train.commands import _config
 
     (tmp_path / "set").mkdir()
-    manifest = {"format_version": 1, "source": {"source": str(tmp_path)}}
+    manifest = {"format_version": 1, "method": "random", "classes": ["a"], "mean": [0.5] * 3, "std": [0.25] * 3,
+                "image_size": 224, "small": False, "source": {"source": str(tmp_path)}}
     (tmp_path / "set" / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "val").mkdir()
     args = build_parser().parse_args(["evaluate", str(tmp_path / "set"), "--preset", "imagenet", "--epochs", "30"])

@@ -154,19 +154,6 @@ def test_dynamic_labels_load_teacher_files_from_the_manifest(tmp_path):
         train_student(_cfg(tmp_path, "missing", labels="dynamic", teachers=[str(tmp_path / "nope.safetensors")]), ds)
 
 
-def test_teacher_ensemble_is_the_mean_and_renormalises():
-    class Meta:
-        mean, std, image_size = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), S
-
-    a, b = _Linear(1), _Linear(2)
-    x = torch.randn(4, 3, S, S)
-    ens = TeacherEnsemble([(a, None), (b, None)], (0.3,) * 3, (0.2,) * 3, S)
-    torch.testing.assert_close(ens(x), (a(x) + b(x)) / 2)
-    ens2 = TeacherEnsemble([(a, Meta)], (0.3,) * 3, (0.2,) * 3, S)
-    x_t = (x * 0.2 + 0.3 - 0.5) / 0.25  # same pixels, teacher's normalisation
-    torch.testing.assert_close(ens2(x), a(x_t), atol=1e-5, rtol=1e-5)
-
-
 def test_bad_settings_give_clear_errors(tmp_path):
     ds = StandInDistilled(per_class=2, image_size=S)
     for kw, msg in [({"labels": "soft"}, "--labels"), ({"epochs": 0}, "--epochs"), ({"temperature": 0.0},

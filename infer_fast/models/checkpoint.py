@@ -299,6 +299,22 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
     return model, meta
 
 
+def load_teachers(paths: Sequence[str], data_classes: Sequence[str], device: str | torch.device = "cpu",
+                  declared: str | dict[str, str] | None = None) -> list[tuple[nn.Module, TeacherMeta]]:
+    """The teachers of every stage (distill, its static labels, evaluate's dynamic labels): each file of ``paths``
+    loaded by :func:`load_teacher`, restricted to ``data_classes`` in that order, in eval mode with frozen weights.
+    ``declared`` names the classes of files that do not state them (``imagenet1k`` or a class-list file), for all
+    files or per path."""
+    teachers = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"teacher file {path!r} does not exist")
+        decl = declared.get(path) if isinstance(declared, dict) else declared
+        model, meta = load_teacher(path, device=device, classes=decl, data_classes=list(data_classes))
+        teachers.append((model.eval().requires_grad_(False), meta))
+    return teachers
+
+
 def _meta_state(arch: str, num_classes: int, size: int, width: float) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         return build_model(arch, num_classes, size, width).state_dict()

@@ -32,7 +32,7 @@ from infer_fast.config_cli import to_argv
 from infer_fast.runtime import DistContext, atomic_write_json
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
-from infer_fast.synth.runner import RunSetup, prepare
+from infer_fast.synth.runner import DefaultTeachers, RunSetup, prepare
 from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 # H100 SXM dense TF32 tensor-core peak (PyTorch runs fp32 convolutions as TF32 on cuDNN by default). The assumed
@@ -103,13 +103,14 @@ def _probe(setup: RunSetup, m: int, st: PlanSettings, device: torch.device) -> d
             "seconds_per_iteration": per_iter * scale, "scaled_by": scale}
 
 
-def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> dict[str, Any]:
+def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True,
+              default_teachers: DefaultTeachers | None = None) -> dict[str, Any]:
     """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
     cfg.validate()
     st.validate()
     with DistContext(cfg.device) as dist:
         device = dist.device
-        setup = prepare(cfg, dist)
+        setup = prepare(cfg, dist, default_teachers)
         cfg, info, s, c = setup.cfg, setup.info, setup.image_size, len(setup.classes)
         teachers, tmetas, storage = setup.teachers, setup.teacher_metas, setup.storage
         chunks = math.ceil(c / cfg.class_chunk) if 0 < cfg.class_chunk < c else 1

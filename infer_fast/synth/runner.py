@@ -1,6 +1,7 @@
 """`infer-fast distill`: orchestration of one distillation run (single process or torchrun ranks).
 
-1. Data info, teachers (``--teachers`` or, for digits, the cached default ensemble), budget (K, storage).
+1. Data info, teachers (``--teachers`` or, for digits, the cached default ensemble), the method
+   (:mod:`infer_fast.synth.methods`) and its budget (K, storage).
 2. Natural sets sampled (seeded) through infer_fast.data; the problems of the method, partitioned into fixed
    batches (``problems_per_batch`` problems of one teacher per forward).
 3. Batches are sharded round-robin over the torchrun ranks (one rank without torchrun); each finished batch is
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,40 +65,47 @@ _RESULT_FIELDS = resume_fields(DistillConfig)
 resolve = DistillConfig.resolved
 
 
-def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, norm: Normalisation, device: torch.device,
-                  dist: DistContext) -> tuple[list[torch.nn.Module], list, list[dict]]:
-    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teachers, each
+DefaultTeachers = Callable[[str, int], list[str]]  # (data source, image size) -> teacher files
+
+
+def teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext,
+                  default_teachers: DefaultTeachers | None = None) -> list[str]:
+    """``--teachers``, else the source's default ensemble from ``default_teachers`` (the CLI passes the teacher
+    training stage's: rank 0 trains and caches it first, the other ranks then find it in the cache)."""
+    if cfg.teachers:
+        return list(cfg.teachers)
+    if cfg.source != "digits":
+        raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
+                         "default teacher ensemble)")
+    if default_teachers is None:
+        raise ValueError("distill: no --teachers given; pass teacher files (run_distill from Python does not train "
+                         "the digits' default ensemble unless given default_teachers, as the CLI does)")
+    paths: list[str] = []
+    if dist.rank == 0:
+        paths = default_teachers(cfg.source, image_size)
+    dist.barrier()
+    return paths if dist.rank == 0 else default_teachers(cfg.source, image_size)
+
+
+def load_teachers(cfg: DistillConfig, paths: list[str], classes: list[str], norm: Normalisation,
+                  device: torch.device) -> tuple[list[torch.nn.Module], list, list[dict]]:
+    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teacher files, each
     restricted to the data's ``classes`` in the data's order (models.classes: a subset of the teacher's classes,
     e.g. Imagenette under an ImageNet-1k teacher, or a permutation of them)."""
     from infer_fast import models
-    from infer_fast.train.teacher import default_teachers  # the digits' default ensemble is trained on first use
 
-    paths = list(cfg.teachers)
-    if not paths:
-        if cfg.source != "digits":
-            raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
-                             "default teacher ensemble)")
-        # Rank 0 trains and caches the default ensemble first; the other ranks then find it in the cache.
-        if dist.rank == 0:
-            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
-        dist.barrier()
-        if dist.rank != 0:
-            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
-    nets, tmetas, metas = [], [], []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"distill: teacher file {path!r} does not exist")
-        model, meta = models.load_teacher(path, device=str(device), classes=cfg.teacher_classes,
-                                          data_classes=classes)
+    try:
+        loaded = models.load_teachers(paths, classes, device, declared=cfg.teacher_classes)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"distill: {exc}") from None
+    nets, tmetas, entries = [], [], []
+    for path, (model, meta) in zip(paths, loaded, strict=True):
         if not norm.matches(Normalisation(meta.mean, meta.std)):
             # the labels re-normalise per teacher (labels.TeacherEnsemble); the optimisation cannot: it shapes
             # the images the students see, in the data's normalisation
             print(f"distill: warning: teacher {path!r} was trained with mean/std {tuple(meta.mean)}/{tuple(meta.std)}"
                   f" but the data is normalised with {norm.mean}/{norm.std}; the synthesis feeds it the "
                   "data's normalisation", file=sys.stderr)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         nets.append(model)
         tmetas.append(meta)
         entry = {"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
@@ -106,8 +115,8 @@ def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, norm:
         if "class_index" in meta.extra:  # the teacher outputs the data's classes are read from
             entry["teacher_classes"] = meta.extra["teacher_classes"]
             entry["class_index"] = meta.extra["class_index"]
-        metas.append(entry)
-    return nets, tmetas, metas
+        entries.append(entry)
+    return nets, tmetas, entries
 
 
 def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor | None) -> str:
@@ -197,28 +206,31 @@ class RunSetup:
     norm: Normalisation
 
 
-def prepare(cfg: DistillConfig, dist: DistContext) -> RunSetup:
+def prepare(cfg: DistillConfig, dist: DistContext, default_teachers: DefaultTeachers | None = None) -> RunSetup:
     from infer_fast import data
 
     info = data.dataset_info(cfg.source, image_size=cfg.image_size)
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     norm = Normalisation(info.mean, info.std)
-    teachers, metas, entries = load_teachers(cfg, classes, s, norm, dist.device, dist)
+    paths = teacher_files(cfg, s, dist, default_teachers)
+    teachers, metas, entries = load_teachers(cfg, paths, classes, norm, dist.device)
     method = methods.get(cfg.method)
     return RunSetup(cfg, info, classes, s, teachers, metas, entries, method,
                     method.storage(cfg.ipc, len(classes), len(teachers), s), norm)
 
 
-def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
-    """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``)."""
+def run_distill(cfg: DistillConfig, progress: bool = True,
+                default_teachers: DefaultTeachers | None = None) -> str | None:
+    """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``).
+    ``default_teachers`` provides the teacher files when ``cfg.teachers`` is empty (see :func:`teacher_files`)."""
     cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     note = (f"finished batches in {os.path.join(cfg.out, PROGRESS_DIR)} are kept; free space or fix the folder, "
             "then rerun with --resume")
     with DistContext(cfg.device) as dist, contextlib.ExitStack() as stack, keeping(note):
-        return _run(cfg, dist, progress, stack)
+        return _run(cfg, dist, progress, stack, default_teachers)
 
 
 def _sample(setup: RunSetup) -> tuple[torch.Tensor | None, list | None]:
@@ -237,11 +249,12 @@ def _sample(setup: RunSetup) -> tuple[torch.Tensor | None, list | None]:
     return imgs.transpose(0, 1).contiguous(), sample.files  # [K, C, 3, S, S]: set k = naturals[k]
 
 
-def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextlib.ExitStack) -> str | None:
+def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextlib.ExitStack,
+         default_teachers: DefaultTeachers | None) -> str | None:
     if dist.device.type == "cuda":  # the same result on every run and rank (resume and torchrun equality)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    setup = prepare(cfg, dist)
+    setup = prepare(cfg, dist, default_teachers)
     cfg, method = setup.cfg, setup.method
     naturals, files = _sample(setup)
     inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals)
