@@ -137,6 +137,13 @@ def sample_names(names: Sequence[str], n: int = 5) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def index_in(names: Sequence[str], within: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Class matching: the index in ``within`` of each of ``names`` (in the order of ``names``), and the names that
+    ``within`` lacks (their index is left out). The data's classes against a teacher's or a split's folders."""
+    position = {name: i for i, name in enumerate(within)}
+    return [position[n] for n in names if n in position], [n for n in names if n not in position]
+
+
 class OutputError(OSError):
     """A write failed for a reason outside the program; ``str()`` is the one line to show the user."""
 

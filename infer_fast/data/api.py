@@ -14,7 +14,7 @@ from infer_fast.data.eval_cache import cache_key, decode_once, decoded_bytes
 from infer_fast.data.folder import TRAIN_SPLITS, DataError, SplitScan, scan_split
 from infer_fast.data.sampling import resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
-from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, mix_seed, resolve_device, sample_names
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, index_in, mix_seed, resolve_device, sample_names
 
 SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
 LARGE_DEFAULT_SIZE = 224
@@ -129,15 +129,13 @@ def match_classes(found: list[str], expected: list[str], where: str, against: st
     from ``where`` and those extra in it, when they are not the same set of names."""
     if found == expected:
         return None
-    found_set, expected_set = set(found), set(expected)
-    missing = [c for c in expected if c not in found_set]
-    extra = [c for c in found if c not in expected_set]
+    index, extra = index_in(found, expected)
+    missing = index_in(expected, found)[1]
     if missing or extra:
         parts = ([f"missing {len(missing)} ({sample_names(missing, 8)})"] if missing else []) + (
             [f"extra {len(extra)} ({sample_names(extra, 8)})"] if extra else [])
         raise DataError(f"class folders of {where!r} differ from {against}: {'; '.join(parts)}")
-    position = {c: i for i, c in enumerate(expected)}
-    return [position[c] for c in found]
+    return index
 
 
 def make_loader(source: str, split: str = "train", batch_size: int = 128, loader: str = "auto",
