@@ -19,7 +19,6 @@ from infer_fast.cli import main
 from infer_fast.distilled import load_distilled
 from infer_fast.models import build_model, imagenet1k_wnids, save_teacher
 from infer_fast.models.checkpoint import TeacherMeta
-from infer_fast.train.loop import cutmix_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
@@ -123,23 +122,6 @@ def test_imagenet_preset_resolves_into_the_saved_config(tmp_path):
     assert (cfg.student, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.temperature, cfg.mix, cfg.cutmix_alpha) == \
         ("resnet18", 1024, 1e-3, 0.01, 20.0, "cutmix", 1.0)
     assert cfg.epochs == 30  # a flag given on the command line wins over the preset
-
-
-def test_cutmix_pastes_a_box_and_weights_the_label_by_the_kept_area():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    perm = torch.tensor([1, 0])
-    g = torch.Generator().manual_seed(3)
-    out, lam = cutmix_inputs(x, 0.75, perm, g)  # box side sqrt(0.25) = 1/2 of 8 -> at most 4 x 4, clipped
-    pasted = (out != x).any(dim=1)[0]
-    area = int(pasted.sum())
-    assert 0 < area <= 16 and lam == pytest.approx(1 - area / 64)
-    rows, cols = pasted.nonzero(as_tuple=True)
-    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
-    assert int(pasted[box].sum()) == area  # one rectangle
-    assert torch.equal(out[0][:, box[0], box[1]], x[1][:, box[0], box[1]])
-    assert torch.equal(out[:, :, ~pasted], x[:, :, ~pasted])
-    same, one = cutmix_inputs(x, 1.0, perm, g)  # lam 1: nothing to paste
-    assert one == 1.0 and torch.equal(same, x)
 
 
 def test_several_students_and_cutmix_on_one_set(tmp_path):

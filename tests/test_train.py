@@ -18,7 +18,6 @@ from train_standin import StandInDistilled  # noqa: E402
 from infer_fast.labels import TeacherEnsemble  # noqa: E402
 from infer_fast.ops.backend import get as get_op  # noqa: E402
 from infer_fast.train import EvalConfig, train_student  # noqa: E402
-from infer_fast.train.loop import mixup_inputs  # noqa: E402
 
 S = 16  # digits image size used by these tests (small and fast)
 
@@ -45,13 +44,6 @@ def test_mixed_label_loss_matches_plain_pytorch(backend, lam, t):
     ours.backward()
     plain.backward()
     torch.testing.assert_close(z1.grad, z2.grad, atol=tol, rtol=1e-4)
-
-
-def test_mixup_inputs_is_the_convex_combination():
-    x = torch.randn(5, 3, 4, 4)
-    perm = torch.tensor([2, 0, 1, 4, 3])
-    torch.testing.assert_close(mixup_inputs(x, 0.25, perm), 0.25 * x + 0.75 * x[perm])
-    assert mixup_inputs(x, 1.0, perm) is x and mixup_inputs(x, 0.4, None) is x
 
 
 def _cfg(tmp_path, name="run", **kw) -> EvalConfig:
