@@ -50,7 +50,7 @@ def _check_size(image_size: int | None) -> int | None:
 
 
 def dataset_info(source: str, image_size: int | None = None) -> DatasetInfo:
-    """Classes, normalization, default image size and train-split size of ``source`` ("digits" or a folder)."""
+    """Classes, normalisation, default image size and train-split size of ``source`` ("digits" or a folder)."""
     image_size = _check_size(image_size)
     if is_digits(source):
         s = image_size or digits.DEFAULT_SIZE
@@ -144,7 +144,7 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
                 mean: tuple[float, float, float] | None = None,
                 std: tuple[float, float, float] | None = None, classes: list[str] | None = None,
                 small: bool | None = None, memory_budget: int = 0) -> BaseLoader:
-    """Batches ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])`` of ``source``.
+    """Batches ``(images float32 [B, 3, S, S] normalised on device, labels int64 [B])`` of ``source``.
 
     ``split``: "train" (shuffled, augmented: random resized crop + flip, or pad-4 random crop + flip for small
     images; drops the last partial batch and gives every rank the same batch count) or "eval" (resize + center

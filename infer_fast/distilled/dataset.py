@@ -131,7 +131,7 @@ class DistilledDataset:
         labels = self.soft_labels[idx] if self.soft_labels is not None else self.hard_labels[idx]
         return images, labels.to(images.device)
 
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> [0, 1] RGB."""
         return self.norm.denormalise(images)
 

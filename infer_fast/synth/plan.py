@@ -74,19 +74,19 @@ def teacher_flops(model: torch.nn.Module, image_size: int, device: torch.device)
     return fwd.get_total_flops() // 2, both.get_total_flops() // 2
 
 
-def _probe(setup: RunSetup, m: int, st: PlanSettings, device: torch.device) -> dict[str, Any]:
-    """A few timed iterations of one real-sized batch of teacher ``m`` (at most ``st.probe_images`` images per
+def _probe(setup: RunSetup, m: int, opts: PlanSettings, device: torch.device) -> dict[str, Any]:
+    """A few timed iterations of one real-sized batch of teacher ``m`` (at most ``opts.probe_images`` images per
     problem, scaled to the real count)."""
     cfg, c, s = setup.cfg, len(setup.classes), setup.image_size
     chunk = cfg.class_chunk if 0 < cfg.class_chunk < c else c
-    n = min(chunk, st.probe_images)
+    n = min(chunk, opts.probe_images)
     problems, base = setup.method.probe_batch(cfg, m, len(setup.teachers), n, s, setup.norm)
     prepared = SynthesisTeacher(setup.teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
                                 fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
                                 probe_size=s)
     stamps: list[float] = []
     settings = dataclasses.replace(SynthesisSettings.from_config(cfg, setup.info.small),
-                                   iterations=st.probe_iterations + 1, class_chunk=0, log_every=10**9,
+                                   iterations=opts.probe_iterations + 1, class_chunk=0, log_every=10**9,
                                    iteration="eager")
 
     def tick(_n, _ce, _bn):
@@ -103,11 +103,11 @@ def _probe(setup: RunSetup, m: int, st: PlanSettings, device: torch.device) -> d
             "seconds_per_iteration": per_iter * scale, "scaled_by": scale}
 
 
-def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True,
+def make_plan(cfg: DistillConfig, opts: PlanSettings, progress: bool = True,
               default_teachers: DefaultTeachers | None = None) -> dict[str, Any]:
     """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
     cfg.validate()
-    st.validate()
+    opts.validate()
     with DistContext(cfg.device) as dist:
         device = dist.device
         setup = prepare(cfg, dist, default_teachers)
@@ -123,10 +123,10 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True,
                    "batches": math.ceil(problems / cfg.problems_per_batch) if problems else 0,
                    "forward_flops_per_image": fwd, "synthesis_flops_per_image_iteration": fwd_bwd,
                    "flops_per_problem": fwd_bwd * c * cfg.iterations}
-            if problems and st.probe_iterations:
+            if problems and opts.probe_iterations:
                 if progress:
-                    print(f"distill --plan: probing {meta.arch} ({st.probe_iterations} iterations)", flush=True)
-                row.update(_probe(setup, m, st, device))
+                    print(f"distill --plan: probing {meta.arch} ({opts.probe_iterations} iterations)", flush=True)
+                row.update(_probe(setup, m, opts, device))
                 row["seconds_this_device"] = row["seconds_per_iteration"] * cfg.iterations * row["batches"]
             per_teacher.append(row)
 
@@ -136,23 +136,23 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True,
     # Ranks take whole batches round robin in the runner's order (teacher-major): the busiest rank sets the time.
     batch_flops = [r["flops_per_problem"] * min(cfg.problems_per_batch, r["problems"] - b * cfg.problems_per_batch)
                    for r in per_teacher for b in range(r["batches"])]
-    rank_flops = [sum(batch_flops[i::st.gpus]) for i in range(st.gpus)]
+    rank_flops = [sum(batch_flops[i::opts.gpus]) for i in range(opts.gpus)]
     batches = len(batch_flops)
-    sustained = st.peak_tflops * 1e12 * st.utilisation
+    sustained = opts.peak_tflops * 1e12 * opts.utilisation
     projection = {
         "label": "PROJECTION, not a measurement: FLOPs of the busiest rank (whole batches, round robin) / (peak x "
                  "utilisation); static labels on rank 0",
-        "gpus": st.gpus, "nodes": st.nodes, "busy_gpus": sum(1 for f in rank_flops if f > 0),
-        "peak_tflops_per_gpu": st.peak_tflops, "utilisation": st.utilisation,
+        "gpus": opts.gpus, "nodes": opts.nodes, "busy_gpus": sum(1 for f in rank_flops if f > 0),
+        "peak_tflops_per_gpu": opts.peak_tflops, "utilisation": opts.utilisation,
         "synthesis_hours": max(rank_flops) / sustained / 3600,
         "labels_hours": label_flops / sustained / 3600,
     }
     measured = [r for r in per_teacher if "seconds_this_device" in r]
-    per_node = st.gpus // st.nodes
+    per_node = opts.gpus // opts.nodes
     skip = ("out", "resume", "device", "threads", "stop_after", "teacher_cache")
     argv = to_argv(cfg, skip=skip) + ["--out", cfg.out]
-    torchrun = ["torchrun", f"--nnodes={st.nodes}", f"--nproc-per-node={per_node}"]
-    if st.nodes > 1:
+    torchrun = ["torchrun", f"--nnodes={opts.nodes}", f"--nproc-per-node={per_node}"]
+    if opts.nodes > 1:
         torchrun += ["--rdzv-backend=c10d", "--rdzv-endpoint=$MASTER_ADDR:29500", "--rdzv-id=infer-fast-distill"]
     command = " ".join(shlex.quote(a) if not a.startswith("--rdzv-endpoint") else a
                        for a in [*torchrun, "-m", "infer_fast", "distill", *argv])
@@ -173,7 +173,7 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True,
         "projection": projection,
         "torchrun": command,
     }
-    path = st.json_path or f"{cfg.out.rstrip(os.sep)}.plan.json"
+    path = opts.json_path or f"{cfg.out.rstrip(os.sep)}.plan.json"
     atomic_write_json(path, plan)
     plan["json"] = path
     return plan

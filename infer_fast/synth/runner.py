@@ -182,7 +182,7 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
         rows += [k * c + torch.arange(show) for k in range(min(ds.num_sets, 8))]
     idx = torch.cat(rows)
     with torch.no_grad():
-        images = ds.denormalize(ds.compose(idx).float())
+        images = ds.denormalise(ds.compose(idx).float())
     atomic_write_with(path, lambda buf: save_image(images, buf, nrow=show, padding=1, format="png"))
 
 
@@ -237,15 +237,15 @@ def _sample(setup: RunSetup) -> tuple[torch.Tensor | None, list | None]:
     """(naturals uint8 [K, C, 3, S, S], their files) when the method samples them, else (None, None)."""
     from infer_fast import data
 
-    cfg, s, st = setup.cfg, setup.image_size, setup.storage
+    cfg, s, k = setup.cfg, setup.image_size, setup.storage.num_natural_sets
     if not setup.method.samples_naturals(cfg):
         return None, None
     c = len(setup.classes)
-    sample = data.sample_naturals(cfg.source, per_class=st.num_natural_sets, seed=cfg.seed, image_size=s)
+    sample = data.sample_naturals(cfg.source, per_class=k, seed=cfg.seed, image_size=s)
     imgs = sample.images
-    if imgs.dtype != torch.uint8 or tuple(imgs.shape) != (c, st.num_natural_sets, 3, s, s):
+    if imgs.dtype != torch.uint8 or tuple(imgs.shape) != (c, k, 3, s, s):
         raise RuntimeError(f"distill: sample_naturals returned {imgs.dtype} {list(imgs.shape)}, expected uint8 "
-                           f"[{c}, {st.num_natural_sets}, 3, {s}, {s}]")
+                           f"[{c}, {k}, 3, {s}, {s}]")
     return imgs.transpose(0, 1).contiguous(), sample.files  # [K, C, 3, S, S]: set k = naturals[k]
 
 
@@ -339,12 +339,12 @@ def _gather(out: str, batches: list[list[Problem]], key_name: str) -> tuple[list
 def _manifest(setup: RunSetup, files: list | None) -> Manifest:
     from infer_fast import __version__
 
-    cfg, info, st = setup.cfg, setup.info, setup.storage
+    cfg, info, storage = setup.cfg, setup.info, setup.storage
     return Manifest(
         method=cfg.method, classes=setup.classes, mean=setup.norm.mean, std=setup.norm.std,
-        image_size=setup.image_size, small=bool(info.small), ipc=cfg.ipc, num_natural_sets=st.num_natural_sets,
-        num_teachers=len(setup.teachers), num_synthetic=st.num_synthetic,
-        storage=st.as_dict(getattr(info, "train_bytes", None)), label_bytes=st.label_bytes,
+        image_size=setup.image_size, small=bool(info.small), ipc=cfg.ipc, num_natural_sets=storage.num_natural_sets,
+        num_teachers=len(setup.teachers), num_synthetic=storage.num_synthetic,
+        storage=storage.as_dict(getattr(info, "train_bytes", None)), label_bytes=storage.label_bytes,
         teachers=setup.teacher_entries, source={"source": cfg.source, "natural_files": files}, config=cfg.to_dict(),
         package_version=__version__, torch_version=torch.__version__, git_commit=git_commit(short=False))
 
@@ -352,7 +352,7 @@ def _manifest(setup: RunSetup, files: list | None) -> Manifest:
 def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files: list | None,
             device: torch.device, progress: bool) -> None:
     """Rank 0: assemble the stored arrays, compute the static labels, write the format, remove progress/."""
-    cfg, method, st = setup.cfg, setup.method, setup.storage
+    cfg, method = setup.cfg, setup.method
     solved, metrics = _gather(cfg.out, batches, method.key_name)
     tensors = method.assemble(inputs, solved)
     manifest = _manifest(setup, files)
@@ -369,8 +369,7 @@ def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files
     write_preview(DistilledDataset(manifest, tensors, backend=cfg.backend), os.path.join(cfg.out, "preview.png"))
     write_distilled(cfg.out, manifest, tensors)  # manifest.json last: its presence marks a complete dataset
     shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
-    stg = manifest.storage
-    ratio = f", compression {stg['compression_ratio']:.4%}" if stg["compression_ratio"] else ""
-    print(f"distill: wrote {cfg.out}: {st.num_synthetic} synthetic images from {stg['stored_images']} stored "
-          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes"
+    ratio = f", compression {manifest.compression_ratio:.4%}" if manifest.compression_ratio else ""
+    print(f"distill: wrote {cfg.out}: {manifest.num_synthetic} synthetic images from {manifest.stored_images} stored "
+          f"({manifest.stored_bytes} bytes{ratio}), labels {manifest.static_label_bytes} bytes"
           f"{method.summary(tensors, setup.norm)}", file=sys.stderr)

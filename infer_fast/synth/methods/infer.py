@@ -40,10 +40,10 @@ class Infer(Method):
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         k = num_natural_sets(ipc, num_classes, num_teachers)
-        st = Storage(self.name, num_classes, ipc, k, num_teachers, k * num_classes, k * num_teachers,
-                     k * num_classes * (num_teachers + 1), (3, image_size, image_size))
-        assert st.stored_images <= st.budget_images, st
-        return st
+        storage = Storage(self.name, num_classes, ipc, k, num_teachers, k * num_classes, k * num_teachers,
+                          k * num_classes * (num_teachers + 1), (3, image_size, image_size))
+        assert storage.stored_images <= storage.budget_images, storage
+        return storage
 
     def samples_naturals(self, cfg) -> bool:
         return True
