@@ -25,11 +25,7 @@ IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "
               "n03425413", "n03445777", "n03888605"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("INFER_FAST_CACHE", str(tmp_path / "cache"))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")  # own cache, no torchrun variables (conftest)
 
 
 def _wnid_folder(root: str, classes: list[str], per_split: dict[str, int], size: int, seed: int = 0) -> str:

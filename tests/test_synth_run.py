@@ -13,50 +13,14 @@ import sys
 
 import pytest
 import torch
+from synth_helpers import ITER, SIZE
+from synth_helpers import distill_config as _cfg
 
 from infer_fast.distilled import load_distilled
-from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.runner import PROGRESS_DIR, run_distill
 from infer_fast.synth.ufc import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ITER = 12
-
-
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def teachers():
-    """Two small ConvNets (different widths and seeds) on digits at 16 px, cached across test sessions."""
-    from infer_fast import __version__, models
-    from infer_fast.runtime import cache_root
-    from infer_fast.train.teacher import TeacherConfig, train_teacher
-
-    folder = os.path.join(cache_root(), f"test-teachers-{__version__}")
-    paths = []
-    for i, width in enumerate((0.25, 0.5)):
-        path = os.path.join(folder, f"convnet-w{width}-s{i}.safetensors")
-        try:
-            models.load_teacher(path)
-        except Exception:
-            os.makedirs(folder, exist_ok=True)
-            train_teacher(TeacherConfig(arch="convnet", width=width, epochs=3, image_size=SIZE,
-                                                      batch_size=64, lr=0.05, seed=i, out=path, progress=False,
-                                                      num_workers=0))
-        paths.append(path)
-    return paths
-
-
-def _cfg(out, teachers, **kw) -> DistillConfig:
-    # r_bn 0.05: with these weak teachers the BN term (first layer x10) otherwise dominates the short run;
-    # jitter 1: digits are 8 px images upsampled to 16, a 4 px roll would shift them by half a digit
-    base = dict(dataset="digits", image_size=SIZE, teachers=[str(t) for t in teachers], ipc=3, iterations=ITER,
-                out=str(out), log_every=4, problems_per_batch=2, seed=3, r_bn=0.05, jitter=1)
-    base.update(kw)
-    return DistillConfig(**base)
-
-
 @pytest.fixture(scope="module")
 def full_run(teachers, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "d"
@@ -187,7 +151,7 @@ def test_export(full_run, tmp_path):
     i = int(os.path.basename(folder.samples[5][0]).split(".")[0])
     torch.testing.assert_close(soft[5], ds.soft_labels[i])
     img = torch.from_numpy(__import__("numpy").array(folder[5][0])).permute(2, 0, 1).float() / 255
-    torch.testing.assert_close(img, ds.denormalize(ds.compose([i]))[0], atol=1 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(img, ds.denormalise(ds.compose([i]))[0], atol=1 / 255 + 1e-6, rtol=0)
     with pytest.raises(FileExistsError, match="not empty"):
         export_imagefolder(str(full_run), str(out), progress=False)
 
