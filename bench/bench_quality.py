@@ -24,7 +24,7 @@ that ``epochs`` give a baseline of the same budget), and every record states the
 Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
 ``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
 interrupted one resumes where it stopped. The script prints per-seed rows, the mean +- sd table, the fraction of
-every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; spec 3.5), and writes ``curves.png`` (every student's
+every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; INFER §3.5), and writes ``curves.png`` (every student's
 validation curve) in the run folder; ``--json`` writes the per-seed records.
 
 Records (common.record): one per method, labels and seed, metric ``top1`` (%) of that seed's student, with

@@ -7,7 +7,7 @@ prints them). The model is used as given (NCHW, BatchNorm unfolded).
 
 Two deliberate departures make its losses comparable with infer_fast's for the same seed: it draws its
 augmentation from the same per-problem generator as :mod:`infer_fast.synth.ufc` (the research code calls
-``random``), and it clamps the stored UFC (spec section 3; the research code clamps a temporary). Neither changes
+``random``), and it clamps the stored UFC (INFER §3; the research code clamps a temporary). Neither changes
 its cost.
 """
 

@@ -1,4 +1,4 @@
-"""Soft labels from a teacher ensemble (spec section 4, INFER.md section 5): one rule for both label modes.
+"""Soft labels from a teacher ensemble (INFER §4-5): one rule for both label modes.
 
 - :class:`TeacherEnsemble`: mean logits of M frozen teachers on images normalised with the *dataset's* mean/std,
   re-normalised and resized per teacher when a teacher was trained with other statistics or another input size.

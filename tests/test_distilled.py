@@ -113,7 +113,7 @@ def test_bad_directories(tmp_path):
 
 
 def test_a_set_written_under_the_withdrawn_ufc_rule_still_loads(tmp_path):
-    """Sets distilled before spec 3.5 was corrected (u inside the set's no-clamp interval, no ``ufc_bound`` in the
+    """Sets distilled before INFER §3.5 was corrected (u inside the set's no-clamp interval, no ``ufc_bound`` in the
     config) keep the same format version and compose to exactly x + u."""
     from infer_fast.runtime import Normalisation
     from infer_fast.synth.problem import ufc_bounds

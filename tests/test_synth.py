@@ -193,8 +193,8 @@ def test_config_file_and_flags(tmp_path):
     assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0
     assert cfg.jitter is None and cfg.ufc_bound == "loose", "per-dataset defaults are resolved per run"
     small, large = resolve(cfg, small=True, num_classes=10), resolve(cfg, small=False, num_classes=10)
-    assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (spec 3.2)"
-    assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (spec 3.2)"
+    assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (INFER §3.2)"
+    assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (INFER §3.2)"
     assert resolve(dataclasses.replace(cfg, jitter=7), small=False, num_classes=10).jitter == 7
     cfg_file.write_text("dataset: digits\nbogus: 1\n")
     with pytest.raises(ValueError, match="unknown field"):

@@ -58,7 +58,7 @@ def test_infer_end_to_end(full_run, teachers):
     assert len(rows) == k * m
     for r in rows:
         assert r["ce_last"] < r["ce_first"], f"CE did not fall: {r}"
-    # spec 3.5: the stored u is bounded only loosely, [lo - hi, hi - lo]; every composed image is clamped
+    # INFER §3.5: the stored u is bounded only loosely, [lo - hi, hi - lo]; every composed image is clamped
     mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
     lo, hi = -mean / std, (1 - mean) / std
     u = ufcs.float()

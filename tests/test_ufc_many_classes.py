@@ -1,4 +1,4 @@
-"""The corrected UFC rule (spec 3.5) at many classes: after a short optimisation most of u moves.
+"""The corrected UFC rule (INFER §3.5) at many classes: after a short optimisation most of u moves.
 
 The withdrawn rule bounded the stored u by the intersection ``[lo - min_c x_c, hi - max_c x_c]`` over the set;
 with 100+ real images some image is black and another white at almost every pixel, so u was pinned to ~0 and

@@ -1,5 +1,5 @@
 """Batched training augmentation on device: the data loaders' small-image training reads and student training
-(INFER.md section 5), and the student's batch mixing (mixup, CutMix).
+(INFER §5), and the student's batch mixing (mixup, CutMix).
 
 Small (CIFAR-style) images: random crop of the original size from the image zero-padded by 4 pixels, then a
 random horizontal flip. ImageNet-style images: random resized crop (scale 0.08-1, ratio 3/4-4/3, bilinear) back to

@@ -1,4 +1,4 @@
-"""The INFER storage budget (paper section 2): how many natural sets fit, and what is stored.
+"""The INFER storage budget (INFER §2): how many natural sets fit, and what is stored.
 
 ``K = floor(ipc / (M / C + 1))`` natural sets, computed exactly in integers as ``(ipc * C) // (C + M)``;
 storage ``K*C`` natural images + ``K*M`` UFCs <= ``ipc*C`` image-sized tensors; synthetic images ``K*C*(M+1)``.

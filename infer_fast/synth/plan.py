@@ -3,7 +3,7 @@
 The plan resolves the config exactly as ``distill`` does (per-dataset defaults, automatic problems per forward),
 loads the real teachers (restricted to the data's classes) and reports:
 
-- the budget: K natural sets, UFCs, synthetic images, stored bytes, label bytes (spec section 2);
+- the budget: K natural sets, UFCs, synthetic images, stored bytes, label bytes (INFER §2);
 - the work: problems, problems per forward, class chunks, batches (the unit ``torchrun`` ranks share);
 - FLOPs per problem and in total, counted with ``torch.utils.flop_counter.FlopCounterMode`` on each real teacher
   (one forward and the backward to the input, the weights frozen as in synthesis; the fused BN-matching and

@@ -42,7 +42,7 @@ def ufc_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                rule: str = "loose") -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds [1, 3, S, S] of the stored compensator shared by the normalised images ``base_norm`` [n, 3, S, S].
 
-    ``"loose"`` (spec 3.5, the default): ``[lo - hi, hi - lo]`` per channel. Every composed image is clamped to
+    ``"loose"`` (INFER §3.5, the default): ``[lo - hi, hi - lo]`` per channel. Every composed image is clamped to
     [lo, hi] in the optimisation forward and wherever it is composed, so u only needs a box beyond which all
     images are clamped anyway; this never pins u, whatever the number of classes.
     ``"set"`` (the old, withdrawn rule, for ablations): ``lo - min_n x <= u <= hi - max_n x``, the condition for

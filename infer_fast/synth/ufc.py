@@ -1,4 +1,4 @@
-"""The batched UFC optimiser (paper section 3), also used for the sre2l baseline.
+"""The batched UFC optimiser (INFER §3), also used for the sre2l baseline.
 
 Problems (:mod:`infer_fast.synth.problem`) that share a teacher run in one forward pass, one BN group each (classes
 chunked when ``class_chunk`` is set: each chunk its own group, gradients accumulated over chunks).

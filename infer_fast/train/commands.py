@@ -56,7 +56,7 @@ def register(subparsers) -> None:
         subparsers, "evaluate", EvalConfig, _run_evaluate, build=_config,
         help="train a student on a distilled dataset and report real validation accuracy",
         description="Train a student on DIR (synthetic images composed on the fly, augmentation, mixup, fused "
-                    "mixed-label KL) and validate it on real data. Defaults follow the paper (INFER.md section 5).")
+                    "mixed-label KL) and validate it on real data. Defaults follow the paper (INFER §5).")
     p.add_argument("--dataset", choices=["digits"], help="validate on the embedded digits test split (sets --val)")
 
 

@@ -1,4 +1,4 @@
-"""The student training loop on a distilled dataset and validation on real data (INFER.md section 5).
+"""The student training loop on a distilled dataset and validation on real data (INFER §5).
 
 One epoch is one shuffled pass over the synthetic images, composed on the fly (``DistilledDataset.compose``:
 stored naturals + UFCs through the fused compensator_broadcast op). Each batch is augmented on device
@@ -6,7 +6,7 @@ stored naturals + UFCs through the fused compensator_broadcast op). Each batch i
 ``lam ~ Beta(0.8, 0.8)``, or CutMix.
 
 - static labels: the stored teacher logits of the batch are mixed with the same ``lam``/``perm`` *inside* the fused
-  ``mixed_soft_xent`` op (``p = softmax((lam * y + (1 - lam) * y[perm]) / T)``): the interpolated label of INFER.md.
+  ``mixed_soft_xent`` op (``p = softmax((lam * y + (1 - lam) * y[perm]) / T)``): the interpolated label of INFER §5.
 - dynamic labels: the teacher ensemble runs on the augmented, already mixed batch and its mean logits are the label
   (``lam=1, perm=None`` in the op). The teachers see exactly the image the student sees, as the research code (and
   SRe2L/FKD-style relabelling) does; mixing the teachers' logits of the unmixed images would be a linearisation

@@ -1,4 +1,4 @@
-"""INFER (paper sections 2-3): K natural sets within the budget, one problem per (set k, teacher m): a UFC
+"""INFER (§2-3 of the method): K natural sets within the budget, one problem per (set k, teacher m): a UFC
 [1, 3, S, S] shared by the C naturals of set k, init 0, bounded only loosely (every composed image is clamped to
 the valid range instead; see ``problem.ufc_bounds``). Stored: the naturals [K, C, 3, S, S] and the UFCs
 [K, M, 3, S, S] in fp16."""
@@ -74,5 +74,5 @@ class Infer(Method):
         return {"naturals": inputs.naturals, "ufcs": ufcs.half()}
 
     def summary(self, tensors: dict[str, torch.Tensor], norm: Normalisation) -> str:
-        # paper 3.5: the share of u that stayed at ~0 (the withdrawn bound rule pinned most of it)
+        # INFER §3.5: the share of u that stayed at ~0 (the withdrawn bound rule pinned most of it)
         return f"; u within 1/255 of 0 on {pinned_fraction(tensors['ufcs'], norm.tensors()[1]):.1%} of its values"

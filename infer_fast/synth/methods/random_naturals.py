@@ -1,4 +1,4 @@
-"""The random baseline (paper section 7): ipc natural images per class, nothing optimised (static teacher labels
+"""The random baseline (INFER §7): ipc natural images per class, nothing optimised (static teacher labels
 only)."""
 
 from __future__ import annotations

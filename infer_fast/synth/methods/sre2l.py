@@ -1,4 +1,4 @@
-"""The sre2l baseline (paper section 7): class-specific synthesis as SRe2L. ipc problems; problem i optimises C free
+"""The sre2l baseline (INFER §7): class-specific synthesis as SRe2L. ipc problems; problem i optimises C free
 images (one per class, each for its own class only; BN statistics over the batch of C, as SRe2L batches one image
 per class) under teacher ``i % M`` (the M teachers in turn; SRe2L itself uses one), init standard normal noise in
 normalised space as SRe2L (or the natural images with ``sre2l_init="natural"``); the result is stored as uint8
