@@ -36,7 +36,6 @@ this bench reports is the one over seeds (the mean +- sd table), not repeated ti
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -45,7 +44,7 @@ import time
 
 from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_dir, write_json
 
-from infer_fast.runtime import cache_root, json_key
+from infer_fast.runtime import cache_root, json_key, sha256_file
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -178,18 +177,15 @@ def data_root(a) -> str:
     root = os.path.join(dest, w["root"])
     stamp = os.path.join(dest, f".extracted-{w['root']}")
     if not os.path.exists(stamp):
-        h = hashlib.sha256()
-        with open(src, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if src.endswith(w["tarball"]) and h.hexdigest() != w["sha256"]:
-            raise SystemExit(f"bench_quality: {src} has sha256 {h.hexdigest()}, expected {w['sha256']}")
+        digest = sha256_file(src)
+        if src.endswith(w["tarball"]) and digest != w["sha256"]:
+            raise SystemExit(f"bench_quality: {src} has sha256 {digest}, expected {w['sha256']}")
         os.makedirs(dest, exist_ok=True)
         print(f"bench_quality: extracting {src} into {dest} (once)", flush=True)
         with tarfile.open(src) as t:
             t.extractall(dest, filter="data")
         with open(stamp, "w") as f:
-            f.write(h.hexdigest())
+            f.write(digest)
     if not os.path.isdir(os.path.join(root, "train")):
         raise SystemExit(f"bench_quality: {root}/train missing after extraction of {src}")
     return root
@@ -251,8 +247,6 @@ def _run_dir(a, settings: dict, tpaths: list[str]) -> str:
     if a.run_dir:
         d = a.run_dir
     else:
-        from infer_fast.runtime import sha256_file
-
         key = _key({**settings, "teacher_sha256": [sha256_file(p) for p in tpaths]})
         d = os.path.join(_cache_dir(a), f"{a.workload}-ipc{a.ipc}-{key}")
     if os.path.isdir(d) and os.listdir(d) and not a.resume:

@@ -26,13 +26,13 @@ from infer_fast.train.config import BACKENDS, EvalConfig
 from infer_fast.train.loop import train_student
 from infer_fast.train.report import plot_curves
 
-METHODS = method_names()
+METHODS = method_names(controls=False)
 
 
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", help="output folder")
-    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)  # every registered method
+    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)  # every method, no controls
     ipc: int = option(10, help="storage budget, images per class (same for every method)")
     image_size: int = option(16, help="digits image size")  # 8x8 originals; 16 px keeps every stage fast on a CPU
     iterations: int = option(120, help="synthesis iterations per UFC / sre2l image")  # paper: 1000 at CIFAR scale

@@ -216,3 +216,39 @@ def test_cli_registers_distill_and_export():
     assert (args.dir, args.to) == ("some/dir", "out")
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--method", "bogus"])
+
+
+# ---- methods ----------------------------------------------------------------------------------
+
+
+def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
+    from infer_fast.synth.methods import Inputs, base
+    from infer_fast.synth.methods.infer import Infer
+
+    assert methods.names() == ("infer", "sre2l", "random")
+    with pytest.raises(ValueError, match="unknown synthesis method 'bogus'"):
+        methods.get("bogus")
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @methods.register
+    class ZeroU(Infer):  # INFER's problems and budget, u stored as 0: the naturals' share of INFER's gain
+        name = "zero-u"
+        control = True
+
+        def assemble(self, inputs, solved):
+            tensors = super().assemble(inputs, solved)
+            tensors["ufcs"] = torch.zeros_like(tensors["ufcs"])
+            return tensors
+
+    assert methods.names()[-1] == "zero-u" and "zero-u" not in methods.names(controls=False)
+    with pytest.raises(ValueError, match="registered twice"):
+        methods.register(ZeroU)
+    control = methods.get("zero-u")
+    naturals, *_ = setup_naturals()
+    cfg = DistillConfig(dataset="digits", method="infer", ipc=3)
+    storage = control.storage(3, 5, 1, 8)
+    assert storage == dataclasses.replace(methods.get("infer").storage(3, 5, 1, 8), method="zero-u")
+    inputs = Inputs(cfg, storage, NORM, 8, naturals)
+    problems = control.problems(inputs)
+    out = control.assemble(inputs, [(p, torch.ones(1, 3, 8, 8)) for p in problems])
+    assert torch.equal(out["naturals"], naturals) and not out["ufcs"].any()

@@ -3,8 +3,11 @@
 A method decides what a run stores within the budget (:meth:`Method.storage`), whether natural images are sampled,
 which problems are optimised (:meth:`Method.problems`, on which base images) and how the solved problems become the
 stored arrays of the format (:meth:`Method.assemble`). The runner, the planner and the budget ask the method object
-and never test its name, so a new method or a content control of the quality study (say, INFER with ``u`` replaced
-by noise of the same per-channel norm) is one subclass registered with :func:`register`.
+and never test its name, so a new method or a content control of the quality study is one subclass registered with
+:func:`register` and imported by ``methods/__init__.py``. For example INFER with ``u`` replaced by Gaussian noise of
+the same per-channel norm: ``class NoiseU(Infer)`` with ``name = "infer-noise-u"``, ``control = True`` and an
+``assemble`` that calls ``super().assemble`` and swaps the ``ufcs`` for the noise (seeded by ``inputs.cfg.seed``);
+``u`` of another natural set permutes the ``ufcs`` over k the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Method:
 
     name: ClassVar[str]
     key_name: ClassVar[str] = "k"  # what a problem key's first value counts, in metrics.jsonl
+    # A content control of the quality study rather than a method: left out where "every method" is meant (the demo)
+    control: ClassVar[bool] = False
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         """What a run stores within the budget ``ipc * C`` (default: ipc stored images per class, no UFC)."""
@@ -104,5 +109,6 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown synthesis method {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
-def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+def names(controls: bool = True) -> tuple[str, ...]:
+    """The registered names in registration order (``controls=False``: the methods without the content controls)."""
+    return tuple(name for name, cls in _REGISTRY.items() if controls or not cls.control)
