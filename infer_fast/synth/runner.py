@@ -68,7 +68,7 @@ resolve = DistillConfig.resolved
 DefaultTeachers = Callable[[str, int], list[str]]  # (data source, image size) -> teacher files
 
 
-def teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext,
+def resolve_teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext,
                   default_teachers: DefaultTeachers | None = None) -> list[str]:
     """``--teachers``, else the source's default ensemble from ``default_teachers`` (the CLI passes the teacher
     training stage's: rank 0 trains and caches it first, the other ranks then find it in the cache)."""
@@ -87,7 +87,7 @@ def teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext,
     return paths if dist.rank == 0 else default_teachers(cfg.source, image_size)
 
 
-def load_teachers(cfg: DistillConfig, paths: list[str], classes: list[str], norm: Normalisation,
+def load_run_teachers(cfg: DistillConfig, paths: list[str], classes: list[str], norm: Normalisation,
                   device: torch.device) -> tuple[list[torch.nn.Module], list, list[dict]]:
     """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teacher files, each
     restricted to the data's ``classes`` in the data's order (models.classes: a subset of the teacher's classes,
@@ -213,8 +213,8 @@ def prepare(cfg: DistillConfig, dist: DistContext, default_teachers: DefaultTeac
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     norm = Normalisation(info.mean, info.std)
-    paths = teacher_files(cfg, s, dist, default_teachers)
-    teachers, metas, entries = load_teachers(cfg, paths, classes, norm, dist.device)
+    paths = resolve_teacher_files(cfg, s, dist, default_teachers)
+    teachers, metas, entries = load_run_teachers(cfg, paths, classes, norm, dist.device)
     method = methods.get(cfg.method)
     return RunSetup(cfg, info, classes, s, teachers, metas, entries, method,
                     method.storage(cfg.ipc, len(classes), len(teachers), s), norm)
@@ -223,7 +223,8 @@ def prepare(cfg: DistillConfig, dist: DistContext, default_teachers: DefaultTeac
 def run_distill(cfg: DistillConfig, progress: bool = True,
                 default_teachers: DefaultTeachers | None = None) -> str | None:
     """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``).
-    ``default_teachers`` provides the teacher files when ``cfg.teachers`` is empty (see :func:`teacher_files`)."""
+    ``default_teachers`` provides the teacher files when ``cfg.teachers`` is empty
+    (see :func:`resolve_teacher_files`)."""
     cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
