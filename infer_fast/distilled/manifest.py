@@ -144,7 +144,3 @@ class Manifest:
             raise DistilledFormatError(f"load_distilled: {path} has format_version {version!r}; this infer_fast "
                                        f"reads version {FORMAT_VERSION}")
         return cls.from_dict(d, path)
-
-
-def read_manifest(directory: str) -> Manifest:
-    return Manifest.read(directory)
