@@ -192,10 +192,10 @@ Validation: the digits' held-out split ({results['val_images']} real images). to
 
 {table}
 
-Settings reduced to fit a CPU demo (paper values in brackets): digits at {cfg.image_size} px, synthesis
-{cfg.iterations} iterations per UFC / SRe2L image [{SMALL_DEFAULTS['iterations']}], student {ev.epochs} epochs
-[{paper.epochs}], KL temperature {ev.temperature:g} [{paper.temperature:g}], student {ev.student}
-[{auto_student(True)}]. Teachers: {len(results['teachers'])} default digits teachers
+Settings reduced to fit a CPU demo (paper values in brackets): digits at {cfg.image_size} px,
+synthesis {cfg.iterations} iterations per UFC / SRe2L image [{SMALL_DEFAULTS['iterations']}],
+student {ev.epochs} epochs [{paper.epochs}], KL temperature {ev.temperature:g} [{paper.temperature:g}],
+student `{ev.student}` [`{auto_student(True)}`]. Teachers: {len(results['teachers'])} default digits teachers
 (trained once and cached, {results['teacher_time_s']:.1f}s this run).
 
 Total wall time {results['total_time_s']:.1f}s on {m['cpu_count']} CPU cores ({m['platform']}, torch {m['torch']}),
