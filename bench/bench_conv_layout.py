@@ -52,15 +52,15 @@ def conv_share(quick: bool) -> dict[str, object]:
     from torch.profiler import profile
 
     from infer_fast.synth.fold import SynthesisTeacher
-    from infer_fast.synth.ufc import optimise_batch
+    from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
     w = bs.workloads(True)["cifar10"]
     model, base, problems, lo, hi = bs.build(w)
     teacher = SynthesisTeacher(model, probe_size=w.size, channels_last=True)
 
     def run(iterations):
-        optimise_batch(problems[:4], teacher, base, bs.MEAN, bs.STD, lo, hi, seed=0, iterations=iterations,
-                       log_every=iterations, **bs._common(w))
+        settings = SynthesisSettings(seed=0, iterations=iterations, log_every=iterations, **bs._common(w))
+        optimise_batch(problems[:4], teacher, PixelGeometry(base, bs.MEAN, bs.STD, lo, hi), settings)
 
     run(2)
     iterations = 2 if quick else 4

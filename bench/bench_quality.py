@@ -24,7 +24,7 @@ that ``epochs`` give a baseline of the same budget), and every record states the
 Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
 ``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
 interrupted one resumes where it stopped. The script prints per-seed rows, the mean +- sd table, the fraction of
-every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; spec 3.5), and writes ``curves.png`` (every student's
+every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; INFER §3.5), and writes ``curves.png`` (every student's
 validation curve) in the run folder; ``--json`` writes the per-seed records.
 
 Records (common.record): one per method, labels and seed, metric ``top1`` (%) of that seed's student, with
@@ -36,7 +36,6 @@ this bench reports is the one over seeds (the mean +- sd table), not repeated ti
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -45,7 +44,7 @@ import time
 
 from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_dir, write_json
 
-from infer_fast.runtime import cache_root
+from infer_fast.runtime import cache_root, json_key, sha256_file
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -163,7 +162,7 @@ def _cache_dir(a) -> str:
 
 
 def _key(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return json_key(d)[:12]
 
 
 def data_root(a) -> str:
@@ -178,18 +177,15 @@ def data_root(a) -> str:
     root = os.path.join(dest, w["root"])
     stamp = os.path.join(dest, f".extracted-{w['root']}")
     if not os.path.exists(stamp):
-        h = hashlib.sha256()
-        with open(src, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if src.endswith(w["tarball"]) and h.hexdigest() != w["sha256"]:
-            raise SystemExit(f"bench_quality: {src} has sha256 {h.hexdigest()}, expected {w['sha256']}")
+        digest = sha256_file(src)
+        if src.endswith(w["tarball"]) and digest != w["sha256"]:
+            raise SystemExit(f"bench_quality: {src} has sha256 {digest}, expected {w['sha256']}")
         os.makedirs(dest, exist_ok=True)
         print(f"bench_quality: extracting {src} into {dest} (once)", flush=True)
         with tarfile.open(src) as t:
             t.extractall(dest, filter="data")
         with open(stamp, "w") as f:
-            f.write(h.hexdigest())
+            f.write(digest)
     if not os.path.isdir(os.path.join(root, "train")):
         raise SystemExit(f"bench_quality: {root}/train missing after extraction of {src}")
     return root
@@ -251,8 +247,6 @@ def _run_dir(a, settings: dict, tpaths: list[str]) -> str:
     if a.run_dir:
         d = a.run_dir
     else:
-        from infer_fast.runtime import sha256_file
-
         key = _key({**settings, "teacher_sha256": [sha256_file(p) for p in tpaths]})
         d = os.path.join(_cache_dir(a), f"{a.workload}-ipc{a.ipc}-{key}")
     if os.path.isdir(d) and os.listdir(d) and not a.resume:
@@ -268,7 +262,7 @@ def ufc_report(ddir: str) -> dict | None:
     from safetensors.torch import load_file
 
     from infer_fast.distilled import load_distilled
-    from infer_fast.synth.ufc import pinned_fraction
+    from infer_fast.synth.problem import pinned_fraction
 
     path = os.path.join(ddir, "ufcs.safetensors")
     if not os.path.isfile(path):
@@ -394,15 +388,14 @@ def main(argv=None) -> list[dict]:
                 summary = train_student(cfg, ds)
             with open(os.path.join(run, "metrics.jsonl")) as f:
                 curves[f"{spec} s{seed}"] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
-            st = ds.manifest.get("storage", {})
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
                 workload=a.workload, method=method, labels=labels, seed=seed, ipc=a.ipc,
                 top1=summary["top1"], top5=summary.get("top5"),
                 best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
                 paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),
-                stored_bytes=st.get("stored_bytes"), compression_ratio=st.get("compression_ratio"),
-                label_bytes=0 if labels == "dynamic" else ds.manifest.get("label_bytes"),
+                stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
+                label_bytes=0 if labels == "dynamic" else ds.manifest.label_bytes,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),

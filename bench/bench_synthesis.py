@@ -51,12 +51,16 @@ import torch.nn as nn
 from common import Stats, base_parser, git_commit, markdown_table, record, write_json
 
 from infer_fast.models.archs import build_model
-from infer_fast.synth import baselines
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, Normalisation
+from infer_fast.synth.augment import AugSettings
 from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
 from infer_fast.synth.fold import SynthesisTeacher, cpu_bf16_error
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.methods.infer import infer_problems
+from infer_fast.synth.problem import make_batches
+from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+NORM = Normalisation(IMAGENET_MEAN, IMAGENET_STD)
+MEAN, STD = NORM.tensors()[:2]
 # Loss agreement with the reference: (every problem at iteration 0, the mean over problems and timed iterations).
 # Iteration 0 sees identical parameters: only float32 rounding differs. Later, Adam's normalised steps move pixels
 # whose gradient is at rounding level by a full step either way, so single problems drift apart by a few per cent
@@ -121,7 +125,7 @@ def build(w: Workload, device: str = "cpu") -> tuple[nn.Module, torch.Tensor, li
     k_sets = w.problems  # one teacher here: one problem per natural set
     g = torch.Generator().manual_seed(1)
     naturals = torch.randint(0, 256, (k_sets, w.images, 3, w.size, w.size), generator=g, dtype=torch.uint8)
-    lo, hi = -MEAN / STD, (1 - MEAN) / STD
+    lo, hi = NORM.tensors()[2:]
     base = naturals.reshape(-1, 3, w.size, w.size)
     for m in model.modules():  # running statistics from other images of the same distribution, as a teacher's
         if isinstance(m, nn.BatchNorm2d):  # come from its whole training set rather than the sampled naturals
@@ -130,11 +134,11 @@ def build(w: Workload, device: str = "cpu") -> tuple[nn.Module, torch.Tensor, li
     with torch.no_grad():
         for _ in range(4):
             calib = torch.randint(0, 256, (16, 3, w.size, w.size), generator=g, dtype=torch.uint8)
-            model(baselines.normalise(calib, MEAN, STD))
+            model(NORM.normalise(calib))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    problems = baselines.infer_problems(naturals, 1, MEAN, STD, lo, hi)
+    problems = infer_problems(naturals, 1, NORM)
     if device != "cpu":
         first = problems[0]
         moved = [f.name for f in dataclasses.fields(first) if isinstance(getattr(first, f.name), torch.Tensor)]
@@ -197,16 +201,16 @@ def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
         del model  # as infer-fast distill does: only the prepared copy stays during the optimisation
         setup_s = time.perf_counter() - t_setup
         per_batch = opts["problems_per_batch"] or auto_problems_per_batch(w.images, w.class_chunk, w.size)
-        batches = baselines.make_batches(problems, per_batch)
+        batches = make_batches(problems, per_batch)
         col = 0
         for batch in batches:
             starts.append(len(stamps))
             images_per_iter.append(sum(p.num_images for p in batch))
             stamps.append(time.perf_counter())
-            res = optimise_batch(batch, teacher, base, mean, std, lo, hi, seed=0, iterations=iters,
-                                 class_chunk=w.class_chunk, backend=opts["backend"], precision=opts["precision"],
-                                 log_every=iters, on_progress=stamp,
-                                 iteration="graph" if opts["cuda_graphs"] else "eager", **common)
+            settings = SynthesisSettings(seed=0, iterations=iters, class_chunk=w.class_chunk, backend=opts["backend"],
+                                         precision=opts["precision"], log_every=iters,
+                                         iteration="graph" if opts["cuda_graphs"] else "eager", **common)
+            res = optimise_batch(batch, teacher, PixelGeometry(base, mean, std, lo, hi), settings, on_progress=stamp)
             ce[:, col:col + len(batch)], bn[:, col:col + len(batch)] = res.ce, res.bn
             col += len(batch)
     timed_s, timed_images, warm_s, per_iter = 0.0, 0, 0.0, []
@@ -269,11 +273,11 @@ def h100_projection(flops_per_image: float, num_teachers: int = 3, iterations: i
     """ImageNet-1k INFER synthesis on one H100, from the measured FLOPs of one 224 px image's forward + input
     gradient through ResNet-18 (all M teachers priced as ResNet-18), K*M UFCs x T iterations x C images, plus
     the static labels (one forward of every synthetic image per teacher)."""
-    from infer_fast.synth import budget
+    from infer_fast.synth import methods
 
     rows = []
     for ipc in (10, 50):
-        st = budget.storage("infer", ipc, 1000, num_teachers, 224)
+        st = methods.get("infer").storage(ipc, 1000, num_teachers, 224)
         ufc = st.num_natural_sets * num_teachers * iterations * 1000 * flops_per_image
         labels = st.num_synthetic * num_teachers * flops_per_image / 3  # forward only: ~1/3 of fwd + bwd
         seconds = (ufc + labels) / (H100_BF16_DENSE * ASSUMED_MFU)

@@ -7,7 +7,7 @@ prints them). The model is used as given (NCHW, BatchNorm unfolded).
 
 Two deliberate departures make its losses comparable with infer_fast's for the same seed: it draws its
 augmentation from the same per-problem generator as :mod:`infer_fast.synth.ufc` (the research code calls
-``random``), and it clamps the stored UFC (spec section 3; the research code clamps a temporary). Neither changes
+``random``), and it clamps the stored UFC (INFER §3; the research code clamps a temporary). Neither changes
 its cost.
 """
 
@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from infer_fast.synth.ufc import AugSettings, Problem, apply_aug, draw_aug, problem_seed
+from infer_fast.runtime import hashed_seed
+from infer_fast.synth.augment import AugSettings, apply_aug, draw_aug
+from infer_fast.synth.problem import Problem
 
 
 class BNFeatureHook:
@@ -70,7 +72,7 @@ def optimise_problem(
     u = problem.init.clone().requires_grad_(True)
     lower, upper = problem.lower, problem.upper
     opt = torch.optim.Adam([u], lr=lr, betas=betas, eps=eps)
-    g = torch.Generator().manual_seed(problem_seed(seed, *problem.key))
+    g = torch.Generator().manual_seed(hashed_seed("aug", seed, *problem.key))
     n, size = problem.num_images, base.shape[-1]
     chunk = class_chunk if 0 < class_chunk < n else n
     chunks = [range(s, min(s + chunk, n)) for s in range(0, n, chunk)]

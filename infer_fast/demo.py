@@ -20,17 +20,19 @@ from dataclasses import asdict, dataclass
 import torch
 
 from infer_fast.config_cli import add_command, check_choices, option
-from infer_fast.distilled import METHODS
 from infer_fast.runtime import atomic_write_text, atomic_write_with, git_commit
+from infer_fast.synth.methods import names as method_names
 from infer_fast.train.config import BACKENDS, EvalConfig
 from infer_fast.train.loop import train_student
 from infer_fast.train.report import plot_curves
+
+METHODS = method_names(controls=False)
 
 
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", help="output folder")
-    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)
+    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)  # every method, no controls
     ipc: int = option(10, help="storage budget, images per class (same for every method)")
     image_size: int = option(16, help="digits image size")  # 8x8 originals; 16 px keeps every stage fast on a CPU
     iterations: int = option(120, help="synthesis iterations per UFC / sre2l image")  # paper: 1000 at CIFAR scale
@@ -75,7 +77,7 @@ def save_grid(ds, path: str, per_class: int = 8, max_classes: int = 10) -> None:
         idx = torch.nonzero(ds.hard_labels == c).flatten()
         sel = idx[torch.linspace(0, idx.numel() - 1, min(per_class, idx.numel())).round().long()]
         picks.append(torch.cat([sel, sel[-1:].repeat(per_class - sel.numel())]))
-    imgs = ds.denormalize(ds.compose(torch.cat(picks)))
+    imgs = ds.denormalise(ds.compose(torch.cat(picks)))
     grid = make_grid(imgs, nrow=per_class, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
     fig, ax = plt.subplots(figsize=(per_class * 0.6 + 0.5, len(picks) * 0.6 + 0.6), dpi=100)
     ax.imshow(grid, interpolation="nearest")
@@ -128,29 +130,28 @@ def run_demo(cfg: DemoConfig) -> dict:
         ds = load_distilled(ddir, backend=cfg.backend)
         save_grid(ds, os.path.join(cfg.out, f"synthetic_{method}.png"))
         t0 = time.perf_counter()
-        ecfg = EvalConfig(distilled=ddir, val="digits", student=cfg.student, width=cfg.width, labels="static",
-                          epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, temperature=cfg.temperature,
-                          device=cfg.device, backend=cfg.backend, seed=cfg.seed, workers=0,
-                          out=os.path.join(cfg.out, "students", method))
+        ecfg = _student_config(cfg, ddir, os.path.join(cfg.out, "students", method))
         summary = train_student(ecfg, ds)
         eval_time = time.perf_counter() - t0
         with open(os.path.join(ecfg.out, "metrics.jsonl")) as f:
-            curves[method] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
-        st = ds.manifest.get("storage", {})
+            evals = [r for r in map(json.loads, f) if "top1" in r]
+        curves[method] = [(r["epoch"], r["top1"]) for r in evals]
+        man = ds.manifest
         rows.append({
             "method": method, "top1": summary["top1"],
             "best_top1_selected_on_val": summary["best_top1_selected_on_val"],
-            "synthetic_images": len(ds), "stored_images": st.get("stored_images"),
-            "stored_bytes": st.get("stored_bytes"),
-            "label_bytes": ds.manifest.get("label_bytes", st.get("label_bytes")),
-            "compression_ratio": st.get("compression_ratio"), "distill_time_s": distill_time,
+            "synthetic_images": len(ds), "stored_images": man.stored_images, "stored_bytes": man.stored_bytes,
+            "label_bytes": man.static_label_bytes, "compression_ratio": man.compression_ratio,
+            "distill_time_s": distill_time,
             "eval_time_s": eval_time, "wall_time_s": distill_time + eval_time, "distilled": ddir,
             "student_run": ecfg.out,
         })
     plot_curves(curves, os.path.join(cfg.out, "accuracy.png"),
                 title=f"digits, ipc {cfg.ipc}: {cfg.student} (width {cfg.width:g}) validation top-1")
     total = time.perf_counter() - t_all
-    results = {"results": rows, "config": asdict(cfg), "teachers": teachers, "teacher_time_s": teacher_time,
+    results = {"results": rows, "config": asdict(cfg), "classes": len(ds.classes),
+               "val_images": evals[-1]["val_images"], "teachers": teachers,
+               "teacher_time_s": teacher_time,
                "total_time_s": total, "machine": _machine(), "commit": git_commit()}
     atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=1))
     table = _table(rows)
@@ -161,6 +162,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
+def _student_config(cfg: DemoConfig, distilled: str, out: str) -> EvalConfig:
+    """The student run of every method: the demo's settings over EvalConfig's defaults (static labels)."""
+    return EvalConfig(distilled=distilled, val="digits", student=cfg.student, width=cfg.width, labels="static",
+                      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, temperature=cfg.temperature,
+                      device=cfg.device, backend=cfg.backend, seed=cfg.seed, workers=0, out=out)
+
+
 def _machine() -> dict:
     return {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
@@ -168,20 +176,26 @@ def _machine() -> dict:
 
 
 def _report(cfg: DemoConfig, rows: list[dict], results: dict, table: str) -> str:
+    from infer_fast.synth.config import SMALL_DEFAULTS
+    from infer_fast.train.loop import auto_student
+
     m = results["machine"]
+    ev, paper = _student_config(cfg, "", ""), EvalConfig()  # this run's student recipe; the paper's defaults
+    mixing = f"{ev.mix} Beta({ev.mix_alpha:g}, {ev.mix_alpha:g})" if ev.mix_alpha > 0 else "no mixing"
     imgs = "\n".join(f"![{r['method']}](synthetic_{r['method']}.png)" for r in rows)
     return f"""# infer_fast demo: INFER vs SRe2L vs random on the embedded digits
 
-Same storage budget (ipc {cfg.ipc}: {cfg.ipc * 10} image-sized tensors), same teachers, same student
-(`{cfg.student}`, width {cfg.width:g}) trained {cfg.epochs} epochs with static labels, mixup Beta(0.8, 0.8),
-AdamW lr {cfg.lr:g} wd 0.01, cosine, batch {cfg.batch_size}, KL temperature {cfg.temperature:g}.
-Validation: the digits' held-out split (360 real images). top-1 is the **final-epoch** accuracy.
+Same storage budget (ipc {cfg.ipc}: {cfg.ipc * results['classes']} image-sized tensors), same teachers, same student
+(`{ev.student}`, width {ev.width:g}) trained {ev.epochs} epochs with {ev.labels} labels, {mixing},
+AdamW lr {ev.lr:g} wd {ev.weight_decay:g}, cosine, batch {ev.batch_size}, KL temperature {ev.temperature:g}.
+Validation: the digits' held-out split ({results['val_images']} real images). top-1 is the **final-epoch** accuracy.
 
 {table}
 
-Settings reduced to fit a CPU demo (paper values in brackets): digits at {cfg.image_size} px, synthesis
-{cfg.iterations} iterations per UFC / SRe2L image [1000], student {cfg.epochs} epochs [400], KL temperature
-{cfg.temperature:g} [30], small student [ResNet-18]. Teachers: {len(results['teachers'])} default digits teachers
+Settings reduced to fit a CPU demo (paper values in brackets): digits at {cfg.image_size} px,
+synthesis {cfg.iterations} iterations per UFC / SRe2L image [{SMALL_DEFAULTS['iterations']}],
+student {ev.epochs} epochs [{paper.epochs}], KL temperature {ev.temperature:g} [{paper.temperature:g}],
+student `{ev.student}` [`{auto_student(True)}`]. Teachers: {len(results['teachers'])} default digits teachers
 (trained once and cached, {results['teacher_time_s']:.1f}s this run).
 
 Total wall time {results['total_time_s']:.1f}s on {m['cpu_count']} CPU cores ({m['platform']}, torch {m['torch']}),

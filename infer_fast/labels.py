@@ -1,4 +1,4 @@
-"""Soft labels from a teacher ensemble (spec section 4, INFER.md section 5): one rule for both label modes.
+"""Soft labels from a teacher ensemble (INFER §4-5): one rule for both label modes.
 
 - :class:`TeacherEnsemble`: mean logits of M frozen teachers on images normalised with the *dataset's* mean/std,
   re-normalised and resized per teacher when a teacher was trained with other statistics or another input size.
@@ -14,12 +14,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from infer_fast.distilled import DistilledDataset, teacher_files
+from infer_fast.distilled import DistilledDataset
+from infer_fast.models.named import is_named
+from infer_fast.runtime import Normalisation
 
 
 class TeacherEnsemble(nn.Module):
@@ -41,7 +42,7 @@ class TeacherEnsemble(nn.Module):
             tm = getattr(meta, "mean", None)
             ts = getattr(meta, "std", None)
             size = int(getattr(meta, "image_size", None) or image_size)
-            same_norm = tm is None or (np.allclose(tm, mean, atol=1e-4) and np.allclose(ts, std, atol=1e-4))
+            same_norm = tm is None or Normalisation(tm, ts).matches(Normalisation(mean, std))
             if same_norm and size == image_size:
                 self.adapt.append(None)
                 continue
@@ -85,12 +86,12 @@ def teacher_paths(dataset, explicit: Sequence[str] = (), where: str = "") -> lis
     if explicit:
         paths = list(explicit)
     else:
-        paths = teacher_files(getattr(dataset, "manifest", None) or {})
+        paths = dataset.manifest.teacher_files if hasattr(dataset, "manifest") else []
         if not paths:
             raise ValueError(
                 f"--labels dynamic: the distilled dataset {where or '(in memory)'} names no teacher files in "
                 "manifest.json['teachers']; pass them with --teacher PATH (repeatable)")
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not is_named(p) and not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"--labels dynamic: teacher file(s) not found: {', '.join(missing)}")
     return paths
@@ -101,12 +102,9 @@ def load_ensemble(paths: Sequence[str], dataset, device: torch.device,
     """The ensemble of the teacher files ``paths`` for ``dataset`` (its classes, mean/std and image size). Each
     teacher is restricted to the dataset's classes in the dataset's order (models.classes); ``declared`` names the
     classes of files that do not state them (``imagenet1k`` or a class-list file), for all files or per path."""
-    from infer_fast.models import load_teacher
+    from infer_fast.models import load_teachers
 
-    teachers = []
-    for p in paths:
-        decl = declared.get(p) if isinstance(declared, dict) else declared
-        teachers.append(load_teacher(p, device=str(device), classes=decl, data_classes=list(dataset.classes)))
+    teachers = load_teachers(paths, dataset.classes, device, declared)
     return TeacherEnsemble(teachers, dataset.mean, dataset.std, dataset.image_size).to(device)
 
 
@@ -116,7 +114,7 @@ def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), wh
     else the teachers it was distilled with (with the declarations the distillation used)."""
     paths = teacher_paths(dataset, explicit, where)
     if not explicit:
-        declared = {t["path"]: t["classes"] for t in getattr(dataset, "teachers", []) if t.get("classes")}
+        declared = dataset.manifest.teacher_declarations if hasattr(dataset, "manifest") else None
     return load_ensemble(paths, dataset, device, declared)
 
 

@@ -1,5 +1,6 @@
-"""The ground floor every stage shares: atomic writes, checksums, the git commit, the device and the torchrun
-context, and the ImageNet normalisation constants.
+"""The ground floor every stage shares: atomic writes, checksums and JSON keys, seed derivation, the git commit, the
+device, the rank and the torchrun context, the cache root, and normalisation (the ImageNet constants and the
+:class:`Normalisation` value).
 
 Every file infer_fast writes goes through the ``atomic_*`` functions: the bytes go to a temporary file in the
 target's folder (``.NAME.XXXX.tmp``), are fsynced and renamed over the target, so a reader (or a ``--resume``
@@ -21,7 +22,8 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -33,10 +35,94 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TMP_SUFFIX = ".tmp"
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """The per-channel normalisation of a set of images: ``x = (pixel / 255 - mean) / std``. ``lo``/``hi`` are the
+    normalised values of pixel 0 and 255 (every composed image is clamped to them)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Two normalisations closer than this (per value) are the same: a teacher trained with one is fed the other's
+    # images as they are. Stored statistics are float32 (6-7 digits); 1e-4 is far above their rounding and far below
+    # any real difference (ImageNet's and CIFAR's differ by >1e-2).
+    TOLERANCE: ClassVar[float] = 1e-4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"Normalisation: mean and std need 3 values each, got {self.mean}, {self.std}")
+
+    def matches(self, other: Normalisation) -> bool:
+        return all(abs(a - b) <= self.TOLERANCE
+                   for a, b in zip(self.mean + self.std, other.mean + other.std, strict=True))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float32 [3] tensors (mean, std, lo, hi) on the CPU: the arguments of compensator_broadcast."""
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+        return mean, std, -mean / std, (1 - mean) / std
+
+    def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] -> float32 normalised (the same arithmetic as compensator_broadcast)."""
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (self.mean, self.std))
+        return (images_u8.float() / 255.0 - mean) / std
+
+    def quantise(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 normalised [..., 3, H, W] -> uint8 RGB (round to nearest)."""
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (self.mean, self.std))
+        return ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised [B, 3, H, W] -> [0, 1] RGB."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+
 def cache_root(*parts: str) -> str:
     """``$INFER_FAST_CACHE`` or ``~/.cache/infer_fast`` (joined with ``parts``): every cache of the package."""
     root = os.environ.get("INFER_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "infer_fast")
     return os.path.join(root, *parts)
+
+# ---- seeds and keys ---------------------------------------------------------------------------
+# Every seed the package derives comes from here. The three rules differ for history only: each fixes the numbers
+# of runs already made (a distillation's problems, the loaders' epoch orders, a student's epochs), so unifying them
+# would change results and resume fingerprints.
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (splitmix64-style), stable across runs and platforms: the data loaders'
+    epoch orders and per-image draws."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def hashed_seed(salt: str, *parts: int) -> int:
+    """A 63-bit seed for ``parts`` under ``salt`` (sha256; stable across processes and versions): a synthesis
+    problem's augmentation (salt "aug") and initial noise (salt "init"), keyed by (seed, a, b)."""
+    h = hashlib.sha256(":".join(["infer_fast", salt, *(str(int(p)) for p in parts)]).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def epoch_seeds(seed: int, epoch: int, rank: int) -> tuple[int, int]:
+    """(shared, per-rank) seeds of a student-training epoch: the shuffle every rank shares and this rank's
+    augmentation and mixing draws."""
+    shared = seed * 1_000_003 + epoch
+    return shared, shared * 131 + rank + 1
+
+
+def json_key(obj: Any, *blobs: bytes) -> str:
+    """sha256 hex digest of ``obj`` as canonical JSON (sorted keys, ``str()`` for what JSON cannot hold), then of
+    ``blobs``: the key of caches and the fingerprint of resumable runs."""
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
+
 
 # ---- errors -----------------------------------------------------------------------------------
 
@@ -49,6 +135,13 @@ def sample_names(names: Sequence[str], n: int = 5) -> str:
     """The first ``n`` of ``names`` for a one-line message, with the count when some are left out."""
     shown = ", ".join(map(str, list(names)[:n]))
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def index_in(names: Sequence[str], within: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Class matching: the index in ``within`` of each of ``names`` (in the order of ``names``), and the names that
+    ``within`` lacks (their index is left out). The data's classes against a teacher's or a split's folders."""
+    position = {name: i for i, name in enumerate(within)}
+    return [position[n] for n in names if n in position], [n for n in names if n not in position]
 
 
 class OutputError(OSError):
@@ -220,6 +313,14 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: the initialised process group's, else torchrun's RANK and WORLD_SIZE
+    (0, 1 without torchrun). The one place that reads them."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``None``/``"auto"``: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else the CPU;
     ``"cuda"`` without an index: ``cuda:LOCAL_RANK``; an explicit device is checked to exist."""
@@ -243,11 +344,7 @@ class DistContext:
 
     def __init__(self, device: str | torch.device | None = "auto") -> None:
         self.owns_group = False
-        if dist.is_available() and dist.is_initialized():
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        else:
-            self.rank = int(os.environ.get("RANK", "0"))
-            self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.world = rank_and_world()
         self.device = resolve_device(device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank())

@@ -1,4 +1,5 @@
-"""Shared test fixtures: devices, dtypes, the shared real-data folder, worst-mismatch reporting."""
+"""Shared test fixtures: devices, dtypes, the shared real-data folder, worst-mismatch reporting, an isolated
+environment (own cache, no torchrun variables) and the cached tiny digits teachers."""
 
 from __future__ import annotations
 
@@ -52,3 +53,34 @@ def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def isolated_env(monkeypatch, tmp_path):
+    """This test's own cache (INFER_FAST_CACHE under tmp_path) and no torchrun variables (RANK, WORLD_SIZE,
+    LOCAL_RANK): what a module opts into with ``pytestmark = pytest.mark.usefixtures("isolated_env")``."""
+    monkeypatch.setenv("INFER_FAST_CACHE", str(tmp_path / "cache"))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    """Two small ConvNets (different widths and seeds) on digits at 16 px (synth_helpers.SIZE), cached across
+    test sessions."""
+    from infer_fast import __version__, models
+    from infer_fast.runtime import cache_root
+    from infer_fast.train.teacher import TeacherConfig, train_teacher
+
+    folder = os.path.join(cache_root(), f"test-teachers-{__version__}")
+    paths = []
+    for i, width in enumerate((0.25, 0.5)):
+        path = os.path.join(folder, f"convnet-w{width}-s{i}.safetensors")
+        try:
+            models.load_teacher(path)
+        except Exception:
+            os.makedirs(folder, exist_ok=True)
+            train_teacher(TeacherConfig(arch="convnet", width=width, epochs=3, image_size=16, batch_size=64, lr=0.05,
+                                        seed=i, out=path, progress=False, num_workers=0))
+        paths.append(path)
+    return paths

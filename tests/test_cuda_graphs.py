@@ -8,19 +8,11 @@ import dataclasses
 import pytest
 import torch
 from conftest import assert_close, requires_cuda
-from test_synth import _setup, _tiny_teacher
+from synth_helpers import NORM, run_batch, setup_naturals, tiny_teacher
 
-from infer_fast.synth import baselines
+from infer_fast.synth.augment import AugSettings, apply_aug, apply_aug_static, aug_row, aug_width, draw_aug
 from infer_fast.synth.config import DistillConfig
-from infer_fast.synth.ufc import (
-    AugSettings,
-    apply_aug,
-    apply_aug_static,
-    aug_row,
-    aug_width,
-    draw_aug,
-    optimise_batch,
-)
+from infer_fast.synth.methods.infer import infer_problems
 
 # The static loop resamples the crop with a matrix product instead of interpolate and runs Adam's capturable
 # arithmetic: the same maths, rounded differently. Over a few dozen Adam steps the parameters drift apart by a few
@@ -30,17 +22,16 @@ LOSS_RTOL = 1e-5
 
 
 def _problems(size: int, k_sets: int = 2):
-    naturals, mean, std, lo, hi = _setup(k_sets=k_sets, s=size)
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    naturals, mean, std, lo, hi = setup_naturals(k_sets=k_sets, s=size)
+    problems = infer_problems(naturals, 1, NORM)
     return problems, naturals.reshape(-1, 3, size, size), mean, std, lo, hi
 
 
 def _run(problems, base, mean, std, lo, hi, iteration: str, *, small: bool, iterations: int = 20, log_every: int = 10,
          model=None, **kw):
-    return optimise_batch(problems, model if model is not None else _tiny_teacher(), base, mean, std, lo, hi, seed=0,
-                          iterations=iterations, lr=0.25, betas=(0.5, 0.9), eps=1e-8, r_bn=1.0,
-                          first_bn_multiplier=10.0, aug=AugSettings(small=small, jitter=2 if small else 8),
-                          log_every=log_every, iteration=iteration, **kw)
+    return run_batch(problems, model if model is not None else tiny_teacher(), base, mean, std, lo, hi,
+                     iterations=iterations, aug=AugSettings(small=small, jitter=2 if small else 8),
+                     log_every=log_every, iteration=iteration, **kw)
 
 
 def _compare(a, b, what: str) -> tuple[float, float]:
@@ -138,7 +129,7 @@ def test_cuda_graph_replay_equals_static_and_default(small, size, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     problems, base, mean, std, lo, hi = _cuda_problems(size)
     runs = {it: _run(problems, base, mean, std, lo, hi, it, small=small, iterations=12, log_every=5,
-                     model=_tiny_teacher().cuda()) for it in ("eager", "static", "graph")}
+                     model=tiny_teacher().cuda()) for it in ("eager", "static", "graph")}
     _compare(runs["static"], runs["graph"], f"CUDA graph vs static, {size} px")
     _compare(runs["eager"], runs["graph"], f"CUDA graph vs default, {size} px")
 
@@ -158,7 +149,7 @@ def test_cuda_iterations_do_not_synchronise(iteration):
 
     try:
         res = _run(problems, base, mean, std, lo, hi, iteration, small=False, iterations=iterations,
-                   log_every=iterations, on_progress=on_progress, model=_tiny_teacher().cuda())
+                   log_every=iterations, on_progress=on_progress, model=tiny_teacher().cuda())
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(done) == iterations and torch.isfinite(res.ce).all()

@@ -14,12 +14,7 @@ from infer_fast.data import DataError, dataset_info, make_loader, sample_natural
 from infer_fast.data import commands as data_commands
 from infer_fast.data.sampling import epoch_order, resolve_shard, shard_bounds, shard_indices
 
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv("INFER_FAST_CACHE", raising=False)
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")  # own cache, no torchrun variables (conftest)
 
 
 @pytest.fixture
@@ -30,7 +25,7 @@ def folder(tmp_path):
 
 
 def _denorm_colors(x: torch.Tensor, mean, std) -> list[tuple[int, int, int]]:
-    """Mean RGB (0..255) of each normalized image of a batch."""
+    """Mean RGB (0..255) of each normalised image of a batch."""
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     px = (x * s + m) * 255.0
@@ -74,8 +69,9 @@ def test_labels_follow_sorted_class_folders(folder):
     assert info.train_bytes == 12 * 3 * 32 * 32
 
 
-def test_cache_hit_then_invalidated_by_a_change(folder):
+def test_cache_hit_then_invalidated_by_a_change(folder, monkeypatch):
     root, _ = folder
+    monkeypatch.delenv("INFER_FAST_CACHE")  # without it, a writable dataset root holds its own scan cache
     first = scan_split(root, "train")
     assert not first.from_cache and first.cache_path.startswith(os.path.join(root, ".infer_fast"))
     again = scan_split(root, "train")
@@ -141,7 +137,7 @@ def test_digits_info_and_split():
     assert x.shape == (360, 3, 32, 32) and y.dtype == torch.int64 and len(ev) == 4
     assert torch.bincount(y, minlength=10).min() >= 35  # stratified split
     assert torch.equal(x[:, 0], x[:, 1])  # gray in 3 channels
-    assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2  # normalized with its own mean/std
+    assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2  # normalised with its own mean/std
 
 
 def test_digits_sample_naturals_is_seeded_and_per_class():
@@ -170,7 +166,7 @@ def test_tensor_loader_train_augmentation_and_determinism():
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True))
     c = list(ld)  # next iteration: epoch 6, another order
     assert not torch.equal(a[0][1], c[0][1])
-    # pad-4 crops show zero padding (normalized value of 0) on some borders; flips happen
+    # pad-4 crops show zero padding (normalised value of 0) on some borders; flips happen
     zero = (0 - ld.mean[0]) / ld.std[0]
     x = torch.cat([p[0] for p in a])
     assert ((x[:, 0, 0, :] - zero).abs() < 1e-5).all(dim=1).any()

@@ -22,10 +22,7 @@ RESIZED_MEAN_ABS = 1.5
 UNRESIZED_MEAN_ABS = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    for k in ("INFER_FAST_CACHE", "RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")  # own cache, no torchrun variables (conftest)
 
 
 def _pixels(x: torch.Tensor, ld) -> torch.Tensor:

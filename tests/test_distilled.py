@@ -49,7 +49,7 @@ def test_roundtrip_and_compose(tmp_path, backend):
         pytest.importorskip("infer_fast.ops.compensator_broadcast")
     t = _tensors()
     man = write_distilled(str(tmp_path), _manifest(), t)
-    assert set(man["files"]) == {"naturals.safetensors", "ufcs.safetensors", "labels.safetensors"}
+    assert set(man.files) == {"naturals.safetensors", "ufcs.safetensors", "labels.safetensors"}
     ds = load_distilled(str(tmp_path), backend=backend)
     assert len(ds) == 2 * 4 * 3 and ds.method == "infer" and ds.classes == ["c0", "c1", "c2", "c3"]
     assert ds.image_size == 6 and ds.small and ds.mean == (0.5, 0.4, 0.3)
@@ -113,22 +113,22 @@ def test_bad_directories(tmp_path):
 
 
 def test_a_set_written_under_the_withdrawn_ufc_rule_still_loads(tmp_path):
-    """Sets distilled before spec 3.5 was corrected (u inside the set's no-clamp interval, no ``ufc_bound`` in the
+    """Sets distilled before INFER §3.5 was corrected (u inside the set's no-clamp interval, no ``ufc_bound`` in the
     config) keep the same format version and compose to exactly x + u."""
-    from infer_fast.synth.baselines import normalise
-    from infer_fast.synth.ufc import ufc_bounds
+    from infer_fast.runtime import Normalisation
+    from infer_fast.synth.problem import ufc_bounds
 
     t = _tensors()
     man = _manifest()
-    mean, std = torch.tensor(man["mean"]), torch.tensor(man["std"])
-    lo, hi = -mean / std, (1 - mean) / std
+    norm = Normalisation(man["mean"], man["std"])
+    _, _, lo, hi = norm.tensors()
     for k in range(2):
-        lower, upper = ufc_bounds(normalise(t["naturals"][k], mean, std), lo, hi, "set")
+        lower, upper = ufc_bounds(norm.normalise(t["naturals"][k]), lo, hi, "set")
         t["ufcs"][k] = torch.maximum(torch.minimum(t["ufcs"][k].float(), upper), lower).half()
     man["config"] = {"method": "infer", "jitter": 4, "iterations": 1000}  # an old config: no ufc_bound field
     write_distilled(str(tmp_path), man, t)
     ds = load_distilled(str(tmp_path), backend="reference")
-    x = normalise(t["naturals"], mean, std)  # [K, C, 3, S, S]
+    x = norm.normalise(t["naturals"])  # [K, C, 3, S, S]
     i = 2 * 4 + (1 * 2 + 1) * 4 + 3  # set 1, UFC teacher 1, class 3
     expected = x[1, 3] + t["ufcs"][1, 1].float()
     torch.testing.assert_close(ds.compose(torch.tensor([i]))[0].float(), expected, atol=1e-3, rtol=0)

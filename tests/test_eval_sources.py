@@ -13,12 +13,7 @@ from datagen import CLASSES, make_folder
 from infer_fast.data import DataError, make_loader, scan_split
 from infer_fast.data.api import dali_available
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("INFER_FAST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_env")  # own cache, no torchrun variables (conftest)
 
 
 def _batches(ld) -> tuple[torch.Tensor, torch.Tensor]:

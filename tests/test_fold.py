@@ -8,14 +8,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import assert_close, requires_cuda
+from synth_helpers import NORM, run_batch
 
 from infer_fast.models.archs import build_model
 from infer_fast.ops.bn_stat_loss import BNStatMatcher
-from infer_fast.synth import baselines
 from infer_fast.synth import fold as fold_mod
+from infer_fast.synth.augment import AugSettings
 from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
 from infer_fast.synth.fold import FoldedTap, InputTap, SynthesisTeacher, autocast
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.methods.infer import infer_problems
 
 
 def _calibrated(model: nn.Module, size: int, dtype=torch.float32) -> nn.Module:
@@ -215,16 +216,13 @@ def test_optimise_batch_prepared_equals_plain():
     g = torch.Generator().manual_seed(0)
     c, s = 5, 16
     naturals = torch.randint(0, 256, (3, c, 3, s, s), generator=g, dtype=torch.uint8)
-    mean, std = torch.tensor([0.5, 0.45, 0.4]), torch.tensor([0.25, 0.2, 0.3])
-    lo, hi = -mean / std, (1 - mean) / std
     model = _calibrated(build_model("resnet18_cifar", c, s, width=0.25), s)
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    problems = infer_problems(naturals, 1, NORM)
     base = naturals.reshape(-1, 3, s, s)
-    kw = dict(seed=0, iterations=10, lr=0.25, betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
-              aug=AugSettings(small=True, jitter=2), log_every=5)
-    plain = optimise_batch(problems, model, base, mean, std, lo, hi, **kw)
+    kw = dict(iterations=10, aug=AugSettings(small=True, jitter=2), log_every=5)
+    plain = run_batch(problems, model, base, *NORM.tensors(), **kw)
     prepared = SynthesisTeacher(model, fold_bn=True, channels_last=True, probe_size=s)
-    fast = optimise_batch(problems, prepared, base, mean, std, lo, hi, **kw)
+    fast = run_batch(problems, prepared, base, *NORM.tensors(), **kw)
     assert prepared.groups == len(problems)
     assert_close(fast.ce, plain.ce, atol=1e-5, rtol=1e-3, what="CE per iteration")
     assert_close(fast.bn, plain.bn, atol=1e-5, rtol=1e-3, what="BN loss per iteration")
@@ -255,15 +253,12 @@ def test_cuda_bf16_channels_last_synthesis_matches_fp32():
     model = _calibrated(build_model("resnet18_cifar", 5, 16, width=0.25), 16).to(dev)
     g = torch.Generator().manual_seed(0)
     naturals = torch.randint(0, 256, (2, 5, 3, 16, 16), generator=g, dtype=torch.uint8)
-    mean, std = torch.tensor([0.5, 0.45, 0.4]), torch.tensor([0.25, 0.2, 0.3])
-    lo, hi = -mean / std, (1 - mean) / std
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
-    kw = dict(seed=0, iterations=5, lr=0.25, betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
-              aug=AugSettings(small=True, jitter=2), log_every=5)
-    d = [t.to(dev) for t in (naturals.reshape(-1, 3, 16, 16), mean, std, lo, hi)]
+    problems = infer_problems(naturals, 1, NORM)
+    kw = dict(iterations=5, aug=AugSettings(small=True, jitter=2), log_every=5)
+    d = [t.to(dev) for t in (naturals.reshape(-1, 3, 16, 16), *NORM.tensors())]
     teacher = SynthesisTeacher(model, fold_bn=True, channels_last=True, probe_size=16)
-    fp32 = optimise_batch(problems, teacher, *d, **kw)
-    bf16 = optimise_batch(problems, teacher, *d, precision="bf16", **kw)
+    fp32 = run_batch(problems, teacher, *d, **kw)
+    bf16 = run_batch(problems, teacher, *d, precision="bf16", **kw)
     assert_close(bf16.ce[0], fp32.ce[0], atol=0.05, rtol=0.05, what="bf16 CE at iteration 0")
     assert_close(bf16.bn[0], fp32.bn[0], atol=0.05, rtol=0.05, what="bf16 BN loss at iteration 0")
 
@@ -272,10 +267,7 @@ def test_optimise_batch_refuses_a_teacher_prepared_for_other_settings():
     model = _calibrated(build_model("convnet", 5, 16, width=0.125), 16)
     teacher = SynthesisTeacher(model, first_bn_multiplier=3.0, probe_size=16)
     naturals = torch.randint(0, 256, (1, 5, 3, 16, 16), dtype=torch.uint8)
-    mean, std = torch.tensor([0.5, 0.45, 0.4]), torch.tensor([0.25, 0.2, 0.3])
-    lo, hi = -mean / std, (1 - mean) / std
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    problems = infer_problems(naturals, 1, NORM)
     with pytest.raises(ValueError, match="first_bn_multiplier=3.0"):
-        optimise_batch(problems, teacher, naturals.reshape(-1, 3, 16, 16), mean, std, lo, hi, seed=0, iterations=1,
-                       lr=0.25, betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
-                       aug=AugSettings(small=True, jitter=0))
+        run_batch(problems, teacher, naturals.reshape(-1, 3, 16, 16), *NORM.tensors(), iterations=1,
+                  aug=AugSettings(small=True, jitter=0))

@@ -12,7 +12,8 @@ import time
 
 import pytest
 import torch
-from test_synth_run import SIZE, _cfg, teachers  # noqa: F401  (teachers: the cached tiny ConvNet fixture)
+from synth_helpers import SIZE
+from synth_helpers import distill_config as _cfg
 
 from infer_fast import runtime
 from infer_fast.cli import main
@@ -48,7 +49,7 @@ def test_write_error_is_one_line_naming_path_and_what_is_kept(tmp_path, monkeypa
     assert not isinstance(info.value, runtime.OutputError)
 
 
-def test_distill_on_a_full_disk_says_one_line(teachers, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_distill_on_a_full_disk_says_one_line(teachers, tmp_path, monkeypatch, capsys):
     out = tmp_path / "full"
     monkeypatch.setattr(os, "fsync", _no_space)
     rc = main(["distill", "--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3",
@@ -60,7 +61,7 @@ def test_distill_on_a_full_disk_says_one_line(teachers, tmp_path, monkeypatch, c
     assert not any("Traceback" in line for line in err)
 
 
-def test_second_writer_is_refused(teachers, tmp_path):  # noqa: F811
+def test_second_writer_is_refused(teachers, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     with runtime.lock_folder(str(out), "test"), pytest.raises(runtime.BusyError, match="another process"):
@@ -72,19 +73,19 @@ def test_second_writer_is_refused(teachers, tmp_path):  # noqa: F811
 ITERATIONS = 40  # long enough per batch that a poll of a few ms lands between the writes
 
 
-def _args(out, teachers):  # noqa: F811
+def _args(out, teachers):
     return ["--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3", "--iterations",
             str(ITERATIONS), "--out", str(out), "--log-every", "4", "--problems-per-batch", "1", "--seed", "3",
             "--r-bn", "0.05", "--jitter", "1", "--device", "cpu", "--threads", "1"]
 
 
-def _distill(out, teachers, *extra) -> subprocess.CompletedProcess:  # noqa: F811
+def _distill(out, teachers, *extra) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "infer_fast", "distill", *_args(out, teachers), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
-def _kill_when(out, teachers, ready) -> None:  # noqa: F811
+def _kill_when(out, teachers, ready) -> None:
     """Start a distill run and SIGKILL it as soon as ``ready(out)`` holds (or when it would have finished)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "infer_fast", "distill", *_args(out, teachers)], env=env, cwd=ROOT,
@@ -99,7 +100,7 @@ def _kill_when(out, teachers, ready) -> None:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def clean_run(teachers, tmp_path_factory):  # noqa: F811
+def clean_run(teachers, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "d"
     proc = _distill(out, teachers)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -115,7 +116,7 @@ POINTS = {
 
 
 @pytest.mark.parametrize("point", list(POINTS))
-def test_kill_then_resume_equals_clean_run(point, clean_run, teachers, tmp_path):  # noqa: F811
+def test_kill_then_resume_equals_clean_run(point, clean_run, teachers, tmp_path):
     out = tmp_path / "k"
     _kill_when(out, teachers, POINTS[point])
     proc = _distill(out, teachers, "--resume")

@@ -8,22 +8,18 @@ from fractions import Fraction
 
 import pytest
 import torch
-import torch.nn as nn
+from synth_helpers import NORM, run_batch, setup_naturals, tiny_teacher
 
 from infer_fast.ops.backend import get as get_op
-from infer_fast.synth import baselines, budget
+from infer_fast.synth import budget, methods
+from infer_fast.synth.augment import AugSettings, apply_aug, draw_aug
 from infer_fast.synth.commands import add_config_arguments, config_from_args
 from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.methods.infer import infer_problems
+from infer_fast.synth.methods.sre2l import mean_image, sre2l_problems
+from infer_fast.synth.problem import pinned_fraction, ufc_bounds
 from infer_fast.synth.runner import resolve
-from infer_fast.synth.ufc import (
-    AugSettings,
-    NonFiniteLossError,
-    apply_aug,
-    draw_aug,
-    optimise_batch,
-    pinned_fraction,
-    ufc_bounds,
-)
+from infer_fast.synth.ufc import NonFiniteLossError
 
 BACKENDS = ["reference", "fused"]
 
@@ -48,13 +44,13 @@ BACKEND_PARAMS = [_backend_param(b) for b in BACKENDS]
 
 
 def test_budget_spec_examples():
-    st = budget.storage("infer", ipc=10, num_classes=100, num_teachers=4, image_size=32)
+    st = methods.get("infer").storage(ipc=10, num_classes=100, num_teachers=4, image_size=32)
     assert st.num_natural_sets == 9
     assert (st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (900, 36, 4500)
     assert st.stored_images <= st.budget_images == 1000
     assert st.stored_bytes == 900 * 3 * 32 * 32 + 36 * 3 * 32 * 32 * 2
     assert st.label_bytes == 4500 * 100 * 2
-    st = budget.storage("infer", ipc=10, num_classes=1000, num_teachers=3, image_size=224)
+    st = methods.get("infer").storage(ipc=10, num_classes=1000, num_teachers=3, image_size=224)
     assert (st.num_natural_sets, st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (9, 9000, 27, 36000)
     d = st.as_dict(full_train_bytes=10 ** 12)
     assert d["compression_ratio"] == pytest.approx(st.stored_bytes / 10 ** 12)
@@ -80,50 +76,24 @@ def test_budget_too_small_message():
 
 
 def test_baseline_storage():
-    st = budget.storage("sre2l", ipc=5, num_classes=10, num_teachers=3, image_size=8)
+    st = methods.get("sre2l").storage(ipc=5, num_classes=10, num_teachers=3, image_size=8)
     assert (st.stored_naturals, st.stored_ufcs, st.num_synthetic) == (50, 0, 50)
 
 
 # ---- the optimiser on a tiny teacher ----------------------------------------------------------
 
 
-def _tiny_teacher(c: int = 5) -> nn.Module:
-    torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, c))
-    net.train()
-    with torch.no_grad():
-        for _ in range(5):
-            net(torch.randn(16, 3, 8, 8) * 0.8 + 0.1)
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
-def _setup(k_sets=2, c=5, s=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    naturals = torch.randint(0, 256, (k_sets, c, 3, s, s), generator=g, dtype=torch.uint8)
-    naturals[0, 0, 0] = 0  # extreme pixels: the clamp bounds are tight there
-    naturals[0, 1, 0] = 255
-    mean = torch.tensor([0.5, 0.45, 0.4])
-    std = torch.tensor([0.25, 0.2, 0.3])
-    lo, hi = -mean / std, (1 - mean) / std
-    return naturals, mean, std, lo, hi
-
-
 def _run(problems, model, base, mean, std, lo, hi, backend, iterations=40, lr=0.25, small=True, **kw):
-    return optimise_batch(problems, model, base, mean, std, lo, hi, seed=0, iterations=iterations, lr=lr,
-                          betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
-                          aug=AugSettings(small=small, jitter=2), backend=backend, log_every=10, **kw)
+    return run_batch(problems, model, base, mean, std, lo, hi, iterations=iterations, lr=lr,
+                     aug=AugSettings(small=small, jitter=2), backend=backend, log_every=10, **kw)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_ufc_changes_and_composed_images_stay_in_range(backend):
     """(CE falling is tested end to end on digits with trained teachers, tests/test_synth_run.py.)"""
-    naturals, mean, std, lo, hi = _setup()
-    model = _tiny_teacher()
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    naturals, mean, std, lo, hi = setup_naturals()
+    model = tiny_teacher()
+    problems = infer_problems(naturals, 1, NORM)
     res = _run(problems, model, naturals.reshape(-1, 3, 8, 8), mean, std, lo, hi, backend, iterations=20)
     assert res.ce.shape == (20, 2) and res.bn.shape == (20, 2)
     compose = get_op("compensator_broadcast", backend)
@@ -139,13 +109,13 @@ def test_ufc_changes_and_composed_images_stay_in_range(backend):
 
 
 def test_ufc_bound_rules():
-    naturals, mean, std, lo, hi = _setup()
-    loose = baselines.infer_problems(naturals, 1, mean, std, lo, hi)[0]
+    naturals, mean, std, lo, hi = setup_naturals()
+    loose = infer_problems(naturals, 1, NORM)[0]
     span = (hi - lo).view(1, 3, 1, 1).expand(1, 3, 8, 8)
     assert torch.equal(loose.upper, span) and torch.equal(loose.lower, -span), "loose: [lo - hi, hi - lo]"
     # the withdrawn rule, kept for ablations: exactly the no-clamp condition, 0 where one image is black and one white
-    p = baselines.infer_problems(naturals, 1, mean, std, lo, hi, bound="set")[0]
-    x = baselines.normalise(naturals[0], mean, std)
+    p = infer_problems(naturals, 1, NORM, bound="set")[0]
+    x = NORM.normalise(naturals[0])
     assert torch.allclose(p.lower[0, 0], torch.zeros(8, 8), atol=1e-6)
     assert torch.allclose(p.upper[0, 0], torch.zeros(8, 8), atol=1e-6)
     assert (p.lower <= 0).all() and (p.upper >= 0).all()
@@ -159,10 +129,10 @@ def test_ufc_bound_rules():
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
 def test_batching_and_chunking(backend):
     """Two problems in one forward equal two separate runs (own BN groups, own RNG); class chunks run too."""
-    naturals, mean, std, lo, hi = _setup()
-    model = _tiny_teacher()
+    naturals, mean, std, lo, hi = setup_naturals()
+    model = tiny_teacher()
     base = naturals.reshape(-1, 3, 8, 8)
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    problems = infer_problems(naturals, 1, NORM)
     together = _run(problems, model, base, mean, std, lo, hi, backend, iterations=10)
     for j, p in enumerate(problems):
         alone = _run([p], model, base, mean, std, lo, hi, backend, iterations=10)
@@ -175,9 +145,9 @@ def test_batching_and_chunking(backend):
 
 
 def test_imagenet_style_augmentation_runs():
-    naturals, mean, std, lo, hi = _setup(s=16)
-    model = _tiny_teacher()
-    problems = baselines.infer_problems(naturals, 1, mean, std, lo, hi)
+    naturals, mean, std, lo, hi = setup_naturals(s=16)
+    model = tiny_teacher()
+    problems = infer_problems(naturals, 1, NORM)
     res = _run(problems[:1], model, naturals.reshape(-1, 3, 16, 16), mean, std, lo, hi, "reference",
                iterations=5, small=False)
     assert torch.isfinite(res.ce).all()
@@ -190,17 +160,17 @@ def test_imagenet_style_augmentation_runs():
 
 
 def test_sre2l_problems_and_nonfinite_error():
-    naturals, mean, std, lo, hi = _setup()
-    model = _tiny_teacher()
-    probs = baselines.sre2l_problems(2, 5, 1, 8, 0, mean, std, lo, hi)
+    naturals, mean, std, lo, hi = setup_naturals()
+    model = tiny_teacher()
+    probs = sre2l_problems(2, 5, 1, 8, 0, NORM)
     assert [p.key for p in probs] == [(0, 0), (1, 0)] and probs[0].init.shape == (5, 3, 8, 8)
-    base = mean.view(1, 3, 1, 1).expand(1, 3, 8, 8).contiguous()
+    base = mean_image(NORM, 8)
     res = _run(probs, model, base, mean, std, lo, hi, "reference", iterations=10)
     for u in res.params:
         assert (u >= lo.view(1, 3, 1, 1) - 1e-6).all() and (u <= hi.view(1, 3, 1, 1) + 1e-6).all()
-    nat_init = baselines.sre2l_problems(2, 5, 1, 8, 0, mean, std, lo, hi, naturals=naturals)
-    assert torch.equal(nat_init[1].init, baselines.normalise(naturals[1], mean, std))
-    q = baselines.quantise(nat_init[1].init, mean, std)
+    nat_init = sre2l_problems(2, 5, 1, 8, 0, NORM, naturals=naturals)
+    assert torch.equal(nat_init[1].init, NORM.normalise(naturals[1]))
+    q = NORM.quantise(nat_init[1].init)
     assert torch.equal(q, naturals[1]), "quantise(normalise(x)) must give x back"
     model[0].weight.data[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"problem \(k=0, m=0\) at iteration 0"):
@@ -223,8 +193,8 @@ def test_config_file_and_flags(tmp_path):
     assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0
     assert cfg.jitter is None and cfg.ufc_bound == "loose", "per-dataset defaults are resolved per run"
     small, large = resolve(cfg, small=True, num_classes=10), resolve(cfg, small=False, num_classes=10)
-    assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (spec 3.2)"
-    assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (spec 3.2)"
+    assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (INFER §3.2)"
+    assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (INFER §3.2)"
     assert resolve(dataclasses.replace(cfg, jitter=7), small=False, num_classes=10).jitter == 7
     cfg_file.write_text("dataset: digits\nbogus: 1\n")
     with pytest.raises(ValueError, match="unknown field"):
@@ -246,3 +216,39 @@ def test_cli_registers_distill_and_export():
     assert (args.dir, args.to) == ("some/dir", "out")
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--method", "bogus"])
+
+
+# ---- methods ----------------------------------------------------------------------------------
+
+
+def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
+    from infer_fast.synth.methods import Inputs, base
+    from infer_fast.synth.methods.infer import Infer
+
+    assert methods.names() == ("infer", "sre2l", "random")
+    with pytest.raises(ValueError, match="unknown synthesis method 'bogus'"):
+        methods.get("bogus")
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @methods.register
+    class ZeroU(Infer):  # INFER's problems and budget, u stored as 0: the naturals' share of INFER's gain
+        name = "zero-u"
+        control = True
+
+        def assemble(self, inputs, solved):
+            tensors = super().assemble(inputs, solved)
+            tensors["ufcs"] = torch.zeros_like(tensors["ufcs"])
+            return tensors
+
+    assert methods.names()[-1] == "zero-u" and "zero-u" not in methods.names(controls=False)
+    with pytest.raises(ValueError, match="registered twice"):
+        methods.register(ZeroU)
+    control = methods.get("zero-u")
+    naturals, *_ = setup_naturals()
+    cfg = DistillConfig(dataset="digits", method="infer", ipc=3)
+    storage = control.storage(3, 5, 1, 8)
+    assert storage == dataclasses.replace(methods.get("infer").storage(3, 5, 1, 8), method="zero-u")
+    inputs = Inputs(cfg, storage, NORM, 8, naturals)
+    problems = control.problems(inputs)
+    out = control.assemble(inputs, [(p, torch.ones(1, 3, 8, 8)) for p in problems])
+    assert torch.equal(out["naturals"], naturals) and not out["ufcs"].any()

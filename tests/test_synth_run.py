@@ -13,50 +13,14 @@ import sys
 
 import pytest
 import torch
+from synth_helpers import ITER, SIZE
+from synth_helpers import distill_config as _cfg
 
 from infer_fast.distilled import load_distilled
-from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.runner import PROGRESS_DIR, run_distill
 from infer_fast.synth.ufc import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ITER = 12
-
-
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def teachers():
-    """Two small ConvNets (different widths and seeds) on digits at 16 px, cached across test sessions."""
-    from infer_fast import __version__, models
-    from infer_fast.runtime import cache_root
-    from infer_fast.train.teacher import TeacherConfig, train_teacher
-
-    folder = os.path.join(cache_root(), f"test-teachers-{__version__}")
-    paths = []
-    for i, width in enumerate((0.25, 0.5)):
-        path = os.path.join(folder, f"convnet-w{width}-s{i}.safetensors")
-        try:
-            models.load_teacher(path)
-        except Exception:
-            os.makedirs(folder, exist_ok=True)
-            train_teacher(TeacherConfig(arch="convnet", width=width, epochs=3, image_size=SIZE,
-                                                      batch_size=64, lr=0.05, seed=i, out=path, progress=False,
-                                                      num_workers=0))
-        paths.append(path)
-    return paths
-
-
-def _cfg(out, teachers, **kw) -> DistillConfig:
-    # r_bn 0.05: with these weak teachers the BN term (first layer x10) otherwise dominates the short run;
-    # jitter 1: digits are 8 px images upsampled to 16, a 4 px roll would shift them by half a digit
-    base = dict(dataset="digits", image_size=SIZE, teachers=[str(t) for t in teachers], ipc=3, iterations=ITER,
-                out=str(out), log_every=4, problems_per_batch=2, seed=3, r_bn=0.05, jitter=1)
-    base.update(kw)
-    return DistillConfig(**base)
-
-
 @pytest.fixture(scope="module")
 def full_run(teachers, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "d"
@@ -73,16 +37,16 @@ def test_infer_end_to_end(full_run, teachers):
     m = len(teachers)
     k = (3 * 10) // (10 + m)
     man = ds.manifest
-    assert (man["method"], man["num_natural_sets"], man["num_teachers"], man["ipc"]) == ("infer", k, m, 3)
-    assert len(ds) == k * 10 * (m + 1) == man["num_synthetic"]
-    st = man["storage"]
+    assert (man.method, man.num_natural_sets, man.num_teachers, man.ipc) == ("infer", k, m, 3)
+    assert len(ds) == k * 10 * (m + 1) == man.num_synthetic
+    st = man.storage
     assert st["stored_images"] == k * 10 + k * m <= st["budget_images"] == 30
     assert st["stored_bytes"] == os.path.getsize(full_run / "naturals.safetensors") - _header(
         full_run / "naturals.safetensors") + os.path.getsize(full_run / "ufcs.safetensors") - _header(
         full_run / "ufcs.safetensors")
     assert st["label_bytes"] == len(ds) * 10 * 2 and 0 < st["compression_ratio"] < 1
-    assert [t["fingerprint"] for t in man["teachers"]] == ds.teacher_fingerprints and len(man["teachers"]) == m
-    assert man["config"]["iterations"] == ITER and man["config"]["r_bn"] == 0.05 and man["git_commit"]
+    assert [t["fingerprint"] for t in man.teachers] == ds.teacher_fingerprints and len(man.teachers) == m
+    assert man.config["iterations"] == ITER and man.config["r_bn"] == 0.05 and man.git_commit
     nat, ufcs, labels = ds.tensors["naturals"], ds.tensors["ufcs"], ds.tensors["labels"]
     s = ds.image_size
     assert nat.dtype == torch.uint8 and nat.shape == (k, 10, 3, s, s)
@@ -94,14 +58,14 @@ def test_infer_end_to_end(full_run, teachers):
     assert len(rows) == k * m
     for r in rows:
         assert r["ce_last"] < r["ce_first"], f"CE did not fall: {r}"
-    # spec 3.5: the stored u is bounded only loosely, [lo - hi, hi - lo]; every composed image is clamped
+    # INFER §3.5: the stored u is bounded only loosely, [lo - hi, hi - lo]; every composed image is clamped
     mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
     lo, hi = -mean / std, (1 - mean) / std
     u = ufcs.float()
     assert (u.abs() <= (hi - lo) * (1 + 2 ** -10)).all()
     composed = ds.compose(torch.arange(len(ds))).float()
     assert (composed >= lo - 1e-6).all() and (composed <= hi + 1e-6).all()
-    assert man["config"]["ufc_bound"] == "loose" and man["config"]["jitter"] == 1
+    assert man.config["ufc_bound"] == "loose" and man.config["jitter"] == 1
     # the labels are the mean teacher logits on the composed images
     from infer_fast import models
 
@@ -160,7 +124,7 @@ def test_baselines(method, teachers, tmp_path):
     assert ds.tensors["naturals"].shape == (2, 10, 3, ds.image_size, ds.image_size)
     assert ds.hard_labels.tolist() == [i % 10 for i in range(20)]
     assert ds.soft_labels.shape == (20, 10) and torch.isfinite(ds.soft_labels).all()
-    assert ds.manifest["storage"]["stored_images"] == 20
+    assert ds.manifest.stored_images == 20
     if method == "sre2l":
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(r["ce_last"] < r["ce_first"] for r in rows), rows
@@ -173,7 +137,7 @@ def test_export(full_run, tmp_path):
     from safetensors.torch import load_file
     from torchvision.datasets import ImageFolder
 
-    from infer_fast.synth.export import export_imagefolder
+    from infer_fast.distilled.export import export_imagefolder
 
     ds = load_distilled(str(full_run))
     out = tmp_path / "exp"
@@ -187,7 +151,7 @@ def test_export(full_run, tmp_path):
     i = int(os.path.basename(folder.samples[5][0]).split(".")[0])
     torch.testing.assert_close(soft[5], ds.soft_labels[i])
     img = torch.from_numpy(__import__("numpy").array(folder[5][0])).permute(2, 0, 1).float() / 255
-    torch.testing.assert_close(img, ds.denormalize(ds.compose([i]))[0], atol=1 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(img, ds.denormalise(ds.compose([i]))[0], atol=1 / 255 + 1e-6, rtol=0)
     with pytest.raises(FileExistsError, match="not empty"):
         export_imagefolder(str(full_run), str(out), progress=False)
 

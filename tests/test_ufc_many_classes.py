@@ -1,4 +1,4 @@
-"""The corrected UFC rule (spec 3.5) at many classes: after a short optimisation most of u moves.
+"""The corrected UFC rule (INFER §3.5) at many classes: after a short optimisation most of u moves.
 
 The withdrawn rule bounded the stored u by the intersection ``[lo - min_c x_c, hi - max_c x_c]`` over the set;
 with 100+ real images some image is black and another white at almost every pixel, so u was pinned to ~0 and
@@ -16,15 +16,17 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import require_shared
+from synth_helpers import run_batch
 
 from infer_fast import data
 from infer_fast.ops.backend import get as get_op
-from infer_fast.synth import baselines
-from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, Normalisation
+from infer_fast.synth.augment import AugSettings
+from infer_fast.synth.methods.infer import infer_problems
+from infer_fast.synth.problem import pinned_fraction
 
-MEAN = torch.tensor([0.485, 0.456, 0.406])
-STD = torch.tensor([0.229, 0.224, 0.225])
-LO, HI = -MEAN / STD, (1 - MEAN) / STD
+NORM = Normalisation(IMAGENET_MEAN, IMAGENET_STD)
+MEAN, STD, LO, HI = NORM.tensors()
 
 
 def _teacher(num_classes: int, calib: torch.Tensor) -> nn.Module:
@@ -51,11 +53,10 @@ def _moved_fraction(set_u8: torch.Tensor, rule: str, iterations: int = 8) -> tup
     ``rule``; returns (fraction of u's values moved by more than 1/255 in pixel units, the composed images)."""
     n, s = set_u8.shape[0], set_u8.shape[-1]
     naturals = set_u8.unsqueeze(0)  # one natural set, K = 1
-    model = _teacher(n, baselines.normalise(set_u8, MEAN, STD))
-    problems = baselines.infer_problems(naturals, 1, MEAN, STD, LO, HI, bound=rule)
-    res = optimise_batch(problems, model, set_u8, MEAN, STD, LO, HI, seed=0, iterations=iterations, lr=0.25,
-                         betas=(0.5, 0.9), eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0,
-                         aug=AugSettings(small=True, jitter=4), class_chunk=500, log_every=iterations)
+    model = _teacher(n, NORM.normalise(set_u8))
+    problems = infer_problems(naturals, 1, NORM, bound=rule)
+    res = run_batch(problems, model, set_u8, MEAN, STD, LO, HI, iterations=iterations,
+                    aug=AugSettings(small=True, jitter=4), class_chunk=500, log_every=iterations)
     u = res.params[0]
     assert u.shape == (1, 3, s, s)
     compose = get_op("compensator_broadcast", "fused")
@@ -106,9 +107,8 @@ def test_stored_u_respects_its_bound(rule):
     sample = data.sample_naturals("digits", per_class=3, seed=1, image_size=8)
     images = sample.images.reshape(-1, 3, 8, 8)
     naturals = images.unsqueeze(0)
-    model = _teacher(images.shape[0], baselines.normalise(images, MEAN, STD))
-    p = baselines.infer_problems(naturals, 1, MEAN, STD, LO, HI, bound=rule)[0]
-    res = optimise_batch([p], model, images, MEAN, STD, LO, HI, seed=0, iterations=5, lr=2.0, betas=(0.5, 0.9),
-                         eps=1e-8, r_bn=1.0, first_bn_multiplier=10.0, aug=AugSettings(small=True, jitter=0))
+    model = _teacher(images.shape[0], NORM.normalise(images))
+    p = infer_problems(naturals, 1, NORM, bound=rule)[0]
+    res = run_batch([p], model, images, MEAN, STD, LO, HI, iterations=5, lr=2.0, aug=AugSettings(small=True, jitter=0))
     u = res.params[0]
     assert (u >= p.lower - 1e-6).all() and (u <= p.upper + 1e-6).all()

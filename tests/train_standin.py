@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from infer_fast import data
+from infer_fast.distilled import Manifest
 
 
 class StandInDistilled:
@@ -25,7 +26,8 @@ class StandInDistilled:
         self.image_size = info.image_size
         self.small = info.small
         self.mean, self.std = tuple(info.mean), tuple(info.std)
-        self.manifest = {"method": self.method, "teachers": []}
+        self.manifest = Manifest(method=self.method, classes=self.classes, mean=self.mean, std=self.std,
+                                 image_size=self.image_size, small=self.small)
         self.tensors = {"naturals": self.images}
 
     def __len__(self) -> int:

@@ -12,9 +12,9 @@ from torchvision.transforms import v2
 from infer_fast.data import digits
 from infer_fast.data.eval_cache import cache_key, decode_once, decoded_bytes
 from infer_fast.data.folder import TRAIN_SPLITS, DataError, SplitScan, scan_split
-from infer_fast.data.sampling import mix_seed, resolve_shard
+from infer_fast.data.sampling import resolve_shard
 from infer_fast.data.torch_loader import BaseLoader, ResizeCenterCrop, TensorLoader, TorchFolderLoader, open_rgb
-from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, resolve_device, sample_names
+from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, index_in, mix_seed, resolve_device, sample_names
 
 SMALL_MAX_SIDE = 64  # folders whose median image side is at most this get CIFAR-style augmentation
 LARGE_DEFAULT_SIZE = 224
@@ -50,7 +50,7 @@ def _check_size(image_size: int | None) -> int | None:
 
 
 def dataset_info(source: str, image_size: int | None = None) -> DatasetInfo:
-    """Classes, normalization, default image size and train-split size of ``source`` ("digits" or a folder)."""
+    """Classes, normalisation, default image size and train-split size of ``source`` ("digits" or a folder)."""
     image_size = _check_size(image_size)
     if is_digits(source):
         s = image_size or digits.DEFAULT_SIZE
@@ -129,15 +129,13 @@ def match_classes(found: list[str], expected: list[str], where: str, against: st
     from ``where`` and those extra in it, when they are not the same set of names."""
     if found == expected:
         return None
-    found_set, expected_set = set(found), set(expected)
-    missing = [c for c in expected if c not in found_set]
-    extra = [c for c in found if c not in expected_set]
+    index, extra = index_in(found, expected)
+    missing = index_in(expected, found)[1]
     if missing or extra:
         parts = ([f"missing {len(missing)} ({sample_names(missing, 8)})"] if missing else []) + (
             [f"extra {len(extra)} ({sample_names(extra, 8)})"] if extra else [])
         raise DataError(f"class folders of {where!r} differ from {against}: {'; '.join(parts)}")
-    position = {c: i for i, c in enumerate(expected)}
-    return [position[c] for c in found]
+    return index
 
 
 def make_loader(source: str, split: str = "train", batch_size: int = 128, loader: str = "auto",
@@ -146,7 +144,7 @@ def make_loader(source: str, split: str = "train", batch_size: int = 128, loader
                 mean: tuple[float, float, float] | None = None,
                 std: tuple[float, float, float] | None = None, classes: list[str] | None = None,
                 small: bool | None = None, memory_budget: int = 0) -> BaseLoader:
-    """Batches ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])`` of ``source``.
+    """Batches ``(images float32 [B, 3, S, S] normalised on device, labels int64 [B])`` of ``source``.
 
     ``split``: "train" (shuffled, augmented: random resized crop + flip, or pad-4 random crop + flip for small
     images; drops the last partial batch and gives every rank the same batch count) or "eval" (resize + center

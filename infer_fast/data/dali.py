@@ -22,8 +22,9 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from infer_fast.data.sampling import epoch_order, mix_seed
+from infer_fast.data.sampling import epoch_order
 from infer_fast.data.torch_loader import PAD, BaseLoader, eval_resize_size
+from infer_fast.runtime import mix_seed
 
 READER = "Reader"
 _WHITESPACE = re.compile(r"\s")
@@ -37,7 +38,7 @@ def _dali_seed(*parts: int) -> int:
     return mix_seed(*parts) & 0x7FFFFFFF
 
 
-def _normalize(images, mean, std, mirror=None):
+def _normalise(images, mean, std, mirror=None):
     return fn.crop_mirror_normalize(
         images, dtype=types.FLOAT, output_layout="CHW",
         mean=[255.0 * m for m in mean], std=[255.0 * s for s in std], mirror=0 if mirror is None else mirror,
@@ -73,7 +74,7 @@ def folder_pipeline(source, shard_id, num_shards, train, small, size, mean, std,
         images = fn.crop(images, crop=[size, size])  # center
         if train:
             images = _small_train(images, size)
-    out = _normalize(images, mean, std, mirror)
+    out = _normalise(images, mean, std, mirror)
     return out, (labels.gpu() if gpu else labels)
 
 
@@ -156,7 +157,7 @@ def tensor_pipeline(source, train, size, mean, std, gpu):
     if train:
         images = _small_train(images, size)
         mirror = fn.random.coin_flip(probability=0.5)
-    return _normalize(images, mean, std, mirror), labels
+    return _normalise(images, mean, std, mirror), labels
 
 
 class DaliTensorLoader(_DaliLoader):

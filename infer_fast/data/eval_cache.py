@@ -11,8 +11,6 @@ cache (their eval read is the S x S image itself) and are augmented in memory (`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 
@@ -21,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from infer_fast.data.torch_loader import EVAL_RESIZE_RATIO, BaseLoader
-from infer_fast.runtime import atomic_save_safetensors
+from infer_fast.runtime import atomic_save_safetensors, json_key
 
 CACHE_VERSION = 1
 DEFAULT_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images per rank
@@ -38,9 +36,9 @@ def cache_key(fingerprint: str, labels: list[int], loader: BaseLoader) -> str:
         "version": CACHE_VERSION, "fingerprint": fingerprint, "size": loader.image_size, "small": loader.small,
         "resize_ratio": EVAL_RESIZE_RATIO, "provider": loader.provider, "device": loader.device.type,
         "shard": [loader.rank, loader.world],
-        "labels": hashlib.sha256(json.dumps(labels).encode()).hexdigest(),
+        "labels": json_key(labels),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return json_key(parts)
 
 
 def _read(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:

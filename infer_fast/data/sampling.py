@@ -7,20 +7,15 @@ once per epoch.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from infer_fast.runtime import mix_seed, rank_and_world
 
 
 def resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     """``(rank, world)``: the argument, else torch.distributed (initialized group or RANK/WORLD_SIZE env)."""
     if shard is None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            shard = (dist.get_rank(), dist.get_world_size())
-        else:
-            shard = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        shard = rank_and_world()
     try:
         rank, world = (int(v) for v in shard)
     except (TypeError, ValueError):
@@ -45,15 +40,6 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 def shard_indices(n: int, seed: int, epoch: int, shuffle: bool, rank: int, world: int) -> torch.Tensor:
     lo, hi = shard_bounds(n, rank, world)
     return epoch_order(n, seed, epoch, shuffle)[lo:hi]
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (splitmix64-style), stable across runs and platforms."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def num_batches(shard_len: int, batch_size: int, drop_last: bool) -> int:

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from infer_fast.data.augment import random_crop_flip
-from infer_fast.data.sampling import mix_seed, num_batches, shard_indices, train_batches
+from infer_fast.data.sampling import num_batches, shard_indices, train_batches
+from infer_fast.runtime import mix_seed
 
 # ImageNet-style eval reads resize the short side to S * 256 / 224, then center-crop S.
 EVAL_RESIZE_RATIO = 256 / 224
@@ -28,7 +29,7 @@ def eval_resize_size(image_size: int, small: bool) -> int:
 
 
 class BaseLoader:
-    """Iterable of ``(images float32 [B, 3, S, S] normalized on device, labels int64 [B])``.
+    """Iterable of ``(images float32 [B, 3, S, S] normalised on device, labels int64 [B])``.
 
     ``len()`` is the number of batches of this rank; ``set_epoch(e)`` selects the epoch (order and augmentation);
     without it, each new iteration advances the epoch by one.
@@ -76,8 +77,8 @@ class BaseLoader:
             return train_batches(self.num_files, self.world, self.batch_size)
         return num_batches(len(self.indices(0)), self.batch_size, self.drop_last)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, S, S] -> float32 normalized on ``self.device``."""
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> float32 normalised on ``self.device``."""
         x = x.to(self.device, non_blocking=True).float()
         return (x - self._shift.to(x.device)) / self._scale.to(x.device)
 
@@ -194,7 +195,7 @@ class TorchFolderLoader(BaseLoader):
             finally:
                 if state is not None:
                     torch.set_rng_state(state)
-            yield self.normalize(x), y.to(self.device, torch.int64)
+            yield self.normalise(x), y.to(self.device, torch.int64)
 
 
 class TensorLoader(BaseLoader):
@@ -217,4 +218,4 @@ class TensorLoader(BaseLoader):
             x = self.images[b]
             if self.train:
                 x = random_crop_flip(x, PAD, g)
-            yield self.normalize(x), self.labels[b]
+            yield self.normalise(x), self.labels[b]

@@ -227,16 +227,38 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
         raise FileNotFoundError(f"load_teacher: no such checkpoint file: {path}")
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"load_teacher: unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    state, info, side = _read(path)
+    arch, size, width = _geometry(path, state, info, arch)
+    model, file_classes = _build(path, state, arch, size, width, num_classes)
+    model.to(device).eval()
+    meta = _meta(path, info, side, arch, file_classes, size, width)
+    if classes is not None:
+        meta.classes = _declared(path, classes, info, file_classes)
+    meta.fingerprint = sha256_file(path)
+    if data_classes is not None:
+        index = class_index(meta.classes, data_classes, path)
+        if index is not None:
+            restrict_head(model, arch, index)
+            meta.extra = {**meta.extra, "teacher_classes": file_classes, "class_index": index}
+            meta.num_classes, meta.classes = len(index), list(data_classes)
+    return model, meta
+
+
+def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+    """(state dict, infer_fast metadata or None, the scalar side entries of a torch.save wrapper)."""
     kind = _kind(path)
-    info: dict[str, Any] | None = None
-    side: dict[str, Any] = {}
     if kind == "safetensors":
         state, info = _read_safetensors(path)
-    elif kind == "torch":
+        return state, info, {}
+    if kind == "torch":
         state, side = _read_torch(path)
-    else:
-        raise CheckpointError(f"{path}: not a checkpoint (neither a safetensors file nor a torch.save file)")
+        return state, None, side
+    raise CheckpointError(f"{path}: not a checkpoint (neither a safetensors file nor a torch.save file)")
 
+
+def _geometry(path: str, state: dict[str, torch.Tensor], info: dict[str, Any] | None,
+              arch: str | None) -> tuple[str, int, float]:
+    """(arch, input size, width): from the metadata, else inferred from the keys and shapes (width 1)."""
     if info is not None:
         if info.get("format_version") != FORMAT_VERSION or info.get("arch") not in ARCHS:
             raise CheckpointError(f"{path}: unsupported infer_fast teacher metadata (format_version "
@@ -244,14 +266,16 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
                                   f"format_version {FORMAT_VERSION} and an arch in {', '.join(ARCHS)}")
         if arch is not None and arch != info["arch"]:
             raise CheckpointError(f"{path}: holds a {info['arch']} teacher, but arch={arch!r} was requested")
-        arch, size, width = info["arch"], int(info["image_size"]), float(info.get("width", 1.0))
-    elif arch is None:
+        return info["arch"], int(info["image_size"]), float(info.get("width", 1.0))
+    if arch is None:
         arch, size = _infer_arch(path, state)
-        width = 1.0
-    else:
-        size = _convnet_size(state) if arch == "convnet" else NATIVE_SIZE[arch]
-        width = 1.0
+        return arch, size, 1.0
+    return arch, _convnet_size(state) if arch == "convnet" else NATIVE_SIZE[arch], 1.0
 
+
+def _build(path: str, state: dict[str, torch.Tensor], arch: str, size: int, width: float,
+           num_classes: int | None) -> tuple[nn.Module, int]:
+    """The ``arch`` model holding ``state`` (every key and shape checked first), and its class count."""
     head = state.get(HEADS[arch])
     if head is None or head.dim() != 2:
         raise CheckpointError(f"{path}: no classifier weight {HEADS[arch]!r} for arch {arch}: "
@@ -264,12 +288,15 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
     if problems:
         raise CheckpointError(f"{path}: does not fit {arch} (width {width:g}, {file_classes} classes): "
                               + "; ".join(problems))
-
     check_finite(state, path)
     model = build_model(arch, file_classes, size, width)
     model.load_state_dict(state, strict=False)  # strictness checked above (num_batches_tracked may be absent)
-    model.to(device).eval()
+    return model, file_classes
 
+
+def _meta(path: str, info: dict[str, Any] | None, side: dict[str, Any], arch: str, file_classes: int, size: int,
+          width: float) -> TeacherMeta:
+    """The TeacherMeta of the metadata, or of a file without it (ImageNet's normalisation, default classes)."""
     if info is not None:
         meta = TeacherMeta(arch=arch, num_classes=file_classes, classes=list(info["classes"]),
                            mean=tuple(info["mean"]), std=tuple(info["std"]), image_size=size,
@@ -277,29 +304,47 @@ def load_teacher(path: str, arch: str | None = None, num_classes: int | None = N
         if len(meta.classes) != file_classes:
             raise CheckpointError(f"{path}: metadata lists {len(meta.classes)} classes, the weights have "
                                   f"{file_classes}")
-    else:
-        acc = side.get("best_prec1")
-        meta = TeacherMeta(arch=arch, num_classes=file_classes, classes=_default_classes(arch, file_classes),
-                           mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=size,
-                           val_acc=float(acc) / 100 if isinstance(acc, int | float) else None, width=width,
-                           extra={k: v for k, v in side.items() if k != "best_prec1"})
-    if classes is not None:
-        declared = declared_classes(classes) if isinstance(classes, str) else list(classes)
-        if len(declared) != file_classes:
-            raise CheckpointError(f"{path}: {len(declared)} classes declared ({sample_names(declared)}), but the "
-                                  f"teacher has {file_classes} outputs")
-        if info is not None and list(info["classes"]) != declared:
-            raise CheckpointError(f"{path}: its metadata names its classes ({sample_names(info['classes'])}); they "
-                                  f"differ from the declared {sample_names(declared)}")
-        meta.classes = declared
-    meta.fingerprint = sha256_file(path)
-    if data_classes is not None:
-        index = class_index(meta.classes, data_classes, path)
-        if index is not None:
-            restrict_head(model, arch, index)
-            meta.extra = {**meta.extra, "teacher_classes": file_classes, "class_index": index}
-            meta.num_classes, meta.classes = len(index), list(data_classes)
-    return model, meta
+        return meta
+    acc = side.get("best_prec1")
+    return TeacherMeta(arch=arch, num_classes=file_classes, classes=_default_classes(arch, file_classes),
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=size,
+                       val_acc=float(acc) / 100 if isinstance(acc, int | float) else None, width=width,
+                       extra={k: v for k, v in side.items() if k != "best_prec1"})
+
+
+def _declared(path: str, classes: str | Sequence[str], info: dict[str, Any] | None, file_classes: int) -> list[str]:
+    """The declared output classes (``imagenet1k``, a class-list file or a list), checked against the file."""
+    declared = declared_classes(classes) if isinstance(classes, str) else list(classes)
+    if len(declared) != file_classes:
+        raise CheckpointError(f"{path}: {len(declared)} classes declared ({sample_names(declared)}), but the "
+                              f"teacher has {file_classes} outputs")
+    if info is not None and list(info["classes"]) != declared:
+        raise CheckpointError(f"{path}: its metadata names its classes ({sample_names(info['classes'])}); they "
+                              f"differ from the declared {sample_names(declared)}")
+    return declared
+
+
+def load_teachers(paths: Sequence[str], data_classes: Sequence[str], device: str | torch.device = "cpu",
+                  declared: str | dict[str, str] | None = None) -> list[tuple[nn.Module, TeacherMeta]]:
+    """The teachers of every stage (distill, its static labels, evaluate's dynamic labels): each file of ``paths``
+    loaded by :func:`load_teacher`, restricted to ``data_classes`` in that order, in eval mode with frozen weights.
+    ``declared`` names the classes of files that do not state them (``imagenet1k`` or a class-list file), for all
+    files or per path. An entry ``torchvision:MODEL[:WEIGHTS]`` is a teacher by name (:mod:`infer_fast.models.named`:
+    torchvision's weights from its cache, classes declared imagenet1k)."""
+    from infer_fast.models.named import is_named, load_named_teacher
+
+    teachers = []
+    for path in paths:
+        if is_named(path):
+            model, meta = load_named_teacher(path, device=device, data_classes=list(data_classes))
+            teachers.append((model.requires_grad_(False), meta))
+            continue
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"teacher file {path!r} does not exist")
+        decl = declared.get(path) if isinstance(declared, dict) else declared
+        model, meta = load_teacher(path, device=device, classes=decl, data_classes=list(data_classes))
+        teachers.append((model.eval().requires_grad_(False), meta))
+    return teachers
 
 
 def check_finite(state: dict[str, torch.Tensor], path: str) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from infer_fast.models.archs import HEADS
-from infer_fast.runtime import sample_names
+from infer_fast.runtime import index_in, sample_names
 
 IMAGENET1K = "imagenet1k"
 DECLARATIONS = (IMAGENET1K,)
@@ -75,8 +75,7 @@ def class_index(teacher_classes: Sequence[str], data_classes: Sequence[str], tea
         return None
     if anonymous(teacher_classes) and len(teacher_classes) == len(data_classes):
         return None
-    position = {name: i for i, name in enumerate(teacher_classes)}
-    missing = [name for name in data_classes if name not in position]
+    index, missing = index_in(data_classes, teacher_classes)
     if missing:
         hint = ""
         if len(teacher_classes) == 1000 and all(_WNID.fullmatch(n) for n in data_classes) and not all(
@@ -86,7 +85,7 @@ def class_index(teacher_classes: Sequence[str], data_classes: Sequence[str], tea
             f"teacher {teacher}: its {len(teacher_classes)} classes do not cover the data's {len(data_classes)}: "
             f"{len(missing)} missing ({sample_names(missing)}); the teacher's classes are "
             f"{sample_names(teacher_classes)}{hint}")
-    return [position[name] for name in data_classes]
+    return index
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """BatchNorm-statistic matching loss per group (``torch.ops.infer_fast.bn_stat_loss``) and a model-level matcher.
 
 ``bn_stat_loss`` is the fused op; ``BNStatMatcher`` hooks it onto every BatchNorm of a model (the synthesis
-loss of INFER, spec section 3: ``sum_l w_l * R_l`` with ``w_1 = first_bn_multiplier``), per group of samples.
+loss of INFER §3: ``sum_l w_l * R_l`` with ``w_1 = first_bn_multiplier``), per group of samples.
 """
 
 from __future__ import annotations

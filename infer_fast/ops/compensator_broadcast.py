@@ -37,7 +37,7 @@ def compensator_broadcast(
     lo: torch.Tensor | Sequence[float],
     hi: torch.Tensor | Sequence[float],
 ) -> torch.Tensor:
-    """Compose ``B`` images ``clamp(normalize(base[base_index[i]]) + ufc[ufc_index[i]], lo, hi)`` in one pass.
+    """Compose ``B`` images ``clamp(normalise(base[base_index[i]]) + ufc[ufc_index[i]], lo, hi)`` in one pass.
 
     Args:
         base: ``[Nb, C, H, W]`` uint8 (scaled by 1/255) or float16/bfloat16/float32/float64 natural images.

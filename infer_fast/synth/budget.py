@@ -1,7 +1,8 @@
-"""The INFER storage budget (spec section 2): how many natural sets fit, and what is stored.
+"""The INFER storage budget (INFER §2): how many natural sets fit, and what is stored.
 
 ``K = floor(ipc / (M / C + 1))`` natural sets, computed exactly in integers as ``(ipc * C) // (C + M)``;
 storage ``K*C`` natural images + ``K*M`` UFCs <= ``ipc*C`` image-sized tensors; synthetic images ``K*C*(M+1)``.
+What each method stores is its :meth:`~infer_fast.synth.methods.Method.storage`.
 """
 
 from __future__ import annotations
@@ -69,17 +70,3 @@ class Storage:
             "compression_ratio": (self.stored_bytes / full_train_bytes) if full_train_bytes else None,
         }
         return d
-
-
-def storage(method: str, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
-    """What a run of ``method`` stores within the budget ``ipc * C``."""
-    shape = (3, image_size, image_size)
-    if method == "infer":
-        k = num_natural_sets(ipc, num_classes, num_teachers)
-        st = Storage(method, num_classes, ipc, k, num_teachers, k * num_classes, k * num_teachers,
-                     k * num_classes * (num_teachers + 1), shape)
-        assert st.stored_images <= st.budget_images, st
-        return st
-    if method in ("sre2l", "random"):
-        return Storage(method, num_classes, ipc, ipc, num_teachers, ipc * num_classes, 0, ipc * num_classes, shape)
-    raise ValueError(f"budget: unknown method {method!r}")

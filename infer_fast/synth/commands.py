@@ -18,6 +18,14 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
     return config_cli.config_from_args(args, DistillConfig)
 
 
+def _default_teachers(cfg: DistillConfig):
+    """The digits' default ensemble, trained on first use and cached (the teacher-training stage's product). The CLI
+    layer composes the two stages; the synthesis stage itself only takes teacher files (no sideways import)."""
+    from infer_fast.train.teacher import default_teachers
+
+    return lambda source, image_size: default_teachers(source, cache_dir=cfg.teacher_cache, image_size=image_size)
+
+
 def _distill(cfg: DistillConfig, args: argparse.Namespace) -> int:
     if args.plan:
         from infer_fast.synth.plan import PlanSettings, format_plan, make_plan
@@ -25,11 +33,11 @@ def _distill(cfg: DistillConfig, args: argparse.Namespace) -> int:
         settings = PlanSettings(gpus=args.plan_gpus, nodes=args.plan_nodes, peak_tflops=args.plan_peak_tflops,
                                 utilisation=args.plan_utilisation, probe_iterations=args.plan_probe_iterations,
                                 probe_images=args.plan_probe_images, json_path=args.plan_json)
-        print(format_plan(make_plan(cfg, settings)))
+        print(format_plan(make_plan(cfg, settings, default_teachers=_default_teachers(cfg))))
         return 0
     from infer_fast.synth.runner import run_distill
 
-    return 0 if run_distill(cfg) is not None else 3
+    return 0 if run_distill(cfg, default_teachers=_default_teachers(cfg)) is not None else 3
 
 
 def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +61,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from infer_fast.synth.export import export_imagefolder
+    from infer_fast.distilled.export import export_imagefolder
 
     export_imagefolder(args.dir, args.to, backend=args.backend)
     return 0

@@ -1,4 +1,4 @@
-"""Hyperparameters of `infer-fast distill`: one dataclass, defaults from the INFER paper (spec sections 2-4, 7).
+"""Hyperparameters of `infer-fast distill`: one dataclass, defaults from the INFER paper (INFER §2-4, §7).
 
 The CLI maps 1:1 onto the fields (``--problems-per-batch`` sets ``problems_per_batch``); a YAML/JSON file given
 with ``--config`` sets the same field names, and flags given on the command line override it.
@@ -10,14 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from infer_fast.config_cli import check_choices, option
-from infer_fast.distilled import METHODS
 from infer_fast.ops.backend import BACKENDS
 from infer_fast.runtime import resolve_device
+from infer_fast.synth import methods
+from infer_fast.synth.problem import UFC_BOUNDS
 
-UFC_BOUNDS = ("loose", "set")  # bound rules of the stored UFC, see synth.ufc.ufc_bounds
 PRECISIONS = ("fp32", "bf16")
 SRE2L_INITS = ("noise", "natural")
-# Per-dataset defaults of the fields left None (spec 3.2): small (CIFAR-style) images and ImageNet-style ones.
+# Per-dataset defaults of the fields left None (INFER §3.2): small (CIFAR-style) images and ImageNet-style ones.
 SMALL_DEFAULTS = {"iterations": 1000, "r_bn": 1.0, "jitter": 4}
 LARGE_DEFAULTS = {"iterations": 2000, "r_bn": 0.01, "jitter": 32}
 # problems_per_batch=0: enough problems per forward for this many pixels (32 CIFAR images; bench_synthesis.py
@@ -45,15 +45,15 @@ class DistillConfig:
     teacher_classes: str | None = option(None, metavar="imagenet1k|FILE", help="declare the output classes of "
                                          "teacher files that do not state them: imagenet1k (the 1,000 ImageNet-1k "
                                          "wnids, sorted) or a text file with one class name per line")
-    method: str = option("infer", choices=METHODS, help="infer (UFCs), sre2l (class-specific synthesis) or random "
-                         "(random naturals); same budget and format")
+    method: str = option("infer", choices=methods.names(), help="infer (UFCs), sre2l (class-specific synthesis) or "
+                         "random (random naturals); same budget and format")
     ipc: int = option(10, help="storage budget in images per class")
     seed: int = option(0)
     out: str = option("distilled", resume=False, help="output folder of the distilled dataset")
     resume: bool = option(False, resume=False,
                           help="continue an interrupted run in --out (the result equals an uninterrupted run)")
     image_size: int | None = option(None)  # None: the dataset's size (digits: the data pipeline's default)
-    # ---- optimisation (spec section 3) --------------------------------------------------------
+    # ---- optimisation (INFER §3) --------------------------------------------------------
     # None below: the per-dataset default of SMALL_DEFAULTS / LARGE_DEFAULTS, filled in by resolved() and saved in
     # the manifest's config.
     iterations: int | None = option(None, help="optimisation steps T per problem (default: 1000 small images, 2000 "
@@ -68,8 +68,8 @@ class DistillConfig:
     jitter: int | None = option(None, help="random roll of up to this many pixels per iteration in H and W (default: "
                                 "4 small images, 32 ImageNet-style)")
     # "set" pins u to ~0 at 100+ classes, which is why "loose" is the default and "set" is kept for ablations only.
-    ufc_bound: str = option("loose", choices=UFC_BOUNDS, help="bound of the stored UFC: loose [lo-hi, hi-lo] (spec "
-                            "3.5; images are clamped per image) or set (the withdrawn intersection rule, pins u to ~0 "
+    ufc_bound: str = option("loose", choices=UFC_BOUNDS, help="bound of the stored UFC: loose [lo-hi, hi-lo] (INFER "
+                            "§3.5; images are clamped per image) or set (the withdrawn intersection rule, pins u to ~0 "
                             "at 100+ classes; ablations only)")
     crop_scale_min: float = option(0.08)  # ImageNet-style random resized crop scale range (SRe2L's recover setting)
     crop_scale_max: float = option(1.0)
@@ -138,7 +138,7 @@ class DistillConfig:
 
     def resolved(self, small: bool, num_classes: int) -> DistillConfig:
         """This config with every per-dataset default filled in, as the run uses it and writes it into the manifest:
-        T, r_bn and the jitter depend on the image regime (spec 3.2), the automatic problems per forward on the
+        T, r_bn and the jitter depend on the image regime (INFER §3.2), the automatic problems per forward on the
         class count, chunk and image size (``image_size`` must be set)."""
         regime = SMALL_DEFAULTS if small else LARGE_DEFAULTS
         return dataclasses.replace(

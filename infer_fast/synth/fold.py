@@ -159,7 +159,7 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 class SynthesisTeacher(nn.Module):
     """A frozen eval-mode teacher returning ``(logits, bn_loss [groups])``: ``bn_loss`` is ``sum_l w_l R_l`` per
     group of ``groups`` equal contiguous groups of the batch (``w_1 = first_bn_multiplier`` for the first BN in
-    ``model.modules()`` order), the synthesis loss of spec section 3.
+    ``model.modules()`` order), the synthesis loss of INFER §3.
 
     The original ``model`` is not modified (a copy is prepared). ``fold_bn`` folds every BN fed by a conv (see
     the module docstring); ``channels_last`` converts the copy (and each input) to channels-last, the layout in

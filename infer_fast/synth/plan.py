@@ -3,7 +3,7 @@
 The plan resolves the config exactly as ``distill`` does (per-dataset defaults, automatic problems per forward),
 loads the real teachers (restricted to the data's classes) and reports:
 
-- the budget: K natural sets, UFCs, synthetic images, stored bytes, label bytes (spec section 2);
+- the budget: K natural sets, UFCs, synthetic images, stored bytes, label bytes (INFER §2);
 - the work: problems, problems per forward, class chunks, batches (the unit ``torchrun`` ranks share);
 - FLOPs per problem and in total, counted with ``torch.utils.flop_counter.FlopCounterMode`` on each real teacher
   (one forward and the backward to the input, the weights frozen as in synthesis; the fused BN-matching and
@@ -30,10 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from infer_fast.config_cli import to_argv
 from infer_fast.runtime import DistContext, atomic_write_json
-from infer_fast.synth import baselines
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
-from infer_fast.synth.ufc import AugSettings, optimise_batch
+from infer_fast.synth.runner import DefaultTeachers, RunSetup, prepare
+from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 # H100 SXM dense TF32 tensor-core peak (PyTorch runs fp32 convolutions as TF32 on cuDNN by default). The assumed
 # utilisation is deliberately modest: batches of ~100 images through BN-heavy convnets, with per-layer statistics
@@ -74,32 +74,20 @@ def teacher_flops(model: torch.nn.Module, image_size: int, device: torch.device)
     return fwd.get_total_flops() // 2, both.get_total_flops() // 2
 
 
-def _probe_batch(cfg: DistillConfig, m: int, m_count: int, n: int, s: int, mean, std, lo, hi):
-    """One batch of ``problems_per_batch`` problems of teacher ``m`` with ``n`` images each, on random images."""
-    g = torch.Generator().manual_seed(0)
-    ppb = cfg.problems_per_batch
-    if cfg.method == "infer":
-        naturals = torch.randint(0, 256, (ppb, n, 3, s, s), dtype=torch.uint8, generator=g)
-        problems = [p for p in baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
-                    if p.teacher == m]
-        return problems, naturals.reshape(-1, 3, s, s)
-    problems = [p for p in baselines.sre2l_problems(ppb * m_count, n, m_count, s, 0, mean, std, lo, hi)
-                if p.teacher == m][:ppb]
-    return problems, mean.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()
-
-
-def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c: int, s: int, small: bool,
-           st: PlanSettings, device: torch.device, mean, std, lo, hi) -> dict[str, Any]:
+def _probe(setup: RunSetup, m: int, opts: PlanSettings, device: torch.device) -> dict[str, Any]:
+    """A few timed iterations of one real-sized batch of teacher ``m`` (at most ``opts.probe_images`` images per
+    problem, scaled to the real count)."""
+    cfg, c, s = setup.cfg, len(setup.classes), setup.image_size
     chunk = cfg.class_chunk if 0 < cfg.class_chunk < c else c
-    n = min(chunk, st.probe_images)
-    problems, base = _probe_batch(cfg, m, m_count, n, s, mean, std, lo, hi)
-    prepared = SynthesisTeacher(teacher, first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
+    n = min(chunk, opts.probe_images)
+    problems, base = setup.method.probe_batch(cfg, m, len(setup.teachers), n, s, setup.norm)
+    prepared = SynthesisTeacher(setup.teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
                                 fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
                                 probe_size=s)
     stamps: list[float] = []
-    aug = AugSettings(small=small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
-                      per_image_crop=cfg.per_image_crop)
-    to = [t.to(device) for t in (base, mean, std, lo, hi)]
+    settings = dataclasses.replace(SynthesisSettings.from_config(cfg, setup.info.small),
+                                   iterations=opts.probe_iterations + 1, class_chunk=0, log_every=10**9,
+                                   iteration="eager")
 
     def tick(_n, _ce, _bn):
         if device.type == "cuda":
@@ -107,10 +95,7 @@ def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c
         stamps.append(time.perf_counter())
 
     start = time.perf_counter()
-    optimise_batch(problems, prepared, *to, seed=cfg.seed, iterations=st.probe_iterations + 1, lr=cfg.lr,
-                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, r_bn=cfg.r_bn,
-                   first_bn_multiplier=cfg.first_bn_multiplier, aug=aug, class_chunk=0, backend=cfg.backend,
-                   precision=cfg.precision, log_every=10**9, on_progress=tick)
+    optimise_batch(problems, prepared, PixelGeometry.of(base, setup.norm, device), settings, on_progress=tick)
     per_iter = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 \
         else stamps[0] - start
     scale = c / n  # the batch's real images per problem over the probe's
@@ -118,38 +103,30 @@ def _probe(cfg: DistillConfig, teacher: torch.nn.Module, m: int, m_count: int, c
             "seconds_per_iteration": per_iter * scale, "scaled_by": scale}
 
 
-def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> dict[str, Any]:
+def make_plan(cfg: DistillConfig, opts: PlanSettings, progress: bool = True,
+              default_teachers: DefaultTeachers | None = None) -> dict[str, Any]:
     """The plan of ``cfg`` (see the module docstring); nothing is written but the JSON, nothing optimised."""
-    from infer_fast.synth.runner import prepare
-
     cfg.validate()
-    st.validate()
+    opts.validate()
     with DistContext(cfg.device) as dist:
         device = dist.device
-        setup = prepare(cfg, dist)
+        setup = prepare(cfg, dist, default_teachers)
         cfg, info, s, c = setup.cfg, setup.info, setup.image_size, len(setup.classes)
         teachers, tmetas, storage = setup.teachers, setup.teacher_metas, setup.storage
-        mean, std, lo, hi = setup.mean, setup.std, setup.lo, setup.hi
-        m_count = len(teachers)
         chunks = math.ceil(c / cfg.class_chunk) if 0 < cfg.class_chunk < c else 1
 
         per_teacher = []
         for m, (model, meta) in enumerate(zip(teachers, tmetas, strict=True)):
-            if cfg.method == "infer":
-                problems = storage.num_natural_sets
-            elif cfg.method == "sre2l":
-                problems = len(range(m, cfg.ipc, m_count))
-            else:
-                problems = 0
+            problems = setup.method.problems_of_teacher(cfg, storage, m)
             fwd, fwd_bwd = teacher_flops(model, s, device)
             row = {"teacher": meta.arch, "width": meta.width, "problems": problems,
                    "batches": math.ceil(problems / cfg.problems_per_batch) if problems else 0,
                    "forward_flops_per_image": fwd, "synthesis_flops_per_image_iteration": fwd_bwd,
                    "flops_per_problem": fwd_bwd * c * cfg.iterations}
-            if problems and st.probe_iterations:
+            if problems and opts.probe_iterations:
                 if progress:
-                    print(f"distill --plan: probing {meta.arch} ({st.probe_iterations} iterations)", flush=True)
-                row.update(_probe(cfg, model, m, m_count, c, s, info.small, st, device, mean, std, lo, hi))
+                    print(f"distill --plan: probing {meta.arch} ({opts.probe_iterations} iterations)", flush=True)
+                row.update(_probe(setup, m, opts, device))
                 row["seconds_this_device"] = row["seconds_per_iteration"] * cfg.iterations * row["batches"]
             per_teacher.append(row)
 
@@ -159,23 +136,23 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> di
     # Ranks take whole batches round robin in the runner's order (teacher-major): the busiest rank sets the time.
     batch_flops = [r["flops_per_problem"] * min(cfg.problems_per_batch, r["problems"] - b * cfg.problems_per_batch)
                    for r in per_teacher for b in range(r["batches"])]
-    rank_flops = [sum(batch_flops[i::st.gpus]) for i in range(st.gpus)]
+    rank_flops = [sum(batch_flops[i::opts.gpus]) for i in range(opts.gpus)]
     batches = len(batch_flops)
-    sustained = st.peak_tflops * 1e12 * st.utilisation
+    sustained = opts.peak_tflops * 1e12 * opts.utilisation
     projection = {
         "label": "PROJECTION, not a measurement: FLOPs of the busiest rank (whole batches, round robin) / (peak x "
                  "utilisation); static labels on rank 0",
-        "gpus": st.gpus, "nodes": st.nodes, "busy_gpus": sum(1 for f in rank_flops if f > 0),
-        "peak_tflops_per_gpu": st.peak_tflops, "utilisation": st.utilisation,
+        "gpus": opts.gpus, "nodes": opts.nodes, "busy_gpus": sum(1 for f in rank_flops if f > 0),
+        "peak_tflops_per_gpu": opts.peak_tflops, "utilisation": opts.utilisation,
         "synthesis_hours": max(rank_flops) / sustained / 3600,
         "labels_hours": label_flops / sustained / 3600,
     }
     measured = [r for r in per_teacher if "seconds_this_device" in r]
-    per_node = st.gpus // st.nodes
+    per_node = opts.gpus // opts.nodes
     skip = ("out", "resume", "device", "threads", "stop_after", "teacher_cache")
     argv = to_argv(cfg, skip=skip) + ["--out", cfg.out]
-    torchrun = ["torchrun", f"--nnodes={st.nodes}", f"--nproc-per-node={per_node}"]
-    if st.nodes > 1:
+    torchrun = ["torchrun", f"--nnodes={opts.nodes}", f"--nproc-per-node={per_node}"]
+    if opts.nodes > 1:
         torchrun += ["--rdzv-backend=c10d", "--rdzv-endpoint=$MASTER_ADDR:29500", "--rdzv-id=infer-fast-distill"]
     command = " ".join(shlex.quote(a) if not a.startswith("--rdzv-endpoint") else a
                        for a in [*torchrun, "-m", "infer_fast", "distill", *argv])
@@ -196,7 +173,7 @@ def make_plan(cfg: DistillConfig, st: PlanSettings, progress: bool = True) -> di
         "projection": projection,
         "torchrun": command,
     }
-    path = st.json_path or f"{cfg.out.rstrip(os.sep)}.plan.json"
+    path = opts.json_path or f"{cfg.out.rstrip(os.sep)}.plan.json"
     atomic_write_json(path, plan)
     plan["json"] = path
     return plan

@@ -1,6 +1,7 @@
 """`infer-fast distill`: orchestration of one distillation run (single process or torchrun ranks).
 
-1. Data info, teachers (``--teachers`` or, for digits, the cached default ensemble), budget (K, storage).
+1. Data info, teachers (``--teachers`` or, for digits, the cached default ensemble), the method
+   (:mod:`infer_fast.synth.methods`) and its budget (K, storage).
 2. Natural sets sampled (seeded) through infer_fast.data; the problems of the method, partitioned into fixed
    batches (``problems_per_batch`` problems of one teacher per forward).
 3. Batches are sharded round-robin over the torchrun ranks (one rank without torchrun); each finished batch is
@@ -17,35 +18,40 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from infer_fast.config_cli import resume_fields
-from infer_fast.distilled import DistilledDataset, write_distilled
+from infer_fast.distilled import DistilledDataset, Manifest, write_distilled
 from infer_fast.labels import TeacherEnsemble, static_labels
 from infer_fast.runtime import (
     DistContext,
+    Normalisation,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_with,
     git_commit,
+    json_key,
     keeping,
     lock_folder,
     make_dirs,
     remove_temp_files,
 )
-from infer_fast.synth import baselines, budget
+from infer_fast.synth import methods
+from infer_fast.synth.budget import Storage
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
-from infer_fast.synth.ufc import AugSettings, optimise_batch, pinned_fraction
+from infer_fast.synth.methods import Inputs, Method
+from infer_fast.synth.problem import Problem, make_batches
+from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 PROGRESS_DIR = "progress"
 # Fields that change the result (their `resume` metadata): the resume fingerprint covers exactly these.
@@ -59,60 +65,67 @@ _RESULT_FIELDS = resume_fields(DistillConfig)
 resolve = DistillConfig.resolved
 
 
-def load_teachers(cfg: DistillConfig, classes: list[str], image_size: int, mean_std: tuple, device: torch.device,
-                  dist: DistContext) -> tuple[list[torch.nn.Module], list, list[dict]]:
-    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teachers, each
+DefaultTeachers = Callable[[str, int], list[str]]  # (data source, image size) -> teacher files
+
+
+def resolve_teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext,
+                  default_teachers: DefaultTeachers | None = None) -> list[str]:
+    """``--teachers``, else the source's default ensemble from ``default_teachers`` (the CLI passes the teacher
+    training stage's: rank 0 trains and caches it first, the other ranks then find it in the cache)."""
+    if cfg.teachers:
+        return list(cfg.teachers)
+    if cfg.source != "digits":
+        raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
+                         "default teacher ensemble)")
+    if default_teachers is None:
+        raise ValueError("distill: no --teachers given; pass teacher files (run_distill from Python does not train "
+                         "the digits' default ensemble unless given default_teachers, as the CLI does)")
+    paths: list[str] = []
+    if dist.rank == 0:
+        paths = default_teachers(cfg.source, image_size)
+    dist.barrier()
+    return paths if dist.rank == 0 else default_teachers(cfg.source, image_size)
+
+
+def load_run_teachers(cfg: DistillConfig, paths: list[str], classes: list[str], norm: Normalisation,
+                  device: torch.device) -> tuple[list[torch.nn.Module], list, list[dict]]:
+    """(models in eval mode with frozen weights, their TeacherMeta, manifest entries) of the M teacher files, each
     restricted to the data's ``classes`` in the data's order (models.classes: a subset of the teacher's classes,
     e.g. Imagenette under an ImageNet-1k teacher, or a permutation of them)."""
     from infer_fast import models
-    from infer_fast.train.teacher import default_teachers  # the digits' default ensemble is trained on first use
 
-    paths = list(cfg.teachers)
-    if not paths:
-        if cfg.source != "digits":
-            raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
-                             "default teacher ensemble)")
-        # Rank 0 trains and caches the default ensemble first; the other ranks then find it in the cache.
-        if dist.rank == 0:
-            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
-        dist.barrier()
-        if dist.rank != 0:
-            paths = default_teachers("digits", cache_dir=cfg.teacher_cache, image_size=image_size)
-    nets, tmetas, metas = [], [], []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"distill: teacher file {path!r} does not exist")
-        model, meta = models.load_teacher(path, device=str(device), classes=cfg.teacher_classes,
-                                          data_classes=classes)
-        if any(abs(a - b) > 1e-3 for a, b in zip(tuple(meta.mean) + tuple(meta.std), mean_std, strict=True)):
+    try:
+        loaded = models.load_teachers(paths, classes, device, declared=cfg.teacher_classes)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"distill: {exc}") from None
+    nets, tmetas, entries = [], [], []
+    for path, (model, meta) in zip(paths, loaded, strict=True):
+        if not norm.matches(Normalisation(meta.mean, meta.std)):
             # the labels re-normalise per teacher (labels.TeacherEnsemble); the optimisation cannot: it shapes
             # the images the students see, in the data's normalisation
             print(f"distill: warning: teacher {path!r} was trained with mean/std {tuple(meta.mean)}/{tuple(meta.std)}"
-                  f" but the data is normalised with {mean_std[:3]}/{mean_std[3:]}; the synthesis feeds it the "
+                  f" but the data is normalised with {norm.mean}/{norm.std}; the synthesis feeds it the "
                   "data's normalisation", file=sys.stderr)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         nets.append(model)
         tmetas.append(meta)
-        entry = {"path": os.path.abspath(path), "arch": meta.arch, "fingerprint": meta.fingerprint,
-                 "num_classes": int(meta.num_classes), "val_acc": meta.val_acc}
+        named = meta.extra.get("name")  # a teacher by name: the manifest pins its weights tag and records the url
+        entry = {"path": f"{named}:{meta.extra['weights']}" if named else os.path.abspath(path), "arch": meta.arch,
+                 "fingerprint": meta.fingerprint, "num_classes": int(meta.num_classes), "val_acc": meta.val_acc}
+        if named:
+            entry.update(name=named, weights=meta.extra["weights"], url=meta.extra["url"])
         if cfg.teacher_classes is not None:  # dynamic labels reload the file with the same declaration
             entry["classes"] = cfg.teacher_classes
         if "class_index" in meta.extra:  # the teacher outputs the data's classes are read from
             entry["teacher_classes"] = meta.extra["teacher_classes"]
             entry["class_index"] = meta.extra["class_index"]
-        metas.append(entry)
-    return nets, tmetas, metas
+        entries.append(entry)
+    return nets, tmetas, entries
 
 
 def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor | None) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k in _RESULT_FIELDS}
     d["teachers"] = [t["fingerprint"] for t in teachers]
-    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
-    if naturals is not None:
-        h.update(naturals.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return json_key(d, *([] if naturals is None else [naturals.contiguous().numpy().tobytes()]))
 
 
 def _batch_path(out: str, b: int) -> str:
@@ -172,7 +185,7 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
         rows += [k * c + torch.arange(show) for k in range(min(ds.num_sets, 8))]
     idx = torch.cat(rows)
     with torch.no_grad():
-        images = ds.denormalize(ds.compose(idx).float())
+        images = ds.denormalise(ds.compose(idx).float())
     atomic_write_with(path, lambda buf: save_image(images, buf, nrow=show, padding=1, format="png"))
 
 
@@ -182,133 +195,82 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
 @dataclasses.dataclass
 class RunSetup:
     """What a distillation (or its --plan) starts from: the resolved config, the data, the teachers restricted to
-    the data's classes, the budget and the normalisation constants."""
+    the data's classes, the method, its budget and the data's normalisation."""
 
     cfg: DistillConfig
     info: Any
     classes: list[str]
     image_size: int
     teachers: list[torch.nn.Module]
-    teacher_metas: list
-    teacher_entries: list[dict]
-    storage: budget.Storage
-    mean: torch.Tensor
-    std: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
+    teacher_metas: list  # TeacherMeta per teacher
+    teacher_entries: list[dict]  # the manifest's entry per teacher
+    method: Method
+    storage: Storage
+    norm: Normalisation
 
 
-def prepare(cfg: DistillConfig, dist: DistContext) -> RunSetup:
+def prepare(cfg: DistillConfig, dist: DistContext, default_teachers: DefaultTeachers | None = None) -> RunSetup:
     from infer_fast import data
 
     info = data.dataset_info(cfg.source, image_size=cfg.image_size)
     cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
-    teachers, metas, entries = load_teachers(cfg, classes, s, tuple(info.mean) + tuple(info.std), dist.device, dist)
-    mean = torch.tensor(info.mean, dtype=torch.float32)
-    std = torch.tensor(info.std, dtype=torch.float32)
-    return RunSetup(cfg, info, classes, s, teachers, metas, entries,
-                    budget.storage(cfg.method, cfg.ipc, len(classes), len(teachers), s), mean, std,
-                    -mean / std, (1 - mean) / std)
+    norm = Normalisation(info.mean, info.std)
+    paths = resolve_teacher_files(cfg, s, dist, default_teachers)
+    teachers, metas, entries = load_run_teachers(cfg, paths, classes, norm, dist.device)
+    method = methods.get(cfg.method)
+    return RunSetup(cfg, info, classes, s, teachers, metas, entries, method,
+                    method.storage(cfg.ipc, len(classes), len(teachers), s), norm)
 
 
-def run_distill(cfg: DistillConfig, progress: bool = True) -> str | None:
-    """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``)."""
+def run_distill(cfg: DistillConfig, progress: bool = True,
+                default_teachers: DefaultTeachers | None = None) -> str | None:
+    """Run (or resume) a distillation; returns the output folder, or None if stopped early (``stop_after``).
+    ``default_teachers`` provides the teacher files when ``cfg.teachers`` is empty
+    (see :func:`resolve_teacher_files`)."""
     cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     note = (f"finished batches in {os.path.join(cfg.out, PROGRESS_DIR)} are kept; free space or fix the folder, "
             "then rerun with --resume")
     with DistContext(cfg.device) as dist, contextlib.ExitStack() as stack, keeping(note):
-        return _run(cfg, dist, progress, stack)
+        return _run(cfg, dist, progress, stack, default_teachers)
 
 
-def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextlib.ExitStack) -> str | None:
+def _sample(setup: RunSetup) -> tuple[torch.Tensor | None, list | None]:
+    """(naturals uint8 [K, C, 3, S, S], their files) when the method samples them, else (None, None)."""
     from infer_fast import data
 
-    device = dist.device
-    if device.type == "cuda":  # the same result on every run and rank (resume and torchrun equality)
+    cfg, s, k = setup.cfg, setup.image_size, setup.storage.num_natural_sets
+    if not setup.method.samples_naturals(cfg):
+        return None, None
+    c = len(setup.classes)
+    sample = data.sample_naturals(cfg.source, per_class=k, seed=cfg.seed, image_size=s)
+    imgs = sample.images
+    if imgs.dtype != torch.uint8 or tuple(imgs.shape) != (c, k, 3, s, s):
+        raise RuntimeError(f"distill: sample_naturals returned {imgs.dtype} {list(imgs.shape)}, expected uint8 "
+                           f"[{c}, {k}, 3, {s}, {s}]")
+    return imgs.transpose(0, 1).contiguous(), sample.files  # [K, C, 3, S, S]: set k = naturals[k]
+
+
+def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextlib.ExitStack,
+         default_teachers: DefaultTeachers | None) -> str | None:
+    if dist.device.type == "cuda":  # the same result on every run and rank (resume and torchrun equality)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    setup = prepare(cfg, dist)
-    cfg, info, classes, s = setup.cfg, setup.info, setup.classes, setup.image_size
-    c = len(classes)
-    teachers, tmeta_obj, tmeta = setup.teachers, setup.teacher_metas, setup.teacher_entries
-    m_count = len(teachers)
-    st, mean, std, lo, hi = setup.storage, setup.mean, setup.std, setup.lo, setup.hi
-
-    naturals, files = None, None
-    if cfg.method in ("infer", "random") or cfg.sre2l_init == "natural":
-        sample = data.sample_naturals(cfg.source, per_class=st.num_natural_sets, seed=cfg.seed, image_size=s)
-        imgs = sample.images
-        if imgs.dtype != torch.uint8 or tuple(imgs.shape) != (c, st.num_natural_sets, 3, s, s):
-            raise RuntimeError(f"distill: sample_naturals returned {imgs.dtype} {list(imgs.shape)}, expected uint8 "
-                               f"[{c}, {st.num_natural_sets}, 3, {s}, {s}]")
-        naturals = imgs.transpose(0, 1).contiguous()  # [K, C, 3, S, S]: set k = naturals[k]
-        files = sample.files
-
-    if cfg.method == "infer":
-        problems = baselines.infer_problems(naturals, m_count, mean, std, lo, hi, cfg.ufc_bound)
-        base = naturals.reshape(-1, 3, s, s)
-    elif cfg.method == "sre2l":
-        problems = baselines.sre2l_problems(cfg.ipc, c, m_count, s, cfg.seed, mean, std, lo, hi, naturals)
-        base = mean.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()  # normalises to 0: images are the parameters
-    else:
-        problems, base = [], None
-    batches = baselines.make_batches(problems, cfg.problems_per_batch)
-    fp = fingerprint(cfg, tmeta, naturals)
-    if _prepare_out(cfg, fp, len(batches), dist, stack):
+    setup = prepare(cfg, dist, default_teachers)
+    cfg, method = setup.cfg, setup.method
+    naturals, files = _sample(setup)
+    inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals)
+    batches = make_batches(method.problems(inputs), cfg.problems_per_batch)
+    if _prepare_out(cfg, fingerprint(cfg, setup.teacher_entries, naturals), len(batches), dist, stack):
         if dist.rank == 0:
             print(f"distill: {cfg.out} is already complete", file=sys.stderr)
         return cfg.out
-
-    # ---- optimise this rank's batches --------------------------------------------------------
     todo = [b for b in range(len(batches))
             if b % dist.world == dist.rank and not os.path.isfile(_batch_path(cfg.out, b))]
     if todo:
-        base_d = base.to(device)
-        mean_d, std_d, lo_d, hi_d = (t.to(device) for t in (mean, std, lo, hi))
-        aug = AugSettings(small=info.small, jitter=cfg.jitter, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
-                          per_image_crop=cfg.per_image_crop)
-        prepared: dict[int, SynthesisTeacher] = {}  # per teacher index, built on first use
-        desc = f"distill {cfg.method}" + (f" rank {dist.rank}" if dist.world > 1 else "")
-        bar = tqdm(total=len(todo) * cfg.iterations, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
-        finished = 0
-        try:
-            for b in todo:
-                if cfg.stop_after is not None and finished >= cfg.stop_after:
-                    break
-                batch = batches[b]
-
-                def on_progress(n, ce, bn, _b=b):
-                    bar.update(n)
-                    if ce is not None:
-                        bar.set_postfix(batch=f"{_b + 1}/{len(batches)}", ce=f"{ce:.4f}", bn=f"{bn:.4f}")
-
-                m = batch[0].teacher
-                if m not in prepared:
-                    prepared[m] = SynthesisTeacher(
-                        teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
-                        fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
-                        probe_size=s)
-                    if prepared[m].report["fold_error"]:
-                        tqdm.write(f"distill: teacher {tmeta[m]['arch']} used unfolded: "
-                                   f"{prepared[m].report['fold_error']}", file=sys.stderr)
-                res = optimise_batch(
-                    batch, prepared[m], base_d, mean_d, std_d, lo_d, hi_d,
-                    seed=cfg.seed, iterations=cfg.iterations, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                    r_bn=cfg.r_bn, first_bn_multiplier=cfg.first_bn_multiplier, aug=aug,
-                    class_chunk=cfg.class_chunk, backend=cfg.backend, precision=cfg.precision,
-                    log_every=cfg.log_every, iteration="graph" if cfg.cuda_graphs else "eager",
-                    on_progress=on_progress,
-                )
-                tensors = {f"p{j}": p for j, p in enumerate(res.params)}
-                tensors["ce"], tensors["bn"] = res.ce, res.bn
-                keys = json.dumps([list(p.key) for p in batch])
-                atomic_save_safetensors(_batch_path(cfg.out, b), tensors, metadata={"keys": keys})
-                finished += 1
-        finally:
-            bar.close()
+        _optimise(setup, method.base(inputs), batches, todo, dist, progress)
     dist.barrier()
 
     missing = [b for b in range(len(batches)) if not os.path.isfile(_batch_path(cfg.out, b))]
@@ -319,65 +281,89 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
                   file=sys.stderr)
         return None
     if dist.rank == 0:
-        ensemble = TeacherEnsemble(list(zip(teachers, tmeta_obj, strict=True)), info.mean, info.std, s)
-        _finish(cfg, info, classes, st, ensemble, tmeta, batches, naturals, files, mean, std, device, progress)
+        _finish(setup, inputs, batches, files, dist.device, progress)
     dist.barrier()
     return cfg.out
 
 
-def _finish(cfg, info, classes, st, teachers: TeacherEnsemble, tmeta, batches, naturals, files, mean, std, device,
-            progress) -> None:
+def _optimise(setup: RunSetup, base: torch.Tensor, batches: list[list[Problem]], todo: list[int],
+              dist: DistContext, progress: bool) -> None:
+    """Optimise this rank's unfinished batches ``todo``, each saved to progress/ when done."""
+    cfg = setup.cfg
+    pixels = PixelGeometry.of(base, setup.norm, dist.device)
+    settings = SynthesisSettings.from_config(cfg, setup.info.small)
+    prepared: dict[int, SynthesisTeacher] = {}  # per teacher index, built on first use
+    desc = f"distill {cfg.method}" + (f" rank {dist.rank}" if dist.world > 1 else "")
+    bar = tqdm(total=len(todo) * cfg.iterations, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+    try:
+        for finished, b in enumerate(todo):
+            if cfg.stop_after is not None and finished >= cfg.stop_after:
+                break
+            batch = batches[b]
+
+            def on_progress(n, ce, bn, _b=b):
+                bar.update(n)
+                if ce is not None:
+                    bar.set_postfix(batch=f"{_b + 1}/{len(batches)}", ce=f"{ce:.4f}", bn=f"{bn:.4f}")
+
+            m = batch[0].teacher
+            if m not in prepared:
+                prepared[m] = SynthesisTeacher(
+                    setup.teachers[m], first_bn_multiplier=cfg.first_bn_multiplier, backend=cfg.backend,
+                    fold_bn=cfg.fold_bn, channels_last=cfg.channels_last, compile=cfg.compile,
+                    probe_size=setup.image_size)
+                if prepared[m].report["fold_error"]:
+                    tqdm.write(f"distill: teacher {setup.teacher_entries[m]['arch']} used unfolded: "
+                               f"{prepared[m].report['fold_error']}", file=sys.stderr)
+            res = optimise_batch(batch, prepared[m], pixels, settings, on_progress=on_progress)
+            tensors = {f"p{j}": p for j, p in enumerate(res.params)}
+            tensors["ce"], tensors["bn"] = res.ce, res.bn
+            keys = json.dumps([list(p.key) for p in batch])
+            atomic_save_safetensors(_batch_path(cfg.out, b), tensors, metadata={"keys": keys})
+    finally:
+        bar.close()
+
+
+def _gather(out: str, batches: list[list[Problem]], key_name: str) -> tuple[list[tuple[Problem, torch.Tensor]],
+                                                                          list[dict]]:
+    """Every problem with its optimised parameters, and the per-problem metrics, from the saved batches."""
     from safetensors.torch import load_file
 
+    solved, metrics = [], []
+    for b, batch in enumerate(batches):
+        saved = load_file(_batch_path(out, b))
+        for j, p in enumerate(batch):
+            solved.append((p, saved[f"p{j}"]))
+            ce, bn = saved["ce"][:, j], saved["bn"][:, j]
+            metrics.append({key_name: p.key[0], "m": p.key[1], "ce_first": float(ce[0]), "ce_last": float(ce[-1]),
+                            "bn_first": float(bn[0]), "bn_last": float(bn[-1])})
+    return solved, metrics
+
+
+def _manifest(setup: RunSetup, files: list | None) -> Manifest:
     from infer_fast import __version__
 
-    c, s, m_count = len(classes), int(info.image_size), len(teachers.models)
-    metrics = []
-    tensors: dict[str, torch.Tensor] = {}
-    if cfg.method == "infer":
-        ufcs = torch.zeros(st.num_natural_sets, m_count, 3, s, s)
-    elif cfg.method == "sre2l":
-        images = torch.zeros(cfg.ipc, c, 3, s, s)
-    for b, batch in enumerate(batches):
-        saved = load_file(_batch_path(cfg.out, b))
-        for j, p in enumerate(batch):
-            a, m = p.key
-            if cfg.method == "infer":
-                ufcs[a, m] = saved[f"p{j}"][0]
-            else:
-                images[a] = saved[f"p{j}"]
-            ce, bn = saved["ce"][:, j], saved["bn"][:, j]
-            metrics.append({"k" if cfg.method == "infer" else "i": a, "m": m, "ce_first": float(ce[0]),
-                            "ce_last": float(ce[-1]), "bn_first": float(bn[0]), "bn_last": float(bn[-1])})
-    if cfg.method == "infer":
-        tensors["naturals"], tensors["ufcs"] = naturals, ufcs.half()
-    elif cfg.method == "sre2l":
-        tensors["naturals"] = baselines.quantise(images, mean, std)
-    else:
-        tensors["naturals"] = naturals
+    cfg, info, storage = setup.cfg, setup.info, setup.storage
+    return Manifest(
+        method=cfg.method, classes=setup.classes, mean=setup.norm.mean, std=setup.norm.std,
+        image_size=setup.image_size, small=bool(info.small), ipc=cfg.ipc, num_natural_sets=storage.num_natural_sets,
+        num_teachers=len(setup.teachers), num_synthetic=storage.num_synthetic,
+        storage=storage.as_dict(getattr(info, "train_bytes", None)), label_bytes=storage.label_bytes,
+        teachers=setup.teacher_entries, source={"source": cfg.source, "natural_files": files}, config=cfg.to_dict(),
+        package_version=__version__, torch_version=torch.__version__, git_commit=git_commit(short=False))
 
-    manifest = {
-        "method": cfg.method,
-        "classes": classes,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "image_size": s,
-        "small": bool(info.small),
-        "ipc": cfg.ipc,
-        "num_natural_sets": st.num_natural_sets,
-        "num_teachers": m_count,
-        "num_synthetic": st.num_synthetic,
-        "storage": st.as_dict(getattr(info, "train_bytes", None)),
-        "label_bytes": st.label_bytes,
-        "teachers": tmeta,
-        "source": {"source": cfg.source, "natural_files": files},
-        "config": cfg.to_dict(),
-        "package_version": __version__,
-        "torch_version": torch.__version__,
-        "git_commit": git_commit(short=False),
-    }
-    ds = DistilledDataset(manifest, dict(tensors), backend=cfg.backend)
-    labels = static_labels(teachers, ds, cfg.label_batch, device, progress=progress)
+
+def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files: list | None,
+            device: torch.device, progress: bool) -> None:
+    """Rank 0: assemble the stored arrays, compute the static labels, write the format, remove progress/."""
+    cfg, method = setup.cfg, setup.method
+    solved, metrics = _gather(cfg.out, batches, method.key_name)
+    tensors = method.assemble(inputs, solved)
+    manifest = _manifest(setup, files)
+    teachers = TeacherEnsemble(list(zip(setup.teachers, setup.teacher_metas, strict=True)), setup.norm.mean,
+                               setup.norm.std, setup.image_size)
+    labels = static_labels(teachers, DistilledDataset(manifest, dict(tensors), backend=cfg.backend), cfg.label_batch,
+                           device, progress=progress)
     if not torch.isfinite(labels).all():
         raise RuntimeError("distill: the teachers produced non-finite logits on the synthetic images")
     tensors["labels"] = labels.half()
@@ -387,10 +373,7 @@ def _finish(cfg, info, classes, st, teachers: TeacherEnsemble, tmeta, batches, n
     write_preview(DistilledDataset(manifest, tensors, backend=cfg.backend), os.path.join(cfg.out, "preview.png"))
     write_distilled(cfg.out, manifest, tensors)  # manifest.json last: its presence marks a complete dataset
     shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
-    stg = manifest["storage"]
-    ratio = f", compression {stg['compression_ratio']:.4%}" if stg["compression_ratio"] else ""
-    pinned = ""
-    if cfg.method == "infer":  # spec 3.5: the share of u that stayed at ~0 (the withdrawn rule pinned most of it)
-        pinned = f"; u within 1/255 of 0 on {pinned_fraction(tensors['ufcs'], std):.1%} of its values"
-    print(f"distill: wrote {cfg.out}: {st.num_synthetic} synthetic images from {stg['stored_images']} stored "
-          f"({stg['stored_bytes']} bytes{ratio}), labels {stg['label_bytes']} bytes{pinned}", file=sys.stderr)
+    ratio = f", compression {manifest.compression_ratio:.4%}" if manifest.compression_ratio else ""
+    print(f"distill: wrote {cfg.out}: {manifest.num_synthetic} synthetic images from {manifest.stored_images} stored "
+          f"({manifest.stored_bytes} bytes{ratio}), labels {manifest.static_label_bytes} bytes"
+          f"{method.summary(tensors, setup.norm)}", file=sys.stderr)

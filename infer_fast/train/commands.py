@@ -8,7 +8,7 @@ import json
 import os
 
 from infer_fast import config_cli
-from infer_fast.distilled import DistilledFormatError, data_source, read_manifest
+from infer_fast.distilled import DistilledFormatError, Manifest
 from infer_fast.train.config import EvalConfig, with_preset
 from infer_fast.train.teacher import TeacherConfig, train_teacher
 
@@ -16,7 +16,7 @@ from infer_fast.train.teacher import TeacherConfig, train_teacher
 def _manifest_source(directory: str) -> str:
     """The data source the distilled set was made from (its validation split is the default --val)."""
     try:
-        src = data_source(read_manifest(directory))
+        src = Manifest.read(directory).data_source
     except DistilledFormatError:
         src = None
     if not src:
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
         subparsers, "evaluate", EvalConfig, _run_evaluate, build=_config,
         help="train a student on a distilled dataset and report real validation accuracy",
         description="Train a student on DIR (synthetic images composed on the fly, augmentation, mixup, fused "
-                    "mixed-label KL) and validate it on real data. Defaults follow the paper (INFER.md section 5).")
+                    "mixed-label KL) and validate it on real data. Defaults follow the paper (INFER §5).")
     p.add_argument("--dataset", choices=["digits"], help="validate on the embedded digits test split (sets --val)")
 
 

@@ -1,4 +1,4 @@
-"""Hyperparameters of student training / evaluation, defaults from the paper (INFER.md section 5).
+"""Hyperparameters of student training / evaluation, defaults from the paper (INFER §5).
 
 ``infer-fast evaluate`` maps 1:1 onto the fields (infer_fast.config_cli); ``resume=False`` marks the settings that a
 ``--resume`` may change (they do not alter the result).

@@ -13,7 +13,7 @@ import torch.nn as nn
 from infer_fast.models.evaluate import accuracy_counts
 from infer_fast.runtime import atomic_save_safetensors, atomic_write_text, atomic_write_with
 from infer_fast.train.checkpoint import unwrap
-from infer_fast.train.config import EvalConfig
+from infer_fast.train.state import StudentRun
 
 
 def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, topk5: bool) -> dict[str, float]:
@@ -51,9 +51,10 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
         plt.close(fig)
 
 
-def finish(cfg: EvalConfig, out: str, model: nn.Module, history: list[dict], rank: int, method: str, epochs: int,
-           steps: int, n: int, n_cls: int, wall: float) -> dict[str, Any]:
+def finish(run: StudentRun, history: list[dict], wall: float) -> dict[str, Any]:
     """The summary of a finished run; rank 0 writes student.safetensors, accuracy.png and summary.json."""
+    cfg, out, model, rank, method = run.cfg, run.out, run.model, run.ctx.rank, run.method
+    epochs, steps, n, n_cls = run.epochs, run.total_steps, run.n, run.num_classes
     evals = [r for r in history if "top1" in r]
     final = evals[-1] if evals else {}
     best = max(evals, key=lambda r: r["top1"]) if evals else {}

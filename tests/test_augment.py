@@ -1,11 +1,20 @@
-"""Student-training augmentation: shapes, value ranges, and exact crops/flips on a known image."""
+"""data/augment.py: the student-training augmentation (shapes, value ranges, exact crops/flips on a known image)
+and the batch mixing (mixup, CutMix)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from infer_fast.data.augment import augment_batch, random_crop, random_flip, random_resized_crop
+from infer_fast.data.augment import (
+    augment_batch,
+    cutmix_inputs,
+    mix_batch,
+    mixup_inputs,
+    random_crop,
+    random_flip,
+    random_resized_crop,
+)
 
 
 def _known(b: int = 6, c: int = 3, s: int = 12) -> torch.Tensor:
@@ -65,3 +74,41 @@ def test_augment_batch_shapes_ranges_and_determinism(small):
 def test_augment_batch_rejects_bad_shape():
     with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\]"):
         augment_batch(torch.zeros(3, 8, 8), True)
+
+
+def test_mixup_inputs_is_the_convex_combination():
+    x = torch.randn(5, 3, 4, 4)
+    perm = torch.tensor([2, 0, 1, 4, 3])
+    torch.testing.assert_close(mixup_inputs(x, 0.25, perm), 0.25 * x + 0.75 * x[perm])
+    assert mixup_inputs(x, 1.0, perm) is x and mixup_inputs(x, 0.4, None) is x
+
+
+def test_cutmix_pastes_a_box_and_weights_the_label_by_the_kept_area():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    perm = torch.tensor([1, 0])
+    g = torch.Generator().manual_seed(3)
+    out, lam = cutmix_inputs(x, 0.75, perm, g)  # box side sqrt(0.25) = 1/2 of 8 -> at most 4 x 4, clipped
+    pasted = (out != x).any(dim=1)[0]
+    area = int(pasted.sum())
+    assert 0 < area <= 16 and lam == pytest.approx(1 - area / 64)
+    rows, cols = pasted.nonzero(as_tuple=True)
+    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    assert int(pasted[box].sum()) == area  # one rectangle
+    assert torch.equal(out[0][:, box[0], box[1]], x[1][:, box[0], box[1]])
+    assert torch.equal(out[:, :, ~pasted], x[:, :, ~pasted])
+    same, one = cutmix_inputs(x, 1.0, perm, g)  # lam 1: nothing to paste
+    assert one == 1.0 and torch.equal(same, x)
+
+
+def test_mix_batch_draws_lam_then_perm_and_skips_single_images():
+    import numpy as np
+
+    x = torch.randn(4, 3, 8, 8)
+    same = mix_batch(x[:1], "mixup", 0.8, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert same[0] is x[:1] or torch.equal(same[0], x[:1])
+    assert same[1:] == (1.0, None)
+    assert mix_batch(x, "mixup", 0.0, np.random.default_rng(0), torch.Generator())[1:] == (1.0, None)
+    out, lam, perm = mix_batch(x, "mixup", 0.8, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert lam == float(np.random.default_rng(0).beta(0.8, 0.8))
+    assert torch.equal(perm, torch.randperm(4, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(out, mixup_inputs(x, lam, perm))

@@ -3,6 +3,7 @@
 A directory with
   manifest.json          format version, method, classes, normalisation, budget and storage accounting,
                          teachers, full config, package version, git commit, sha256 of every array file
+                         (schema: :mod:`infer_fast.distilled.manifest`)
   naturals.safetensors   "naturals" uint8 [K, C, 3, S, S]  (set k holds one image per class; sre2l/random: the
                          ipc stored images per class, K = ipc)
   ufcs.safetensors       "ufcs" fp16 [K, M, 3, S, S]       (INFER only: one compensator per set and teacher)
@@ -16,55 +17,18 @@ class c = i % C; for i = K*C + (k*M + m)*C + c the composition ``clamp(norm(x_c^
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from infer_fast.distilled.manifest import FORMAT_VERSION, DistilledFormatError, Manifest
 from infer_fast.ops.backend import get as get_op
-from infer_fast.runtime import atomic_save_safetensors, atomic_write_json, make_dirs, sha256_file
+from infer_fast.runtime import Normalisation, atomic_save_safetensors, atomic_write_json, make_dirs, sha256_file
 
-FORMAT_VERSION = 1
 ARRAY_FILES = {"naturals": "naturals.safetensors", "ufcs": "ufcs.safetensors", "labels": "labels.safetensors"}
-METHODS = ("infer", "sre2l", "random")  # the methods a distilled set can come from
-
-
-class DistilledFormatError(ValueError):
-    """A distilled-dataset directory that is missing, corrupt or of an unknown format."""
-
-
-# ---- manifest fields (read here only, so that no stage parses manifest.json itself) ------------
-
-
-def manifest_teachers(manifest: dict) -> list[dict]:
-    return [dict(t) for t in manifest.get("teachers") or []]
-
-
-def teacher_files(manifest: dict) -> list[str]:
-    """The teacher checkpoint paths of a manifest (entries without a path are skipped)."""
-    return [t["path"] for t in manifest_teachers(manifest) if t.get("path")]
-
-
-def data_source(manifest: dict) -> str | None:
-    return (manifest.get("source") or {}).get("source") or None
-
-
-def read_manifest(directory: str) -> dict:
-    """The parsed manifest.json of a distilled dataset folder, its format version checked."""
-    mpath = os.path.join(directory, "manifest.json")
-    if not os.path.isfile(mpath):
-        raise DistilledFormatError(f"load_distilled: {directory!r} is not a distilled dataset (no manifest.json)")
-    try:
-        with open(mpath) as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DistilledFormatError(f"load_distilled: {mpath} is not valid JSON ({exc})") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DistilledFormatError(f"load_distilled: {mpath} has format_version {version!r}; this infer_fast reads "
-                                   f"version {FORMAT_VERSION}")
-    return manifest
 
 
 # ---- indexing ---------------------------------------------------------------------------------
@@ -94,17 +58,19 @@ class DistilledDataset:
     teacher logits) or None; ``ds.get_batch(idx, device)`` -> (images, soft labels or hard labels).
     """
 
-    def __init__(self, manifest: dict, tensors: dict[str, torch.Tensor], backend: str = "fused") -> None:
-        self.manifest = manifest
+    def __init__(self, manifest: Manifest | dict[str, Any], tensors: dict[str, torch.Tensor],
+                 backend: str = "fused") -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
         self.tensors = tensors
         self.backend = backend
-        self.method: str = manifest["method"]
-        self.classes: list[str] = list(manifest["classes"])
-        self.mean: tuple[float, float, float] = tuple(manifest["mean"])
-        self.std: tuple[float, float, float] = tuple(manifest["std"])
-        self.image_size: int = int(manifest["image_size"])
-        self.small: bool = bool(manifest["small"])
-        self.teacher_fingerprints: list[str] = [t["fingerprint"] for t in manifest.get("teachers", [])]
+        self.method: str = self.manifest.method
+        self.classes: list[str] = list(self.manifest.classes)
+        self.norm = Normalisation(self.manifest.mean, self.manifest.std)
+        self.mean: tuple[float, float, float] = self.norm.mean
+        self.std: tuple[float, float, float] = self.norm.std
+        self.image_size: int = self.manifest.image_size
+        self.small: bool = self.manifest.small
+        self.teacher_fingerprints: list[str] = [t["fingerprint"] for t in self.manifest.teachers]
         nat = tensors["naturals"]
         self.num_sets, c = nat.shape[0], nat.shape[1]
         ufcs = tensors.get("ufcs")
@@ -125,16 +91,16 @@ class DistilledDataset:
     def teachers(self) -> list[dict]:
         """The teachers the set was distilled with (``path``, ``arch``, ``fingerprint``, ``num_classes``,
         ``val_acc``), as the runner recorded them."""
-        return manifest_teachers(self.manifest)
+        return [dict(t) for t in self.manifest.teachers]
 
     @property
     def teacher_files(self) -> list[str]:
-        return teacher_files(self.manifest)
+        return self.manifest.teacher_files
 
     @property
     def data_source(self) -> str | None:
         """The data source the natural images were sampled from ("digits" or a dataset root)."""
-        return data_source(self.manifest)
+        return self.manifest.data_source
 
     def _on(self, device: torch.device) -> tuple:
         key = str(device)
@@ -144,10 +110,7 @@ class DistilledDataset:
             ufcs = self.tensors.get("ufcs")
             # fp32 compensators (the op returns the ufc dtype); a zero row when there are none (index -1 everywhere)
             ufc = torch.zeros(1, 3, s, s) if ufcs is None or ufcs.numel() == 0 else ufcs.reshape(-1, 3, s, s).float()
-            mean = torch.tensor(self.mean, dtype=torch.float32)
-            std = torch.tensor(self.std, dtype=torch.float32)
-            lo, hi = -mean / std, (1 - mean) / std
-            self._cache[key] = tuple(t.to(device) for t in (base, ufc, mean, std, lo, hi))
+            self._cache[key] = tuple(t.to(device) for t in (base, ufc, *self.norm.tensors()))
         return self._cache[key]
 
     def compose(self, indices: torch.Tensor | list[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -168,18 +131,17 @@ class DistilledDataset:
         labels = self.soft_labels[idx] if self.soft_labels is not None else self.hard_labels[idx]
         return images, labels.to(images.device)
 
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> [0, 1] RGB."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images * std + mean).clamp(0, 1)
+        return self.norm.denormalise(images)
 
 
 # ---- writing and reading ----------------------------------------------------------------------
 
 
-def write_distilled(out: str, manifest: dict, tensors: dict[str, torch.Tensor]) -> dict:
+def write_distilled(out: str, manifest: Manifest | dict[str, Any], tensors: dict[str, torch.Tensor]) -> Manifest:
     """Write the array files (atomically) and then manifest.json with their sha256; returns the manifest."""
+    manifest = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
     make_dirs(out)
     files = {}
     for name, tensor in tensors.items():
@@ -189,18 +151,16 @@ def write_distilled(out: str, manifest: dict, tensors: dict[str, torch.Tensor]) 
         atomic_save_safetensors(path, {name: tensor}, metadata={"format_version": str(FORMAT_VERSION)})
         files[ARRAY_FILES[name]] = {"sha256": sha256_file(path), "shape": list(tensor.shape),
                                     "dtype": str(tensor.dtype).replace("torch.", "")}
-    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": files}
-    atomic_write_json(os.path.join(out, "manifest.json"), manifest)
+    manifest = dataclasses.replace(manifest, format_version=FORMAT_VERSION, files=files)
+    atomic_write_json(os.path.join(out, "manifest.json"), manifest.to_dict())
     return manifest
 
 
 def load_distilled(directory: str, backend: str = "fused", verify: bool = True) -> DistilledDataset:
     """Open a distilled dataset; checks the format version and (``verify``) every array file's sha256."""
     mpath = os.path.join(directory, "manifest.json")
-    manifest = read_manifest(directory)
-    if manifest.get("method") not in METHODS:
-        raise DistilledFormatError(f"load_distilled: {mpath}: unknown method {manifest.get('method')!r}")
-    files = manifest.get("files", {})
+    manifest = Manifest.read(directory)
+    files = manifest.files
     if "naturals.safetensors" not in files:
         raise DistilledFormatError(f"load_distilled: {mpath} lists no naturals.safetensors")
     tensors = {}
@@ -227,7 +187,7 @@ def load_distilled(directory: str, backend: str = "fused", verify: bool = True) 
                                        f"{files[fname]['shape']}")
         tensors[name] = t
     nat = tensors["naturals"]
-    s, c = int(manifest["image_size"]), len(manifest["classes"])
+    s, c = manifest.image_size, len(manifest.classes)
     if nat.dtype != torch.uint8 or nat.dim() != 5 or tuple(nat.shape[1:]) != (c, 3, s, s):
         raise DistilledFormatError(f"load_distilled: naturals must be uint8 [K, {c}, 3, {s}, {s}], got "
                                    f"{nat.dtype} {list(nat.shape)}")

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from infer_fast.distilled import load_distilled
+from infer_fast.distilled.dataset import load_distilled
 from infer_fast.runtime import atomic_save_safetensors, atomic_write_bytes
 
 
@@ -37,7 +37,7 @@ def export_imagefolder(directory: str, out: str, backend: str = "fused", batch_s
     with torch.no_grad(), tqdm(total=n, desc="export", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             idx = torch.arange(start, min(start + batch_size, n))
-            images = ds.denormalize(ds.compose(idx).float())
+            images = ds.denormalise(ds.compose(idx).float())
             u8 = (images * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
             for j, i in enumerate(idx.tolist()):
                 rel = os.path.join(ds.classes[int(ds.hard_labels[i])], f"{i:07d}.png")
