@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tarfile
@@ -135,6 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="UFC bound rule (set: the withdrawn rule, for the ablation)")
     p.add_argument("--class-chunk", type=int, default=0, help="distill --class-chunk (0: all classes at once)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_CHOICES), help="method/labels pairs to run")
+    p.add_argument("--match", choices=("epochs", "steps"), default="epochs",
+                   help="student compute: every method trains --epochs (epochs), or as many optimizer steps as "
+                        "infer/static does (steps; random/static and infer/static also at 2x those steps, the "
+                        "saturation check)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     w = WORKLOADS[a.workload]
@@ -235,7 +240,7 @@ def teachers(a, root: str) -> list[str]:
 
 def settings_of(a, tpaths: list[str]) -> dict:
     keys = ("workload", "ipc", "iterations", "epochs", "student", "student_width", "eval_points", "r_bn",
-            "ufc_bound", "class_chunk")
+            "ufc_bound", "class_chunk", "match")
     s = {k: getattr(a, k) for k in keys}
     # set only by some workloads; absent from the others' settings (and run-folder keys) when unset
     s.update({k: getattr(a, k) for k in ("image_size", "jitter", "student_recipe") if getattr(a, k) is not None})
@@ -289,11 +294,11 @@ def _timed(path: str, fn) -> float:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean +- sample sd over seeds per (method, labels)."""
+    """Mean +- sample sd over seeds per (method, labels, compute)."""
     out = []
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["labels"]), []).append(r)
+        groups.setdefault((r["method"], r["labels"], r["compute"]), []).append(r)
 
     def ms(vals):
         vals = [v for v in vals if v is not None]
@@ -301,11 +306,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
             return None, None
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
-    for (method, labels), rs in groups.items():
+    for (method, labels, compute), rs in groups.items():
         t1, t1_sd = ms([r["top1"] for r in rs])
         t5, t5_sd = ms([r["top5"] for r in rs])
+        ev_n, ev_c = ms([r["evidence_natural"] for r in rs])[0], ms([r["evidence_composed"] for r in rs])[0]
         out.append({
-            "method": method, "labels": labels, "seeds": len(rs), "top1_mean": t1, "top1_sd": t1_sd,
+            "method": method, "labels": labels, "compute": compute, "seeds": len(rs), "top1_mean": t1,
+            "top1_sd": t1_sd, "evidence_natural": ev_n, "evidence_composed": ev_c,
             "top5_mean": t5, "top5_sd": t5_sd,
             "top1": f"{t1:.2f} ± {t1_sd:.2f}" if t1 is not None else None,
             "top5": f"{t5:.2f} ± {t5_sd:.2f}" if t5 is not None else None,
@@ -319,18 +326,37 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def verdict(agg: list[dict]) -> list[str]:
-    by = {(r["method"], r["labels"]): r for r in agg}
+    by = {(r["method"], r["labels"], r["compute"]): r for r in agg}
     lines = []
-    inf, rnd, sre = by.get(("infer", "static")), by.get(("random", "static")), by.get(("sre2l", "static"))
+    one = "1x" if ("infer", "static", "1x") in by else "epochs"
+    inf, rnd, sre = (by.get((m, "static", one)) for m in ("infer", "random", "sre2l"))
     if inf and rnd and inf["top1_mean"] is not None and rnd["top1_mean"] is not None:
         gap = inf["top1_mean"] - rnd["top1_mean"]
         spread = 2 * max(inf["top1_sd"], rnd["top1_sd"])
-        lines.append(f"infer/static - random/static = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
+        at = f" at equal student steps ({inf['student_steps']})" if one == "1x" else ""
+        lines.append(f"infer/static - random/static{at} = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
                      + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
+    for m in ("random", "infer"):  # saturation: is the 1x verdict taken where every student is under-trained?
+        lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
+        if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
+            lines.append(f"{m}/static at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} vs "
+                         f"{lo['top1_mean']:.2f} at 1x ({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
     if sre and inf and rnd and sre["top1_mean"] is not None:
         below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
         lines.append(f"sre2l/static {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
     return lines
+
+
+def student_jobs(a, infer_set, batch: int) -> list[tuple[str, str, int]]:
+    """(method/labels, compute, steps) of every student of one seed. ``--match epochs``: every pair trains
+    ``--epochs`` (steps 0). ``--match steps``: every pair trains the optimizer steps of infer/static (its set size
+    and ``--epochs`` at ``batch``: ``ceil(N / batch) * epochs``), and random/static and infer/static train twice
+    those steps too, so that no verdict is taken where every student is still under-trained."""
+    if a.match == "epochs":
+        return [(spec, "epochs", 0) for spec in a.methods]
+    steps = math.ceil(len(infer_set) / batch) * a.epochs
+    jobs = [(spec, "1x", steps) for spec in a.methods]
+    return jobs + [(spec, "2x", 2 * steps) for spec in ("random/static", "infer/static") if spec in a.methods]
 
 
 def main(argv=None) -> list[dict]:
@@ -354,57 +380,67 @@ def main(argv=None) -> list[dict]:
     run_dir = _run_dir(a, settings, tpaths)
     print(f"bench_quality: run folder {run_dir}", flush=True)
     rows, curves, ufc_reports = [], {}, {}
+    batch = EvalConfig(**(a.student_recipe or {})).batch_size
     for seed in a.seeds:
+        methods = {spec.partition("/")[0] for spec in a.methods} | ({"infer"} if a.match == "steps" else set())
         distilled: dict[str, tuple[str, float]] = {}
-        for spec in a.methods:
+        for method in sorted(methods):
+            ddir = os.path.join(run_dir, "distilled", f"{method}-seed{seed}")
+            cfg = DistillConfig(data=root, teachers=tpaths, method=method, ipc=a.ipc, iterations=a.iterations,
+                                seed=seed, out=ddir, device=a.device, resume=True, r_bn=a.r_bn,
+                                ufc_bound=a.ufc_bound, class_chunk=a.class_chunk, image_size=a.image_size,
+                                jitter=a.jitter)
+            seconds = _timed(os.path.join(run_dir, "distilled", f"{method}-seed{seed}.time.json"),
+                             lambda cfg=cfg: run_distill(cfg))
+            distilled[method] = (ddir, seconds)
+            rep = ufc_report(ddir)
+            if rep is not None:
+                ufc_reports[rep["file"]] = rep
+                print(f"bench_quality: {rep['file']}: pinned fraction of u (|u| <= 1/255) mean "
+                      f"{rep['mean']:.2%}, min {rep['min']:.2%}, max {rep['max']:.2%} over "
+                      f"{sum(len(r) for r in rep['per_ufc'])} UFCs", flush=True)
+        for spec, compute, steps in student_jobs(a, load_distilled(distilled["infer"][0]) if "infer" in distilled
+                                                 else None, batch):
             method, _, labels = spec.partition("/")
-            if method not in distilled:
-                ddir = os.path.join(run_dir, "distilled", f"{method}-seed{seed}")
-                cfg = DistillConfig(data=root, teachers=tpaths, method=method, ipc=a.ipc, iterations=a.iterations,
-                                    seed=seed, out=ddir, device=a.device, resume=True, r_bn=a.r_bn,
-                                    ufc_bound=a.ufc_bound, class_chunk=a.class_chunk, image_size=a.image_size,
-                                    jitter=a.jitter)
-                seconds = _timed(os.path.join(run_dir, "distilled", f"{method}-seed{seed}.time.json"),
-                                 lambda cfg=cfg: run_distill(cfg))
-                distilled[method] = (ddir, seconds)
-                rep = ufc_report(ddir)
-                if rep is not None:
-                    ufc_reports[rep["file"]] = rep
-                    print(f"bench_quality: {rep['file']}: pinned fraction of u (|u| <= 1/255) mean "
-                          f"{rep['mean']:.2%}, min {rep['min']:.2%}, max {rep['max']:.2%} over "
-                          f"{sum(len(r) for r in rep['per_ufc'])} UFCs", flush=True)
             ddir, distill_time = distilled[method]
             ds = load_distilled(ddir)
-            run = os.path.join(run_dir, "students", f"{method}-{labels}-seed{seed}")
+            suffix = "" if compute == "epochs" else f"-{compute}{steps}"
+            run = os.path.join(run_dir, "students", f"{method}-{labels}-seed{seed}{suffix}")
             if os.path.isfile(os.path.join(run, "summary.json")):
                 with open(os.path.join(run, "summary.json")) as f:
                     summary = json.load(f)
                 print(f"bench_quality: reusing finished student run {run}", flush=True)
             else:
-                eval_every = max(1, a.epochs // a.eval_points)
+                epochs = math.ceil(steps / math.ceil(len(ds) / batch)) if steps else a.epochs
                 cfg = EvalConfig(distilled=ddir, val=root, student=a.student, width=a.student_width, labels=labels,
-                                 epochs=a.epochs, eval_every=eval_every, device=a.device, seed=seed, out=run,
-                                 resume=os.path.isdir(run), **(a.student_recipe or {}))
+                                 epochs=a.epochs, steps=steps, eval_every=max(1, epochs // a.eval_points),
+                                 device=a.device, seed=seed, out=run, resume=os.path.isdir(run),
+                                 **(a.student_recipe or {}))
                 summary = train_student(cfg, ds)
             with open(os.path.join(run, "metrics.jsonl")) as f:
-                curves[f"{spec} s{seed}"] = [(r["epoch"], r["top1"]) for r in map(json.loads, f) if "top1" in r]
+                curves[f"{spec} {compute} s{seed}"] = [(r["step"], r["top1"]) for r in map(json.loads, f)
+                                                      if "top1" in r]
+            evidence = ds.manifest.evidence or {}
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
-                workload=a.workload, method=method, labels=labels, seed=seed, ipc=a.ipc,
-                top1=summary["top1"], top5=summary.get("top5"),
+                workload=a.workload, method=method, labels=labels, control=None, compute=compute, seed=seed,
+                ipc=a.ipc, top1=summary["top1"], top5=summary.get("top5"),
                 best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
                 paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),
                 stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
                 label_bytes=0 if labels == "dynamic" else ds.manifest.label_bytes,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
+                evidence_natural=(evidence.get("natural") or {}).get("ensemble", {}).get("true_prob"),
+                evidence_composed=(evidence.get("composed") or {}).get("ensemble", {}).get("true_prob"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
             ))
-    per_seed_cols = ["method", "labels", "seed", "top1", "top5", "student_epochs", "student_steps",
-                     "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]
+    per_seed_cols = ["method", "labels", "compute", "seed", "top1", "top5", "student_epochs", "student_steps",
+                     "evidence_natural", "evidence_composed", "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]
     agg = aggregate(rows)
-    agg_cols = ["method", "labels", "seeds", "top1", "top5", "paper_top1", "synthetic_images", "stored_bytes",
-                "label_bytes", "student_epochs", "student_steps", "synthesis_s", "student_s"]
+    agg_cols = ["method", "labels", "compute", "seeds", "top1", "top5", "paper_top1", "synthetic_images",
+                "stored_bytes", "label_bytes", "student_epochs", "student_steps", "evidence_natural",
+                "evidence_composed", "synthesis_s", "student_s"]
     print()
     print(markdown_table(rows, per_seed_cols))
     print()
@@ -412,7 +448,8 @@ def main(argv=None) -> list[dict]:
     for line in verdict(agg):
         print("bench_quality: " + line)
     curves_png = os.path.join(run_dir, "curves.png")
-    plot_curves(curves, curves_png, title=f"{a.workload} ipc {a.ipc}: student validation top-1")
+    plot_curves(curves, curves_png, title=f"{a.workload} ipc {a.ipc}: student validation top-1",
+                xlabel="optimizer step")
     gpu = "cuda " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"settings: {json.dumps(settings)}; seeds {a.seeds}; paper: {w['paper_settings']}; "
           f"teachers {teacher_time:.0f}s; total {time.perf_counter() - t_all:.0f}s; {os.cpu_count()} CPU cores, "

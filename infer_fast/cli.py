@@ -49,7 +49,8 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from infer_fast.distilled import DistilledFormatError
     from infer_fast.models import CheckpointError, ClassMismatchError
 
-    return DataError, ClassMismatchError, CheckpointError, DistilledFormatError, ConfigError
+    # FileExistsError: an --out that already holds a run (distill, evaluate) without --resume; its message names it
+    return DataError, ClassMismatchError, CheckpointError, DistilledFormatError, ConfigError, FileExistsError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,11 +29,6 @@ def tiny_teacher(c: int = 5) -> nn.Module:
     return net
 
 
-NORM = Normalisation((0.5, 0.45, 0.4), (0.25, 0.2, 0.3))
-SIZE = 16  # digits image size of the distill tests (conftest's teachers are trained at it)
-ITER = 12
-
-
 def setup_naturals(k_sets=2, c=5, s=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     naturals = torch.randint(0, 256, (k_sets, c, 3, s, s), generator=g, dtype=torch.uint8)

@@ -8,10 +8,11 @@ import bench_quality as bq
 import pytest
 
 
-def _row(method, labels, seed, top1, top5=None):
-    return {"method": method, "labels": labels, "seed": seed, "top1": top1, "top5": top5, "paper_top1": None,
-            "synthetic_images": 10, "stored_bytes": 100, "label_bytes": 20, "student_epochs": 3,
-            "student_steps": 30, "synthesis_time_s": 1.0 + seed, "student_time_s": 2.0}
+def _row(method, labels, seed, top1, top5=None, compute="epochs", steps=30):
+    return {"method": method, "labels": labels, "compute": compute, "seed": seed, "top1": top1, "top5": top5,
+            "paper_top1": None, "synthetic_images": 10, "stored_bytes": 100, "label_bytes": 20, "student_epochs": 3,
+            "student_steps": steps, "synthesis_time_s": 1.0 + seed, "student_time_s": 2.0, "evidence_natural": 0.3,
+            "evidence_composed": 0.2 if method == "infer" else None}
 
 
 def test_workload_settings_and_overrides():
@@ -31,6 +32,7 @@ def test_aggregate_is_mean_and_sample_sd_over_seeds():
     rows = [_row("infer", "static", s, t, t + 10) for s, t in enumerate([30.0, 32.0, 34.0])]
     rows += [_row("random", "static", s, t) for s, t in enumerate([20.0, 21.0, 22.0])]
     agg = {(r["method"], r["labels"]): r for r in bq.aggregate(rows)}
+    assert agg[("infer", "static")]["evidence_composed"] == pytest.approx(0.2)
     inf = agg[("infer", "static")]
     assert inf["seeds"] == 3 and inf["top1_mean"] == 32.0 and inf["top1_sd"] == statistics.stdev([30, 32, 34])
     assert inf["top5_mean"] == 42.0 and inf["top1"] == "32.00 ± 2.00"
@@ -58,3 +60,30 @@ def test_run_folder_needs_resume_to_continue(tmp_path):
         bq._run_dir(a, {}, [])
     a.resume = True
     assert bq._run_dir(a, {}, []) == str(tmp_path / "run")
+
+
+def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
+    class Set:
+        def __len__(self):
+            return 130  # 3 batches of 64 per epoch
+
+    a = bq.parse_args(["--workload", "tiny200", "--match", "steps", "--epochs", "4", "--methods", "infer/static",
+                       "random/static", "sre2l/static"])
+    jobs = bq.student_jobs(a, Set(), batch=64)
+    assert jobs == [("infer/static", "1x", 12), ("random/static", "1x", 12), ("sre2l/static", "1x", 12),
+                    ("random/static", "2x", 24), ("infer/static", "2x", 24)]
+    e = bq.parse_args(["--workload", "tiny200", "--epochs", "4", "--methods", "random/static"])
+    assert bq.student_jobs(e, None, batch=64) == [("random/static", "epochs", 0)]
+    assert bq.settings_of(a, [])["match"] == "steps" != bq.settings_of(e, [])["match"]
+
+
+def test_verdict_at_equal_steps_and_the_saturation_lines():
+    rows = [_row("infer", "static", s, t, compute="1x", steps=12) for s, t in enumerate([30.0, 31.0, 32.0])]
+    rows += [_row("random", "static", s, t, compute="1x", steps=12) for s, t in enumerate([30.5, 31.0, 31.5])]
+    rows += [_row("random", "static", s, t, compute="2x", steps=24) for s, t in enumerate([33.0, 33.0, 33.0])]
+    rows += [_row("infer", "static", s, t, compute="2x", steps=24) for s, t in enumerate([32.0, 32.5, 33.0])]
+    lines = bq.verdict(bq.aggregate(rows))
+    assert lines[0].startswith("infer/static - random/static at equal student steps (12) = +0.00 points")
+    assert lines[0].endswith("NOT established")
+    assert lines[1] == "random/static at 2x steps (24): 33.00 vs 31.00 at 1x (+2.00 points)"
+    assert lines[2] == "infer/static at 2x steps (24): 32.50 vs 31.00 at 1x (+1.50 points)"

@@ -252,3 +252,25 @@ def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
     problems = control.problems(inputs)
     out = control.assemble(inputs, [(p, torch.ones(1, 3, 8, 8)) for p in problems])
     assert torch.equal(out["naturals"], naturals) and not out["ufcs"].any()
+
+
+def test_initial_gradients_scale_with_r_bn_and_leave_the_optimisation_alone():
+    from synth_helpers import NORM, run_batch, setup_naturals, tiny_teacher
+
+    from infer_fast.synth.augment import AugSettings
+    from infer_fast.synth.methods.infer import infer_problems
+
+    naturals, mean, std, lo, hi = setup_naturals()
+    problems = infer_problems(naturals, 1, NORM)
+    base = naturals.reshape(-1, 3, 8, 8)
+    aug = AugSettings(small=True, jitter=1)
+    a = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=3, r_bn=1.0)
+    b = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=3, r_bn=2.0)
+    z = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=3, r_bn=0.0)
+    assert a.gradients.shape == (len(problems), 3) and (a.gradients[:, 0] > 0).all()
+    torch.testing.assert_close(b.gradients[:, 0], a.gradients[:, 0])  # |dCE| does not depend on r_bn
+    torch.testing.assert_close(b.gradients[:, 1], 2 * a.gradients[:, 1])  # |r_bn dBN| scales with it
+    torch.testing.assert_close(b.gradients[:, 2], a.gradients[:, 2])  # the cosine does not
+    assert (z.gradients[:, 1] == 0).all()
+    again = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=3, r_bn=1.0)
+    assert all(torch.equal(p, q) for p, q in zip(a.params, again.params, strict=True))

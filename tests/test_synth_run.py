@@ -21,6 +21,8 @@ from infer_fast.synth.runner import PROGRESS_DIR, run_distill
 from infer_fast.synth.ufc import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @pytest.fixture(scope="module")
 def full_run(teachers, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "d"
@@ -78,6 +80,36 @@ def test_infer_end_to_end(full_run, teachers):
     assert not (full_run / PROGRESS_DIR).exists()
 
 
+def test_class_evidence_is_measured_from_the_labelling_pass(full_run, teachers):
+    ds = load_distilled(str(full_run))
+    m, n = len(teachers), len(ds)
+    ev = ds.manifest.evidence
+    k = ds.num_sets
+    assert ev["natural"]["images"] == k * 10 and ev["composed"]["images"] == k * 10 * m
+    assert len(ev["natural"]["teachers"]) == len(ev["composed"]["teachers"]) == m
+    # the ensemble's figures are those of the stored static labels (fp16) on the same images
+    probs = ds.soft_labels.softmax(1)
+    true = probs[torch.arange(n), ds.hard_labels]
+    hit = (probs.argmax(1) == ds.hard_labels).float()
+    for group, mask in (("natural", ~ds.composed_mask), ("composed", ds.composed_mask)):
+        assert ev[group]["ensemble"]["true_prob"] == pytest.approx(float(true[mask].mean()), abs=2e-3)
+        assert ev[group]["ensemble"]["top1"] == pytest.approx(float(hit[mask].mean()), abs=1.5 / mask.sum().item())
+    diff = ev["composed_minus_natural"]["true_prob"]
+    assert diff == pytest.approx(ev["composed"]["ensemble"]["true_prob"] - ev["natural"]["ensemble"]["true_prob"])
+    rows = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # the initial gradients: both terms pull, r_bn included, their ratio and cosine recorded
+        assert r["grad_ce"] > 0 and r["grad_bn"] > 0 and -1 <= r["grad_cos"] <= 1
+        assert r["grad_ratio_bn_ce"] == pytest.approx(r["grad_bn"] / r["grad_ce"])
+    losses = ev["losses"]
+    assert losses["problems"] == len(rows) and losses["ce_first"] == pytest.approx(
+        sum(r["ce_first"] for r in rows) / len(rows))
+    from infer_fast.train import EvalConfig, train_student
+
+    summary = train_student(EvalConfig(epochs=1, batch_size=64, out=str(full_run.parent / "student"), progress=False,
+                                       val="digits", workers=0, student="convnet", width=0.125, device="cpu"), ds)
+    assert summary["evidence"] == ev, "evaluate copies the set's evidence beside its accuracy"
+
+
 def _header(path) -> int:
     with open(path, "rb") as f:
         return 8 + int.from_bytes(f.read(8), "little")
@@ -125,10 +157,14 @@ def test_baselines(method, teachers, tmp_path):
     assert ds.hard_labels.tolist() == [i % 10 for i in range(20)]
     assert ds.soft_labels.shape == (20, 10) and torch.isfinite(ds.soft_labels).all()
     assert ds.manifest.stored_images == 20
+    ev = ds.manifest.evidence
     if method == "sre2l":
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(r["ce_last"] < r["ce_first"] for r in rows), rows
+        # every stored image is synthesised: measured against a fresh natural sample (min(ipc, 10) per class)
+        assert ev["composed"]["images"] == 20 and ev["natural"]["images"] == 20 and "composed_minus_natural" in ev
     else:
+        assert ev["natural"]["images"] == 20 and "composed" not in ev and ev["losses"] is None
         # random = the sampled naturals themselves, and the teacher labels mostly agree with the classes
         assert (ds.soft_labels.argmax(1) == ds.hard_labels).float().mean() > 0.5
 
@@ -179,11 +215,31 @@ def test_nonfinite_loss_stops_and_names_problem(teachers, tmp_path):
     from infer_fast import models
 
     model, meta = models.load_teacher(teachers[1])
-    with torch.no_grad():
-        next(p for p in model.parameters() if p.dim() == 4)[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():  # finite weights (NaN ones are refused at load) whose activations overflow to inf
+        next(p for p in model.parameters() if p.dim() == 4).fill_(3e38)
     models.save_teacher(model, meta, str(tmp_path / "nan.safetensors"))
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"problem \(k=0, m=1\) at iteration 0"):
         run_distill(_cfg(out, [teachers[0], tmp_path / "nan.safetensors"]), progress=False)
     # the first teacher's batch finished and stays saved for --resume
     assert (out / PROGRESS_DIR / "batch_00000.safetensors").exists()
+
+
+def test_rerunning_into_a_finished_out_without_resume_is_one_line(full_run, teachers, tmp_path, capsys):
+    from infer_fast.cli import main
+
+    out = tmp_path / "again"
+    args = ["--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3", "--iterations",
+            "2", "--device", "cpu", "--out", str(out)]
+    assert main(["distill", *args]) == 0
+    capsys.readouterr()
+    assert main(["distill", *args]) == 2  # a finished set: one line, nothing touched
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--resume" in err, err
+    ev = ["evaluate", str(out), "--dataset", "digits", "--student", "convnet", "--width", "0.125", "--epochs", "1",
+          "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "ev"), "--no-progress"]
+    assert main(ev) == 0
+    capsys.readouterr()
+    assert main(ev) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a run" in err, err

@@ -221,3 +221,15 @@ def test_ddp_two_ranks_gloo(tmp_path):
     assert [r["step"] for r in rows] == [3, 6], "40 images over 2 ranks at 8 per rank: 3 steps per epoch"
     assert rows[-1]["val_images"] == 360
     assert (out / "student.safetensors").exists()
+
+
+def test_steps_trains_exactly_that_many_optimizer_steps_with_cosine_over_them(tmp_path):
+    ds = StandInDistilled(per_class=5, image_size=S)  # 50 images, batch 32: 2 steps per epoch
+    summary = train_student(_cfg(tmp_path, "steps", steps=5, epochs=400, eval_every=0), ds)
+    assert summary["student_steps"] == 5 and summary["epochs"] == 3, "ceil(5 / 2) epochs, the last cut at step 5"
+    rows = [json.loads(line) for line in open(tmp_path / "steps" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4, 5] and rows[-1]["lr"] == 0.0 and "top1" in rows[-1]
+    again = train_student(_cfg(tmp_path, "epochs", epochs=3, eval_every=0), ds)
+    assert again["student_steps"] == 6  # without --steps: whole epochs
+    with pytest.raises(ValueError, match="--steps: expected >= 0"):
+        _cfg(tmp_path, steps=-1).validate()

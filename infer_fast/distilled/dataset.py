@@ -84,6 +84,11 @@ class DistilledDataset:
         return int(self.hard_labels.numel())
 
     @property
+    def composed_mask(self) -> torch.Tensor:
+        """bool [N]: the images composed with a UFC (the rest are stored images as they are)."""
+        return self._ufc_index >= 0
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

@@ -20,6 +20,9 @@ Fields, in the order they are written:
   source              {"source": "digits" or the dataset root, "natural_files": the sampled files}
   config              the full resolved synthesis config
   package_version, torch_version, git_commit
+  evidence            what distill measured of its images (infer_fast.synth.evidence): per teacher and for the
+                      ensemble, top-1 and true-class probability on the naturals and on the composed/synthesised
+                      images; the synthesis losses and the initial gradient balance, averaged over problems
   files               {file name: {"sha256", "shape", "dtype"}} of every array file (written by write_distilled)
 Keys this version does not know are kept (``extra``) and written back unchanged.
 """
@@ -59,6 +62,7 @@ class Manifest:
     package_version: str | None = None
     torch_version: str | None = None
     git_commit: str | None = None
+    evidence: dict[str, Any] | None = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)

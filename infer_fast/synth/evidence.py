@@ -62,10 +62,11 @@ class EvidenceMeter:
 
 def loss_summary(rows: Sequence[dict]) -> dict | None:
     """Mean over problems of the CE and BN losses at the first and last iteration (the runner's metrics rows), and
-    of the iteration-0 BN/CE gradient-norm ratio where the rows carry it."""
+    of the initial gradient figures where the rows carry them: |dCE/dp|, |r_bn dBN/dp|, their ratio and cosine."""
     if not rows:
         return None
-    keys = [k for k in ("ce_first", "ce_last", "bn_first", "bn_last", "grad_ratio_bn_ce") if k in rows[0]]
+    keys = [k for k in ("ce_first", "ce_last", "bn_first", "bn_last", "grad_ce", "grad_bn", "grad_ratio_bn_ce",
+                        "grad_cos") if k in rows[0]]
     return {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys} | {"problems": len(rows)}
 
 
@@ -78,6 +79,10 @@ def describe(evidence: dict) -> tuple[str, str | None]:
             parts.append(f"{g} top-1 {e['top1']:.1%}, true-class p {e['true_prob']:.3f} ({evidence[g]['images']} "
                          "images)")
     line = "class evidence (teacher ensemble, un-augmented): " + "; ".join(parts)
+    losses = evidence.get("losses") or {}
+    if "grad_ratio_bn_ce" in losses:
+        line += (f"; initial gradients |r_bn dBN| / |dCE| {losses['grad_ratio_bn_ce']:.3g}, cosine "
+                 f"{losses['grad_cos']:+.2f}")
     diff = evidence.get("composed_minus_natural")
     warning = None
     if diff is not None and diff["true_prob"] < 0:

@@ -36,6 +36,8 @@ class BatchResult:
     params: list[torch.Tensor]  # per problem, [p, 3, S, S] float32 on CPU
     ce: torch.Tensor  # [T, P] float32 per-iteration CE per problem
     bn: torch.Tensor  # [T, P] float32 per-iteration BN-matching loss per problem
+    # [P, 3] float32 at the initial parameters, un-augmented: |dCE/dp|, |r_bn dBN/dp| and their cosine per problem
+    gradients: torch.Tensor | None = None
 
 
 def ufc_bounds(base_norm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,

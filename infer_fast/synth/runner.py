@@ -48,12 +48,14 @@ from infer_fast.runtime import (
 from infer_fast.synth import methods
 from infer_fast.synth.budget import Storage
 from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.evidence import EvidenceMeter, describe, loss_summary
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.methods import Inputs, Method
 from infer_fast.synth.problem import Problem, make_batches
 from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 PROGRESS_DIR = "progress"
+EVIDENCE_NATURALS = 10  # natural images per class that a set without any is measured against (sre2l)
 # Fields that change the result (their `resume` metadata): the resume fingerprint covers exactly these.
 _RESULT_FIELDS = resume_fields(DistillConfig)
 
@@ -317,7 +319,7 @@ def _optimise(setup: RunSetup, base: torch.Tensor, batches: list[list[Problem]],
                                f"{prepared[m].report['fold_error']}", file=sys.stderr)
             res = optimise_batch(batch, prepared[m], pixels, settings, on_progress=on_progress)
             tensors = {f"p{j}": p for j, p in enumerate(res.params)}
-            tensors["ce"], tensors["bn"] = res.ce, res.bn
+            tensors["ce"], tensors["bn"], tensors["gradients"] = res.ce, res.bn, res.gradients
             keys = json.dumps([list(p.key) for p in batch])
             atomic_save_safetensors(_batch_path(cfg.out, b), tensors, metadata={"keys": keys})
     finally:
@@ -335,9 +337,38 @@ def _gather(out: str, batches: list[list[Problem]], key_name: str) -> tuple[list
         for j, p in enumerate(batch):
             solved.append((p, saved[f"p{j}"]))
             ce, bn = saved["ce"][:, j], saved["bn"][:, j]
-            metrics.append({key_name: p.key[0], "m": p.key[1], "ce_first": float(ce[0]), "ce_last": float(ce[-1]),
-                            "bn_first": float(bn[0]), "bn_last": float(bn[-1])})
+            row = {key_name: p.key[0], "m": p.key[1], "ce_first": float(ce[0]), "ce_last": float(ce[-1]),
+                   "bn_first": float(bn[0]), "bn_last": float(bn[-1])}
+            if "gradients" in saved:  # batches saved before this release lack them
+                g_ce, g_bn, cos = (float(v) for v in saved["gradients"][j])
+                row.update(grad_ce=g_ce, grad_bn=g_bn, grad_ratio_bn_ce=g_bn / g_ce if g_ce > 0 else float("inf"),
+                           grad_cos=cos)
+            metrics.append(row)
     return solved, metrics
+
+
+def _measure(setup: RunSetup, teachers: TeacherEnsemble, ds: DistilledDataset, device: torch.device,
+             progress: bool) -> tuple[torch.Tensor, EvidenceMeter]:
+    """The static labels of ``ds`` and, from the same pass, the class evidence of its images. A set without real
+    images (sre2l) is measured against a fresh natural sample: ``EVIDENCE_NATURALS`` images per class (at most
+    ipc), seeded like the run."""
+    from infer_fast import data
+
+    cfg = setup.cfg
+    meter = EvidenceMeter(len(teachers.models))
+    natural = setup.method.natural_mask(ds)
+    labels = static_labels(teachers, ds, cfg.label_batch, device, progress=progress, evidence=meter,
+                           natural=natural)
+    if not bool(natural.any()):
+        per_class = min(cfg.ipc, EVIDENCE_NATURALS)
+        sample = data.sample_naturals(cfg.source, per_class=per_class, seed=cfg.seed, image_size=setup.image_size)
+        images = setup.norm.normalise(sample.images.reshape(-1, 3, setup.image_size, setup.image_size))
+        targets = torch.arange(len(setup.classes)).repeat_interleave(per_class)
+        for lo in range(0, len(images), cfg.label_batch):
+            with torch.no_grad():
+                each = teachers.each(images[lo:lo + cfg.label_batch].to(device))
+            meter.add("natural", each, targets[lo:lo + cfg.label_batch])
+    return labels, meter
 
 
 def _manifest(setup: RunSetup, files: list | None) -> Manifest:
@@ -362,11 +393,16 @@ def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files
     manifest = _manifest(setup, files)
     teachers = TeacherEnsemble(list(zip(setup.teachers, setup.teacher_metas, strict=True)), setup.norm.mean,
                                setup.norm.std, setup.image_size)
-    labels = static_labels(teachers, DistilledDataset(manifest, dict(tensors), backend=cfg.backend), cfg.label_batch,
-                           device, progress=progress)
+    labels, meter = _measure(setup, teachers, DistilledDataset(manifest, dict(tensors), backend=cfg.backend), device,
+                             progress)
     if not torch.isfinite(labels).all():
         raise RuntimeError("distill: the teachers produced non-finite logits on the synthetic images")
     tensors["labels"] = labels.half()
+    manifest.evidence = {**meter.summary(), "losses": loss_summary(metrics)}
+    line, warning = describe(manifest.evidence)
+    print(f"distill: {line}")
+    if warning:
+        print(f"distill: {warning}", file=sys.stderr)
     if metrics:
         atomic_write_bytes(os.path.join(cfg.out, "metrics.jsonl"),
                            "".join(json.dumps(r) + "\n" for r in metrics).encode())

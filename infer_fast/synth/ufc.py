@@ -27,6 +27,7 @@ differently too, so a static or graph run follows the default run to float round
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,11 +130,12 @@ def optimise_batch(problems: list[Problem], model: nn.Module | SynthesisTeacher,
         raise ValueError(f"optimise_batch: --cuda-graphs (iteration='graph') needs a CUDA device, got device "
                          f"{pixels.device}")
     opt = _Optimisation(problems, _prepared(model, settings, pixels.size), pixels, settings, on_progress)
+    gradients = opt.initial_gradients()
     if settings.iteration == "eager":
         opt.run_eager()
     else:
         opt.run_static(graph=settings.iteration == "graph")
-    return opt.result()
+    return dataclasses.replace(opt.result(), gradients=gradients)
 
 
 def _prepared(model: nn.Module | SynthesisTeacher, s: SynthesisSettings, size: int) -> SynthesisTeacher:
@@ -205,6 +207,30 @@ class _Optimisation:
         opt.step()
         with torch.no_grad():
             param.copy_(torch.clamp(param, self.lower, self.upper))
+
+    def initial_gradients(self) -> torch.Tensor:
+        """[P, 3]: per problem, the norms of the CE gradient and of the weighted BN gradient (``r_bn`` times the BN
+        loss's) on its parameters at their initial values, un-augmented, and the cosine between the two: how the
+        objective's two terms pull when it starts. A diagnostic pass before iteration 0 (one forward, two
+        backwards, no RNG draw), so the optimisation itself is unchanged."""
+        px, param = self.pixels, self.param
+        g_ce, g_bn = torch.zeros_like(param), torch.zeros_like(param)
+        for ids, bidx, uidx, tgt in self.chunks:
+            x = self.compose(px.base, param, bidx, uidx, px.mean, px.std, px.lo, px.hi)
+            with self.amp:
+                logits, bn = self.teacher(x)
+            ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(self.num_p, len(ids)).mean(1)
+            a = torch.autograd.grad(ce.sum(), param, retain_graph=True)[0]
+            b = torch.autograd.grad(bn.sum(), param)[0] * self.s.r_bn
+            g_ce += a / len(self.chunks)
+            g_bn += b / len(self.chunks)
+        out = torch.zeros(self.num_p, 3)
+        for j, (p, off) in enumerate(zip(self.problems, self.offsets, strict=True)):
+            rows = slice(off, off + p.init.shape[0])
+            a, b = g_ce[rows].flatten().double(), g_bn[rows].flatten().double()
+            na, nb = a.norm(), b.norm()
+            out[j] = torch.stack([na, nb, (a @ b) / (na * nb).clamp_min(1e-30)]).float().cpu()
+        return out
 
     def log(self, t: int) -> None:
         """The host's only reads of the device: every ``log_every`` iterations and after the last."""

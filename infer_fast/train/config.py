@@ -54,6 +54,8 @@ class EvalConfig:
     dynamic_divide_epochs: bool = option(True, aliases=["--no-divide-epochs"], help="dynamic labels on an INFER "
                                          "set: train epochs // (M + 1); --no-dynamic-divide-epochs: the full --epochs "
                                          "(baselines always train the full --epochs)")
+    steps: int = option(0, metavar="N", help="train exactly N optimizer steps (cosine over N; the last epoch is cut "
+                        "short), whatever --epochs gives: students of different sets at equal compute. 0: --epochs")
     batch_size: int = option(64, help="global batch")
     lr: float = option(1e-3, help="AdamW learning rate")
     weight_decay: float = option(0.01, aliases=["--wd"], help="AdamW weight decay")
@@ -93,6 +95,8 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
         if self.stop_after < 0:
             raise ValueError(f"--stop-after: expected >= 0, got {self.stop_after}")
+        if self.steps < 0:
+            raise ValueError(f"--steps: expected >= 0, got {self.steps}")
         if self.eval_every < 0:
             raise ValueError(f"--eval-every: expected >= 0, got {self.eval_every}")
         if not self.lr > 0:

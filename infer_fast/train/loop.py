@@ -216,15 +216,17 @@ def _setup(cfg: EvalConfig, dataset, model: nn.Module | None, val_loader: Iterab
                                  device=device, mean=tuple(dataset.mean), std=tuple(dataset.std),
                                  classes=list(dataset.classes), small=bool(dataset.small),
                                  memory_budget=int(cfg.val_memory_gb * 2**30))
-    epochs = effective_epochs(cfg, dataset)
     local_batch = max(1, math.ceil(cfg.batch_size / world))
     per_rank = math.ceil(len(dataset) / world)
+    steps_per_epoch = math.ceil(per_rank / local_batch)
+    # --steps N: equal compute across sets of different sizes; else the epochs (the dynamic-label rule applied)
+    epochs = math.ceil(cfg.steps / steps_per_epoch) if cfg.steps else effective_epochs(cfg, dataset)
     cfg.out = cfg.out or default_out(cfg, getattr(dataset, "method", "unknown"))
     return StudentRun(
         cfg=cfg, ctx=ctx, dataset=dataset, model=model, val_loader=val_loader, teachers=teachers,
         num_teachers=num_teachers, opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         loss_fn=get_op("mixed_soft_xent", cfg.backend), epochs=epochs, local_batch=local_batch, per_rank=per_rank,
-        total_steps=math.ceil(per_rank / local_batch) * epochs, eval_every=cfg.eval_every or max(1, epochs // 25),
+        total_steps=cfg.steps or steps_per_epoch * epochs, eval_every=cfg.eval_every or max(1, epochs // 25),
         cfg_json=json.dumps(asdict(cfg), sort_keys=True))
 
 
@@ -285,6 +287,8 @@ def _epoch(run: StudentRun, epoch: int) -> dict[str, Any]:
         order = torch.cat([order, order[: run.per_rank * world - run.n]])[rank::world]
     loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     for i in range(0, order.numel(), run.local_batch):
+        if run.step >= run.total_steps:  # --steps: the last epoch ends at the step budget
+            break
         idx = order[i:i + run.local_batch]
         x = augment_batch(run.dataset.compose(idx, device=device), bool(run.dataset.small), g_local)
         x, lam, perm = mix_batch(x, cfg.mix, cfg.mix_alpha, rng, g_local)

@@ -27,8 +27,9 @@ def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, top
     return out
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1") -> None:
-    """Accuracy-vs-epoch PNG (matplotlib Agg, written atomically)."""
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1",
+                xlabel: str = "epoch") -> None:
+    """Accuracy curves as a PNG (matplotlib Agg, written atomically); x: epochs unless ``xlabel`` says otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +39,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     for name, pts in curves.items():
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -64,6 +65,8 @@ def finish(run: StudentRun, history: list[dict], wall: float) -> dict[str, Any]:
         "top1": final.get("top1"), "top5": final.get("top5"),
         "best_top1_selected_on_val": best.get("top1"), "best_epoch": best.get("epoch"),
         "wall_time_s": wall, "out": out,
+        # what distill measured of the set's images (class evidence, synthesis losses), beside the accuracy
+        "evidence": getattr(getattr(run.dataset, "manifest", None), "evidence", None),
     }
     if rank == 0:
         atomic_save_safetensors(os.path.join(out, "student.safetensors"), unwrap(model).state_dict(),

@@ -295,8 +295,8 @@ def _finish(run: _Run) -> TeacherMeta:
     return meta
 
 
-# The default digits ensemble: three architecture families at small widths, > 90 % digits val accuracy each
-# (measured at 32 px, seed 0: convnet 93.6 %, resnet18_cifar 93.9 %, cifar_resnet20 93.9 %). Training cost,
+# The default digits ensemble: three architecture families at small widths (digits val accuracy at 16 px, the
+# demo's size, seed 0, the recipe below: convnet 78.1 %, resnet18_cifar 77.8 %, cifar_resnet20 86.4 %). Training cost,
 # indicative only (one thread of a 2-core machine shared by many jobs, load ~10): convnet ~25 s, each ResNet
 # ~3.5 min wall. mobilenet_v2 / shufflenet_v2 are left out: their depthwise convolutions are several times
 # slower per step on CPU (pass them explicitly as teachers where that is affordable).
@@ -306,8 +306,10 @@ DEFAULT_ENSEMBLE: tuple[tuple[str, float, int], ...] = (
     ("resnet18_cifar", 0.125, 4),
     ("cifar_resnet20", 0.5, 4),
 )
-# Small batches: more updates for the same compute, which is what few-epoch training needs.
-DEFAULT_BATCH_SIZE, DEFAULT_LR = 32, 0.05
+# Small batches: more updates for the same compute, which is what few-epoch training needs; and the one-cycle
+# schedule, which reaches more in 3-4 epochs than cosine does (digits at 16 px, seed 0, no label smoothing:
+# resnet18_cifar 77.8 % vs 65.3 %, cifar_resnet20 86.4 % vs 85.0 %, convnet 78.1 % vs 77.2 %).
+DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_SCHEDULE = 32, 0.05, "onecycle"
 
 
 def default_teachers(source: str = "digits", cache_dir: str | None = None, image_size: int = 32, seed: int = 0,
@@ -320,7 +322,8 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
     from infer_fast.models.checkpoint import CheckpointError, load_teacher
 
     src = source if source == "digits" else os.path.abspath(source)
-    recipe = {k: v for k, v in dataclasses.asdict(TeacherConfig()).items() if k in RESUME_KEYS}
+    recipe = {k: v for k, v in dataclasses.asdict(TeacherConfig(schedule=DEFAULT_SCHEDULE)).items()
+              if k in RESUME_KEYS}
     key = json.dumps({"source": src, "ensemble": DEFAULT_ENSEMBLE, "batch_size": DEFAULT_BATCH_SIZE,
                       "lr": DEFAULT_LR, "image_size": image_size, "seed": seed, "version": __version__,
                       "recipe": recipe}, sort_keys=True)
@@ -334,7 +337,7 @@ def default_teachers(source: str = "digits", cache_dir: str | None = None, image
         except (FileNotFoundError, CheckpointError):
             train_teacher(TeacherConfig(source=source, arch=arch, out=path, epochs=epochs, width=width,
                                         image_size=image_size, seed=seed, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR,
-                                        progress=progress))
+                                        schedule=DEFAULT_SCHEDULE, progress=progress))
         paths.append(path)
     atomic_write_text(os.path.join(folder, "key.json"), key)  # what the folder name hashes, for humans
     return paths

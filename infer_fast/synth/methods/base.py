@@ -85,6 +85,11 @@ class Method:
         its optimised parameters."""
         raise NotImplementedError
 
+    def natural_mask(self, ds) -> torch.Tensor:
+        """bool [len(ds)]: which images of the distilled set ``ds`` are real natural images (the class-evidence
+        reference); the others are the method's composed or synthesised images. Default: the stored images."""
+        return ~ds.composed_mask
+
     def summary(self, tensors: dict[str, torch.Tensor], norm: Normalisation) -> str:
         """A clause for the run's last line (what is worth knowing about the stored arrays), or ""."""
         return ""

@@ -71,6 +71,9 @@ class Sre2l(Method):
                     if p.teacher == teacher][:ppb]
         return problems, mean_image(norm, image_size)
 
+    def natural_mask(self, ds) -> torch.Tensor:
+        return torch.zeros(len(ds), dtype=torch.bool)  # every stored image is synthesised
+
     def assemble(self, inputs: Inputs, solved: Iterable[tuple[Problem, torch.Tensor]]) -> dict[str, torch.Tensor]:
         s = inputs.image_size
         images = torch.zeros(inputs.cfg.ipc, inputs.num_classes, 3, s, s)
