@@ -49,6 +49,9 @@ class Method:
     """One synthesis method (a registered subclass per ``--method`` name)."""
 
     name: ClassVar[str]
+    # True: the method's images are trained on with labels the teachers give every augmented, mixed batch (its own
+    # relabel protocol, e.g. SRe2L's), not with one stored label per un-augmented image
+    relabels: ClassVar[bool] = False
     key_name: ClassVar[str] = "k"  # what a problem key's first value counts, in metrics.jsonl
     # A content control of the quality study rather than a method: left out where "every method" is meant (the demo)
     control: ClassVar[bool] = False

@@ -49,6 +49,9 @@ def mean_image(norm: Normalisation, image_size: int) -> torch.Tensor:
 @register
 class Sre2l(Method):
     name = "sre2l"
+    # SRe2L's relabel stage labels every augmented batch: its images carry little class evidence on their own, so
+    # one label of the clean image does not describe the crops and mixes a student sees (the demo's collapse)
+    relabels = True
     key_name = "i"
 
     def samples_naturals(self, cfg) -> bool:
