@@ -20,6 +20,10 @@ For every seed, each method is distilled with that seed (natural sets, problem R
 that seed; teachers are the same for every seed. Student compute is explicit: static labels train ``--epochs``
 epochs on every method; dynamic labels on an INFER set train ``epochs // (M + 1)`` (INFER's rule, about the steps
 that ``epochs`` give a baseline of the same budget), and every record states the optimizer steps taken.
+``--match steps`` is the equal-compute protocol: every method/labels pair trains exactly the optimizer steps of
+infer/static (``evaluate --steps``, cosine over its own steps), and random/static and infer/static also train twice
+those steps (``compute`` "2x"), so that no verdict is taken where every student is still under-trained. sre2l's
+default labels are dynamic (SRe2L's relabel protocol; ``sre2l/static`` is one flag away).
 
 Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
 ``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
@@ -27,8 +31,11 @@ interrupted one resumes where it stopped. The script prints per-seed rows, the m
 every stored UFC pinned at ~0 (|u| <= 1/255 in pixel units; INFER §3.5), and writes ``curves.png`` (every student's
 validation curve) in the run folder; ``--json`` writes the per-seed records.
 
-Records (common.record): one per method, labels and seed, metric ``top1`` (%) of that seed's student, with
-provider = method, mode = labels, x = ipc. Each rests on one distillation and one student run (``samples`` = 1, the
+Records (common.record): one per method, labels, compute and seed, metric ``top1`` (%) of that seed's student, with
+provider = method, mode = labels, x = ipc; each also carries ``control`` (the content control, or null),
+``student_steps``, and ``evidence_natural`` / ``evidence_composed`` (the teacher ensemble's mean true-class
+probability on the set's naturals and on its composed or synthesised images, from the distilled manifest).
+Each rests on one distillation and one student run (``samples`` = 1, the
 wall times ``synthesis_time_s`` and ``student_time_s`` likewise): a whole distillation takes minutes, so the spread
 this bench reports is the one over seeds (the mean +- sd table), not repeated timings.
 """
@@ -47,7 +54,9 @@ from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_
 
 from infer_fast.runtime import cache_root, json_key, sha256_file
 
-METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "random/static")
+METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static")
+# sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
+DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
 
 # Per workload: data, teachers (arch, width, epochs) and the settings the table runs at, next to the paper's.
@@ -135,7 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ufc-bound", choices=["loose", "set"], default="loose",
                    help="UFC bound rule (set: the withdrawn rule, for the ablation)")
     p.add_argument("--class-chunk", type=int, default=0, help="distill --class-chunk (0: all classes at once)")
-    p.add_argument("--methods", nargs="+", default=list(METHOD_CHOICES), help="method/labels pairs to run")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method/labels pairs to run (of "
+                   f"{', '.join(METHOD_CHOICES)})")
     p.add_argument("--match", choices=("epochs", "steps"), default="epochs",
                    help="student compute: every method trains --epochs (epochs), or as many optimizer steps as "
                         "infer/static does (steps; random/static and infer/static also at 2x those steps, the "
@@ -329,7 +339,8 @@ def verdict(agg: list[dict]) -> list[str]:
     by = {(r["method"], r["labels"], r["compute"]): r for r in agg}
     lines = []
     one = "1x" if ("infer", "static", "1x") in by else "epochs"
-    inf, rnd, sre = (by.get((m, "static", one)) for m in ("infer", "random", "sre2l"))
+    inf, rnd = (by.get((m, "static", one)) for m in ("infer", "random"))
+    sre = by.get(("sre2l", "dynamic", one)) or by.get(("sre2l", "static", one))
     if inf and rnd and inf["top1_mean"] is not None and rnd["top1_mean"] is not None:
         gap = inf["top1_mean"] - rnd["top1_mean"]
         spread = 2 * max(inf["top1_sd"], rnd["top1_sd"])
@@ -343,7 +354,7 @@ def verdict(agg: list[dict]) -> list[str]:
                          f"{lo['top1_mean']:.2f} at 1x ({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
     if sre and inf and rnd and sre["top1_mean"] is not None:
         below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
-        lines.append(f"sre2l/static {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
+        lines.append(f"sre2l/{sre['labels']} {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
     return lines
 
 

@@ -180,9 +180,10 @@ def test_resume_fields_come_from_metadata():
     assert names - set(runner._RESULT_FIELDS) == {"out", "resume", "stop_after", "log_every", "device", "label_batch",
                                                   "teacher_cache", "threads"}
     assert checkpoint.RESUME_KEYS == config_cli.resume_fields(EvalConfig)
-    assert set(checkpoint.RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "dynamic_divide_epochs",
-                                         "batch_size", "lr", "weight_decay", "temperature", "mix", "mixup_alpha",
-                                         "cutmix_alpha", "preset", "seed", "val", "teachers", "teacher_classes"}
+    assert set(checkpoint.RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "steps",
+                                           "dynamic_divide_epochs", "batch_size", "lr", "weight_decay", "temperature",
+                                           "mix", "mixup_alpha", "cutmix_alpha", "preset", "seed", "val", "teachers",
+                                           "teacher_classes"}
     assert config_cli.resume_fields(Toy) == ("path", "mode", "rate", "files", "flag", "name")
     teachers = [{"fingerprint": "t"}]
     cfg = DistillConfig(dataset="digits")
