@@ -54,7 +54,8 @@ from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_
 
 from infer_fast.runtime import cache_root, json_key, sha256_file
 
-METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static")
+METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static",
+                  "infer-noise/static", "infer-swap/static")  # the last two: content controls (synth.methods.controls)
 # sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
 DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -321,7 +322,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         t5, t5_sd = ms([r["top5"] for r in rs])
         ev_n, ev_c = ms([r["evidence_natural"] for r in rs])[0], ms([r["evidence_composed"] for r in rs])[0]
         out.append({
-            "method": method, "labels": labels, "compute": compute, "seeds": len(rs), "top1_mean": t1,
+            "method": method, "labels": labels, "compute": compute, "control": rs[0].get("control"),
+            "seeds": len(rs), "top1_mean": t1,
             "top1_sd": t1_sd, "evidence_natural": ev_n, "evidence_composed": ev_c,
             "top5_mean": t5, "top5_sd": t5_sd,
             "top1": f"{t1:.2f} ± {t1_sd:.2f}" if t1 is not None else None,
@@ -346,6 +348,12 @@ def verdict(agg: list[dict]) -> list[str]:
         spread = 2 * max(inf["top1_sd"], rnd["top1_sd"])
         at = f" at equal student steps ({inf['student_steps']})" if one == "1x" else ""
         lines.append(f"infer/static - random/static{at} = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
+                     + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
+    controls = [r for r in agg if r.get("control") and r["compute"] == one and r["top1_mean"] is not None]
+    if inf and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
+        best = max(controls, key=lambda r: r["top1_mean"])
+        gap, spread = inf["top1_mean"] - best["top1_mean"], 2 * max(inf["top1_sd"], best["top1_sd"])
+        lines.append(f"infer/static - best control ({best['method']}) = {gap:+.2f} points; 2 sd = {spread:.2f}: "
                      + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
     for m in ("random", "infer"):  # saturation: is the 1x verdict taken where every student is under-trained?
         lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
@@ -375,6 +383,7 @@ def main(argv=None) -> list[dict]:
     import torch
 
     from infer_fast.distilled import load_distilled
+    from infer_fast.synth import methods as synth_methods
     from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
     from infer_fast.train import EvalConfig, train_student
@@ -434,7 +443,8 @@ def main(argv=None) -> list[dict]:
             evidence = ds.manifest.evidence or {}
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
-                workload=a.workload, method=method, labels=labels, control=None, compute=compute, seed=seed,
+                workload=a.workload, method=method, labels=labels,
+                control=method if synth_methods.get(method).control else None, compute=compute, seed=seed,
                 ipc=a.ipc, top1=summary["top1"], top5=summary.get("top5"),
                 best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
                 paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),

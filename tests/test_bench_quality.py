@@ -87,3 +87,14 @@ def test_verdict_at_equal_steps_and_the_saturation_lines():
     assert lines[0].endswith("NOT established")
     assert lines[1] == "random/static at 2x steps (24): 33.00 vs 31.00 at 1x (+2.00 points)"
     assert lines[2] == "infer/static at 2x steps (24): 32.50 vs 31.00 at 1x (+1.50 points)"
+
+
+def test_the_gain_over_the_best_content_control_is_reported():
+    rows = [_row("infer", "static", s, t, compute="1x") for s, t in enumerate([40.0, 41.0, 42.0])]
+    rows += [_row("random", "static", s, t, compute="1x") for s, t in enumerate([30.0, 31.0, 32.0])]
+    for name, vals in (("infer-noise", [35.0, 35.5, 36.0]), ("infer-swap", [37.0, 38.0, 39.0])):
+        rows += [{**_row(name, "static", s, t, compute="1x"), "control": name} for s, t in enumerate(vals)]
+    lines = bq.verdict(bq.aggregate(rows))
+    assert lines[1] == "infer/static - best control (infer-swap) = +3.00 points; 2 sd = 2.00: beats it", lines
+    a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])
+    assert a.methods == ["infer/static", "infer-noise/static"]

@@ -225,7 +225,8 @@ def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
     from infer_fast.synth.methods import Inputs, base
     from infer_fast.synth.methods.infer import Infer
 
-    assert methods.names() == ("infer", "sre2l", "random")
+    assert methods.names(controls=False) == ("infer", "sre2l", "random")
+    assert methods.names() == ("infer", "sre2l", "random", "infer-noise", "infer-swap")
     with pytest.raises(ValueError, match="unknown synthesis method 'bogus'"):
         methods.get("bogus")
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
@@ -274,3 +275,30 @@ def test_initial_gradients_scale_with_r_bn_and_leave_the_optimisation_alone():
     assert (z.gradients[:, 1] == 0).all()
     again = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=3, r_bn=1.0)
     assert all(torch.equal(p, q) for p, q in zip(a.params, again.params, strict=True))
+
+
+def test_content_controls_keep_infers_naturals_and_transform_its_compensators():
+    from infer_fast.synth.methods import Inputs
+
+    naturals, *_ = setup_naturals(k_sets=3)
+    cfg = DistillConfig(dataset="digits", method="infer", ipc=4, seed=4)
+    infer = methods.get("infer")
+    storage = infer.storage(4, 5, 1, 8)  # K = 4 * 5 // (5 + 1) = 3 sets
+    inputs = Inputs(cfg, storage, NORM, 8, naturals)
+    g = torch.Generator().manual_seed(0)
+    solved = [(p, torch.randn(1, 3, 8, 8, generator=g)) for p in infer.problems(inputs)]
+    base = infer.assemble(inputs, solved)
+    u = base["ufcs"].float()
+    noise = methods.get("infer-noise").assemble(inputs, solved)
+    swap = methods.get("infer-swap").assemble(inputs, solved)
+    for out in (noise, swap):
+        assert torch.equal(out["naturals"], naturals) and out["ufcs"].dtype == torch.float16
+    v = noise["ufcs"].float()
+    torch.testing.assert_close(v.flatten(3).norm(dim=3), u.flatten(3).norm(dim=3), rtol=2e-3, atol=1e-3)
+    assert abs(float(torch.nn.functional.cosine_similarity(u.flatten(), v.flatten(), dim=0))) < 0.2  # not u
+    again = methods.get("infer-noise").assemble(inputs, solved)["ufcs"]
+    assert torch.equal(again, noise["ufcs"])  # seeded by the run's seed
+    assert torch.equal(swap["ufcs"][0], base["ufcs"][1]) and torch.equal(swap["ufcs"][2], base["ufcs"][0])
+    assert methods.get("infer-noise").control and "infer-noise" not in methods.names(controls=False)
+    with pytest.raises(ValueError, match="infer-swap: needs at least 2 natural sets"):
+        methods.get("infer-swap").storage(2, 5, 1, 8)  # K = 1

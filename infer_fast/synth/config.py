@@ -46,7 +46,9 @@ class DistillConfig:
                                          "teacher files that do not state them: imagenet1k (the 1,000 ImageNet-1k "
                                          "wnids, sorted) or a text file with one class name per line")
     method: str = option("infer", choices=methods.names(), help="infer (UFCs), sre2l (class-specific synthesis) or "
-                         "random (random naturals); same budget and format")
+                         "random (random naturals); same budget and format. Content controls of the quality study: "
+                         "infer-noise (u replaced by noise of the same per-channel norm), infer-swap (each set "
+                         "composed with another set's u)")
     ipc: int = option(10, help="storage budget in images per class")
     seed: int = option(0)
     out: str = option("distilled", resume=False, help="output folder of the distilled dataset")

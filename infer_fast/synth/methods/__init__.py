@@ -7,6 +7,7 @@ from infer_fast.synth.methods.base import Inputs, Method, get, names, register
 from infer_fast.synth.methods import infer  # noqa: E402, F401
 from infer_fast.synth.methods import sre2l  # noqa: E402, F401
 from infer_fast.synth.methods import random_naturals  # noqa: E402, F401
+from infer_fast.synth.methods import controls  # noqa: E402, F401
 # isort: on
 
 __all__ = ["Inputs", "Method", "get", "names", "register"]
