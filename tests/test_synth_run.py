@@ -243,3 +243,25 @@ def test_rerunning_into_a_finished_out_without_resume_is_one_line(full_run, teac
     assert main(ev) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already holds a run" in err, err
+
+
+def test_log_dir_gives_tensorboard_scalars_and_the_preview_for_distill_and_evaluate(teachers, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from infer_fast.train import EvalConfig, train_student
+
+    out = tmp_path / "d"
+    assert run_distill(_cfg(out, teachers, log_dir=str(tmp_path / "tb-distill")), progress=False)
+    events = EventAccumulator(str(tmp_path / "tb-distill"))
+    events.Reload()
+    assert {"distill/ce", "distill/bn", "distill/evidence_natural/true_prob",
+            "distill/evidence_composed/top1"} <= set(events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["distill/preview"]
+    train_student(EvalConfig(epochs=2, batch_size=64, out=str(tmp_path / "s"), progress=False, val="digits",
+                             workers=0, student="convnet", width=0.125, device="cpu", eval_every=1,
+                             log_dir=str(tmp_path / "tb-eval")), load_distilled(str(out)))
+    events = EventAccumulator(str(tmp_path / "tb-eval"))
+    events.Reload()
+    assert {"student/loss", "student/top1", "student/lr", "student/images_per_s"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("student/top1")) == 2

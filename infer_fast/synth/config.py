@@ -101,6 +101,9 @@ class DistillConfig:
     # Same result up to float rounding (resampled crop, Adam's capturable arithmetic), hence in the resume fingerprint.
     cuda_graphs: bool = option(False, help="capture one synthesis iteration in a CUDA graph and replay it (CUDA only)")
     teacher_cache: str | None = option(None, resume=False)  # digits without --teachers: the default ensemble's cache
+    log_dir: str | None = option(None, metavar="DIR", resume=False,
+                                 help="also write TensorBoard scalars (losses, iterations/s, class evidence) and the "
+                                      "preview grid to DIR")
     stop_after: int | None = option(None, resume=False,
                                     help="stop after this many finished batches (resumable with --resume)")
 

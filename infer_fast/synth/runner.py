@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from infer_fast.config_cli import resume_fields
+from infer_fast.dashboard import Dashboard
 from infer_fast.distilled import DistilledDataset, Manifest, write_distilled
 from infer_fast.labels import TeacherEnsemble, static_labels
 from infer_fast.runtime import (
@@ -172,9 +173,10 @@ def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: DistContex
     return False
 
 
-def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> None:
-    """PNG grid: set 0's naturals then its composition with each UFC (INFER), or the first stored rows."""
-    from torchvision.utils import save_image
+def preview_grid(ds: DistilledDataset, max_classes: int = 10) -> torch.Tensor:
+    """[3, H, W] grid in [0, 1]: set 0's naturals then its composition with each UFC (INFER), or the first stored
+    rows."""
+    from torchvision.utils import make_grid
 
     c = ds.num_classes
     show = min(c, max_classes)
@@ -188,7 +190,14 @@ def write_preview(ds: DistilledDataset, path: str, max_classes: int = 10) -> Non
     idx = torch.cat(rows)
     with torch.no_grad():
         images = ds.denormalise(ds.compose(idx).float())
-    atomic_write_with(path, lambda buf: save_image(images, buf, nrow=show, padding=1, format="png"))
+    return make_grid(images, nrow=show, padding=1)
+
+
+def write_preview(grid: torch.Tensor, path: str) -> None:
+    """The preview grid as a PNG, written atomically."""
+    from torchvision.utils import save_image
+
+    atomic_write_with(path, lambda buf: save_image(grid, buf, format="png"))
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -269,10 +278,11 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
         if dist.rank == 0:
             print(f"distill: {cfg.out} is already complete", file=sys.stderr)
         return cfg.out
+    board = stack.enter_context(Dashboard(cfg.log_dir, "distill", dist.rank))
     todo = [b for b in range(len(batches))
             if b % dist.world == dist.rank and not os.path.isfile(_batch_path(cfg.out, b))]
     if todo:
-        _optimise(setup, method.base(inputs), batches, todo, dist, progress)
+        _optimise(setup, method.base(inputs), batches, todo, dist, progress, board)
     dist.barrier()
 
     missing = [b for b in range(len(batches)) if not os.path.isfile(_batch_path(cfg.out, b))]
@@ -283,13 +293,13 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
                   file=sys.stderr)
         return None
     if dist.rank == 0:
-        _finish(setup, inputs, batches, files, dist.device, progress)
+        _finish(setup, inputs, batches, files, dist.device, progress, board)
     dist.barrier()
     return cfg.out
 
 
 def _optimise(setup: RunSetup, base: torch.Tensor, batches: list[list[Problem]], todo: list[int],
-              dist: DistContext, progress: bool) -> None:
+              dist: DistContext, progress: bool, board: Dashboard) -> None:
     """Optimise this rank's unfinished batches ``todo``, each saved to progress/ when done."""
     cfg = setup.cfg
     pixels = PixelGeometry.of(base, setup.norm, dist.device)
@@ -303,10 +313,12 @@ def _optimise(setup: RunSetup, base: torch.Tensor, batches: list[list[Problem]],
                 break
             batch = batches[b]
 
-            def on_progress(n, ce, bn, _b=b):
+            def on_progress(n, ce, bn, _b=b, _start=finished * cfg.iterations):
                 bar.update(n)
                 if ce is not None:
                     bar.set_postfix(batch=f"{_b + 1}/{len(batches)}", ce=f"{ce:.4f}", bn=f"{bn:.4f}")
+                    rate = bar.format_dict.get("rate")
+                    board.scalars(bar.n, "distill", ce=ce, bn=bn, iterations_per_s=rate)
 
             m = batch[0].teacher
             if m not in prepared:
@@ -385,7 +397,7 @@ def _manifest(setup: RunSetup, files: list | None) -> Manifest:
 
 
 def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files: list | None,
-            device: torch.device, progress: bool) -> None:
+            device: torch.device, progress: bool, board: Dashboard) -> None:
     """Rank 0: assemble the stored arrays, compute the static labels, write the format, remove progress/."""
     cfg, method = setup.cfg, setup.method
     solved, metrics = _gather(cfg.out, batches, method.key_name)
@@ -406,7 +418,12 @@ def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files
     if metrics:
         atomic_write_bytes(os.path.join(cfg.out, "metrics.jsonl"),
                            "".join(json.dumps(r) + "\n" for r in metrics).encode())
-    write_preview(DistilledDataset(manifest, tensors, backend=cfg.backend), os.path.join(cfg.out, "preview.png"))
+    grid = preview_grid(DistilledDataset(manifest, tensors, backend=cfg.backend))
+    write_preview(grid, os.path.join(cfg.out, "preview.png"))
+    board.image("distill/preview", grid)
+    for group in ("natural", "composed"):
+        if group in manifest.evidence:
+            board.scalars(0, f"distill/evidence_{group}", **manifest.evidence[group]["ensemble"])
     write_distilled(cfg.out, manifest, tensors)  # manifest.json last: its presence marks a complete dataset
     shutil.rmtree(os.path.join(cfg.out, PROGRESS_DIR), ignore_errors=True)
     ratio = f", compression {manifest.compression_ratio:.4%}" if manifest.compression_ratio else ""

@@ -82,6 +82,8 @@ class EvalConfig:
                                          "files that do not state them (as distill --teacher-classes)")
     out: str = option("", metavar="RUNDIR", resume=False,
                       help="run folder (default: runs/eval-<method>-<labels>-<time>)")
+    log_dir: str | None = option(None, metavar="DIR", resume=False,
+                                 help="also write TensorBoard scalars (loss, top-1, lr, images/s) to DIR")
     resume: bool = option(False, resume=False, help="continue the run in --out from its last checkpoint")
     stop_after: int = option(0, metavar="N", resume=False,
                              help="stop (resumably) after N epochs of this run (0: run to the end)")

@@ -42,6 +42,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from infer_fast.config_cli import ConfigError
+from infer_fast.dashboard import Dashboard
 from infer_fast.data.augment import augment_batch, mix_batch
 from infer_fast.labels import TeacherEnsemble, ensemble_for
 from infer_fast.ops.backend import get as get_op
@@ -162,15 +163,18 @@ def _train(cfg: EvalConfig, dataset, model: nn.Module | None, val_loader: Iterab
     bar = tqdm(range(run.start_epoch, run.epochs), desc=f"student {cfg.student} ({run.method}, {cfg.labels})",
                disable=ctx.rank != 0 or not cfg.progress, initial=run.start_epoch, total=run.epochs)
     stop_at = min(run.epochs, run.start_epoch + cfg.stop_after) if cfg.stop_after else run.epochs
-    for epoch in bar:
-        if epoch >= stop_at:
-            break
-        row = _epoch(run, epoch)
-        if ctx.rank == 0:
-            save_checkpoint(run.ckpt_path, run.model, run.opt, epoch + 1, run.step, run.cfg_json)
-            append_text(run.metrics_path, json.dumps(row) + "\n")
-            history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", **({"top1": f"{row['top1']:.2f}"} if "top1" in row else {}))
+    with Dashboard(cfg.log_dir, "evaluate", ctx.rank) as board:
+        for epoch in bar:
+            if epoch >= stop_at:
+                break
+            row = _epoch(run, epoch)
+            if ctx.rank == 0:
+                save_checkpoint(run.ckpt_path, run.model, run.opt, epoch + 1, run.step, run.cfg_json)
+                append_text(run.metrics_path, json.dumps(row) + "\n")
+                history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", **({"top1": f"{row['top1']:.2f}"} if "top1" in row else {}))
+                board.scalars(run.step, "student", loss=row["loss"], top1=row.get("top1"), lr=row["lr"],
+                              images_per_s=run.n / row["epoch_time_s"])
     bar.close()
     ctx.barrier()
     if stop_at < run.epochs:
