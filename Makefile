@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-stamp
 export MAX_JOBS ?= 2
 
-.PHONY: setup build demo test lint cmake-build wheel wheel-check bench gpu-check clean
+.PHONY: setup build demo test lint cmake-build wheel wheel-check bench bench-baseline bench-gate gpu-check clean
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,8 +45,23 @@ wheel-check: wheel
 	  from infer_fast.models.classes import imagenet1k_wnids; assert len(imagenet1k_wnids()) == 1000; \
 	  print('wheel ok:', infer_fast.__version__, 'cuda kernels:', infer_fast.cuda_enabled())"
 
+# The fused-op suite (pytest-benchmark): every op x shape x mode x provider, the ratio table at the end.
+# BENCH_ARGS passes more, e.g. BENCH_ARGS="--bench-size quick -k bn_stat_loss".
+BENCH_ARGS ?=
+BENCH_MACHINE ?= cpu-x86_64-2core
+BENCH_STORAGE := --benchmark-storage=file://bench/baselines/$(BENCH_MACHINE)
+SUITE := $(BIN)/python -m pytest bench/suites -p no:cacheprovider --benchmark-only
 bench: build
-	$(BIN)/python bench/bench_ops.py
+	$(SUITE) $(BENCH_ARGS)
+
+# A baseline for this machine class, to commit: bench/baselines/$(BENCH_MACHINE)/<interpreter>/NNNN_<commit>_....json
+bench-baseline: build
+	$(SUITE) $(BENCH_STORAGE) --benchmark-autosave $(BENCH_ARGS)
+
+# Before a kernel change lands: infer_fast's figures against the newest baseline of this machine class; fails when a
+# median is more than 25 % slower.
+bench-gate: build
+	$(SUITE) -k infer_fast $(BENCH_STORAGE) --benchmark-compare --benchmark-compare-fail=median:25% $(BENCH_ARGS)
 
 # A GPU machine's own python3 (torch with CUDA, nvcc, ninja, pytest; no venv, no network): build for the local GPU,
 # every CUDA test, CPU-vs-CUDA agreement, benchmarks; under 8 minutes. Results: $(GPU_CHECK_OUT)/summary.md.
