@@ -144,7 +144,7 @@ def _suite(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, ET.Elemen
 @pytest.mark.slow
 def test_op_suite_in_test_only_mode_checks_every_provider_of_every_case(tmp_path):
     """CI runs the whole benchmark suite shrunk, as ordinary tests (no timing): every op x tiny shape x mode x
-    provider compared with the float64 reference, forward value and gradients."""
+    provider, compile and infer_fast compared with the eager reference (forward value and gradients)."""
     r, junit = _suite(tmp_path, "--benchmark-disable", "--bench-device=cpu")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     cases = junit.iter("testcase")
