@@ -72,12 +72,12 @@ bench: build
 # infer_fast's figures as this machine class's baseline, to commit:
 # bench/baselines/$(BENCH_MACHINE)/<interpreter>/NNNN_<commit>_<date>.json (make bench compares with eager/compile)
 bench-baseline: build
-	$(SUITE) -k infer_fast $(BENCH_STORAGE) --benchmark-autosave $(BENCH_ARGS)
+	$(SUITE) --bench-providers=infer_fast $(BENCH_STORAGE) --benchmark-autosave $(BENCH_ARGS)
 
 # Before a kernel change lands: infer_fast's figures against the newest baseline of this machine class; fails when a
 # median is more than 25 % slower.
 bench-gate: build
-	$(SUITE) -k infer_fast $(BENCH_STORAGE) --benchmark-compare --benchmark-compare-fail=median:25% $(BENCH_ARGS)
+	$(SUITE) --bench-providers=infer_fast $(BENCH_STORAGE) --benchmark-compare --benchmark-compare-fail=median:25% $(BENCH_ARGS)
 
 # A GPU machine's own python3 (torch with CUDA, nvcc, ninja, pytest; no venv, no network): build for the local GPU,
 # every CUDA test, CPU-vs-CUDA agreement, benchmarks; under 8 minutes. Results: $(GPU_CHECK_OUT)/summary.md.

@@ -158,6 +158,20 @@ def test_op_suite_in_test_only_mode_checks_every_provider_of_every_case(tmp_path
     assert not [c for c in junit.iter("testcase") if len(c)], "no failure, error or skip expected"
 
 
+def test_op_suite_selects_providers_for_the_gate(tmp_path):
+    """--bench-providers=infer_fast (make bench-baseline / bench-gate) keeps infer_fast's tests only, whatever the
+    checkout's folder is called (a -k infer_fast would also match a project root named infer_fast)."""
+    r, _ = _suite(tmp_path, "--collect-only", "--benchmark-disable", "--bench-providers=infer_fast")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    names = [line for line in r.stdout.splitlines() if "test_op[" in line]
+    assert len(names) == sum(len(m.SHAPES["tiny"]) for m in _op_modules()) * 2, r.stdout[-3000:]
+    assert all("-infer_fast]" in n for n in names), names
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+                          os.path.join(BENCH, "suites"), "--bench-providers=infer_fast,fused"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--bench-providers: unknown ['fused']" in bad.stdout + bad.stderr
+
+
 def _op_modules():
     import bench_bn_stat_loss
     import bench_compensator_broadcast

@@ -1,11 +1,12 @@
-"""The op suite's options, timer settings and reports (pytest-benchmark; the suite itself is test_ops.py).
+"""The op suite's options and reports (pytest-benchmark; the suite itself, timer settings included, is test_ops.py).
 
 Options: ``--bench-size full|quick|tiny`` (default full; tiny, the test-only mode, when ``--benchmark-disable``),
-``--bench-device``, ``--bench-threads`` and ``--bench-json PATH`` (the figures as bench/common.py records). After
-pytest-benchmark's own tables the session prints one markdown table per run: p50 per op, shape, mode and provider,
-GB/s against the memcpy of the same bytes, and infer_fast's speed-up over eager, over torch.compile and over the
-better of the two, all measured in this session. Saved JSON (``--benchmark-save``, ``--benchmark-json``) carries the
-same derived figures in each benchmark's ``extra_info``.
+``--bench-providers`` (the gate times infer_fast only), ``--bench-device``, ``--bench-threads`` and
+``--bench-json PATH`` (the figures as bench/common.py records). After pytest-benchmark's own tables the session
+prints one markdown table: p50 per op, shape, mode and provider, GB/s against the memcpy of the same bytes, and
+infer_fast's speed-up over eager, over torch.compile and over the better of the two, all measured in this session.
+Saved JSON (``--benchmark-save``, ``--benchmark-json``) carries the same derived figures in each benchmark's
+``extra_info``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("infer_fast op suite")
     g.addoption("--bench-size", choices=("full", "quick", "tiny"), default=None,
                 help="full (default), quick, or tiny (test-only mode; the default with --benchmark-disable)")
+    g.addoption("--bench-providers", default=None, metavar="A,B",
+                help="only these providers (eager, compile, infer_fast, memcpy; default: all)")
     g.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
     g.addoption("--bench-threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     g.addoption("--bench-json", metavar="PATH", default=None,

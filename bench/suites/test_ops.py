@@ -31,9 +31,14 @@ RTOL = 1e-4
 pytestmark = pytest.mark.benchmark(timer=synced_clock, min_rounds=MIN_SAMPLES, min_time=2e-4)
 
 
-def suite_items(size: str, timed: bool) -> list[tuple]:
+def suite_items(size: str, timed: bool, only: str | None = None) -> list[tuple]:
     """(op, spec, mode, provider) in case order, so that one case's tensors serve all its tests in a row."""
     providers = (*PROVIDERS, "memcpy") if timed else PROVIDERS
+    if only:
+        unknown = set(only.split(",")) - {*PROVIDERS, "memcpy"}
+        if unknown:
+            raise pytest.UsageError(f"--bench-providers: unknown {sorted(unknown)}; known: {[*PROVIDERS, 'memcpy']}")
+        providers = tuple(p for p in providers if p in only.split(","))
     return [(op, spec, mode, p) for op, m in MODULES.items() for spec in m.SHAPES[size] for mode in MODES
             for p in providers]
 
@@ -41,7 +46,7 @@ def suite_items(size: str, timed: bool) -> list[tuple]:
 def pytest_generate_tests(metafunc):
     if "item" in metafunc.fixturenames:
         cfg = metafunc.config
-        items = suite_items(suite_size(cfg), timed=not cfg.getoption("benchmark_disable"))
+        items = suite_items(suite_size(cfg), not cfg.getoption("benchmark_disable"), cfg.getoption("bench_providers"))
         metafunc.parametrize("item", items, ids=[f"{op}-{MODULES[op].shape_id(s)}-{mode}-{p}"
                                                  for op, s, mode, p in items])
 
