@@ -69,6 +69,9 @@ def case(spec, device: str) -> Case:
         inputs=inputs,
         grad_inputs=[inputs[1]],
         nbytes={"forward": fwd, "full": fwd + bwd},
+        # A composed pixel exactly on a clamp bound (about 1 in 10^7 of them at 224 px) gets half its gradient from
+        # torch.clamp with tensor bounds and none from the kernel; cases under 10^6 pixels allow no difference.
+        grad_ties=px // 1_000_000,
     )
 
 

@@ -155,6 +155,7 @@ class Case:
     inputs: Sequence[torch.Tensor]
     grad_inputs: Sequence[torch.Tensor]
     nbytes: dict[str, int]  # mode -> bytes a bandwidth-bound kernel must move
+    grad_ties: int = 0  # gradient elements allowed to differ from the reference's at exact ties (see the op's case)
 
 
 def _fmt(v: object) -> str:

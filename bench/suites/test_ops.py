@@ -94,13 +94,15 @@ def check_provider(case, reference, provider: str, mode: str) -> None:
     out, grads = _evaluate(fn, case.inputs, case.grad_inputs, cotangent)
     _assert_matches(out, ref_out, f"{what}: value")
     for i, (g, rg) in enumerate(zip(grads, ref_grads, strict=True)):
-        _assert_matches(g, rg, f"{what}: gradient {i}")
+        _assert_matches(g, rg, f"{what}: gradient {i}", allowed=case.grad_ties)
 
 
-def _assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=RTOL * max(scale, 1e-12),
-                               msg=lambda m: f"{what}: {m}")
+def _assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str, allowed: int = 0) -> None:
+    """Close to the reference everywhere but at most ``allowed`` elements (the case's exact ties)."""
+    atol = RTOL * max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-12)
+    if allowed and int((~torch.isclose(actual, expected, rtol=RTOL, atol=atol)).sum()) <= allowed:
+        return
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 def _memcpy(nbytes: int, device: str):
