@@ -8,8 +8,9 @@ The venv holds only what pip installs for the package (torch, torchvision and th
 setup.py; no DALI, no test tools). ``--source`` clones the repository's HEAD into a scratch folder and runs
 ``pip install <clone>`` with build isolation: pip builds in an isolated environment that gets its own torch from
 pyproject.toml's build requirements. The smoke test, run from the scratch folder (never from the source tree):
-import (and from where), ``infer-fast info``, one forward + backward of each fused op on CPU against the
-reference, a 1-epoch teacher and a 2-iteration distill on the embedded digits, read back with load_distilled.
+import (and from where), the package data, ``infer-fast info``, one forward + backward of each fused op on CPU
+against the reference, a 1-epoch teacher and a 2-iteration distill on the embedded digits, read back with
+load_distilled.
 Stdlib only: it runs with any python3 of the wheel's version. Prints the seconds of each step.
 """
 
@@ -36,6 +37,9 @@ from infer_fast.ops.mixed_soft_xent import mixed_soft_xent
 where = os.path.dirname(infer_fast.__file__)
 assert where.startswith(sys.prefix), f"infer_fast imported from {where}, not from the venv {sys.prefix}"
 print("infer_fast", infer_fast.__version__, "from", where, "cuda kernels:", infer_fast.cuda_enabled())
+import importlib.resources
+wnids = importlib.resources.files("infer_fast.models").joinpath("imagenet1k_wnids.txt").read_text().split()
+assert len(wnids) == 1000, f"package data imagenet1k_wnids.txt holds {len(wnids)} class ids"
 torch.manual_seed(0)
 
 
