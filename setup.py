@@ -146,6 +146,10 @@ def _extensions():
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
 
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast"]
+    # glibc symbol versions no newer than manylinux_2_28's (see the header); nvcc gets it as --pre-include below
+    compat = os.path.join(ROOT, "csrc", "compat", "manylinux_2_28.h")
+    if platform.system() == "Linux":
+        cxx += ["-include", compat]
     if platform.machine() in ("x86_64", "AMD64"):
         cpu_arch = os.environ.get("INFER_FAST_CPU_ARCH", "x86-64-v3")
         cxx.append(f"-march={cpu_arch}")
@@ -174,6 +178,8 @@ def _extensions():
         # No --use_fast_math: it made s/std, log and 1/sqrt approximate, so CUDA disagreed with the CPU on pixels that
         # sit exactly on the clamp bounds. Intrinsics are spelled out where wanted (__expf in mixed_soft_xent.cu).
         nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        if platform.system() == "Linux":
+            nvcc += ["--pre-include", compat]
         ext = CUDAExtension(
             "infer_fast._C",
             sources + cuda_sources,

@@ -1,42 +1,53 @@
-"""Benchmark bn_stat_loss: eager reference vs torch.compile(reference) vs infer_fast, at ResNet-18 BN inputs.
+"""bn_stat_loss cases for the op suite (bench/suites): eager reference, torch.compile of it, infer_fast.
 
-    python bench/bench_bn_stat_loss.py [--quick] [--json PATH]
+    python bench/bench_bn_stat_loss.py [--quick] [--json PATH] [pytest-benchmark options]
 
 Shapes: CIFAR (32x32 input, 9 groups of 10 classes = batch 90) at the three feature-map sizes, and ImageNet
 56x56 (batch 100) with 1 and 4 groups; one channels_last case. The loss summed over groups is differentiated
-w.r.t. x. Bytes: forward reads x; backward reads x and writes dx; full does both.
+w.r.t. x. Bytes: forward reads x; full reads x twice and writes dx. The test-only size ("tiny") keeps every case's
+groups and layout at a few elements (3x3 and 7x7 planes: not whole vectors).
 """
 
 from __future__ import annotations
 
+import sys
+
 import torch
-import torch._dynamo.config
-import torch._functorch.config
-from common import Case, run_cases_main
+from common import Case, run_suite_main
 
 from infer_fast import reference
 from infer_fast.ops.bn_stat_loss import bn_stat_loss
 
-# The harness times backward alone over a graph kept with retain_graph=True, which compiled backwards with donated
-# buffers refuse.
-torch._functorch.config.donated_buffer = False
-# Every case compiles the same `eager` code object (per shape, grad mode and thread count): keep dynamo from
-# falling back to eager after its default 8 recompiles, which would make the compile baseline meaningless.
-torch._dynamo.config.recompile_limit = 64
+OP = "bn_stat_loss"
+# (shape, groups, channels_last) per suite size
+SHAPES = {
+    "full": [
+        ((90, 64, 32, 32), 9, False),
+        ((90, 64, 32, 32), 9, True),
+        ((90, 128, 16, 16), 9, False),
+        ((90, 512, 4, 4), 9, False),
+        ((100, 64, 56, 56), 1, False),
+        ((100, 64, 56, 56), 4, False),
+    ],
+    "quick": [((90, 64, 32, 32), 9, False), ((90, 512, 4, 4), 9, False)],
+    "tiny": [
+        ((18, 5, 4, 4), 9, False),
+        ((18, 5, 4, 4), 9, True),
+        ((18, 6, 3, 3), 9, False),
+        ((18, 8, 2, 2), 9, False),
+        ((4, 5, 7, 7), 1, False),
+        ((8, 5, 7, 7), 4, False),
+    ],
+}
 
-# (shape, groups, channels_last)
-FULL = [
-    ((90, 64, 32, 32), 9, False),
-    ((90, 64, 32, 32), 9, True),
-    ((90, 128, 16, 16), 9, False),
-    ((90, 512, 4, 4), 9, False),
-    ((100, 64, 56, 56), 1, False),
-    ((100, 64, 56, 56), 4, False),
-]
-QUICK = [((90, 64, 32, 32), 9, False), ((90, 512, 4, 4), 9, False)]
+
+def shape_id(spec) -> str:
+    shape, groups, channels_last = spec
+    return "x".join(map(str, shape)) + f"_g{groups}" + ("_cl" if channels_last else "")
 
 
-def _case(shape: tuple[int, ...], groups: int, channels_last: bool, device: str) -> Case:
+def case(spec, device: str) -> Case:
+    shape, groups, channels_last = spec
     c = shape[1]
     x = torch.randn(shape, device=device) * 1.5 + 0.3
     if channels_last:
@@ -48,26 +59,19 @@ def _case(shape: tuple[int, ...], groups: int, channels_last: bool, device: str)
     def eager(x, rm, rv):
         return reference.bn_stat_loss(x, rm, rv, groups)[0]
 
-    compiled = torch.compile(eager)
-
     def fused(x, rm, rv):
         return bn_stat_loss(x, rm, rv, groups)[0]
 
     nb = x.numel() * x.element_size()
-    name = "x".join(map(str, shape)) + f" g{groups}" + (" cl" if channels_last else "")
     return Case(
-        op="bn_stat_loss",
-        shape=name,
-        providers={"eager": eager, "compile": compiled, "infer_fast": fused},
+        op=OP,
+        shape=shape_id(spec),
+        providers={"eager": eager, "compile": torch.compile(eager), "infer_fast": fused},
         inputs=(x, rm, rv),
         grad_inputs=(x,),
-        nbytes={"forward": nb, "backward": 2 * nb, "full": 3 * nb},
+        nbytes={"forward": nb, "full": 3 * nb},
     )
 
 
-def cases(quick: bool, device: str) -> list[Case]:
-    return [_case(s, g, cl, device) for s, g, cl in (QUICK if quick else FULL)]
-
-
 if __name__ == "__main__":
-    run_cases_main([cases], __doc__.strip().splitlines()[0])
+    sys.exit(run_suite_main(__doc__.strip().splitlines()[0], ops=[OP]))

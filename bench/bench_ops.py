@@ -1,19 +1,16 @@
 """Benchmark every fused op against the eager reference and torch.compile of the reference, in one run.
 
-    python bench/bench_ops.py [--quick] [--json PATH]
+    python bench/bench_ops.py [--quick] [--json PATH] [--device cuda] [pytest-benchmark options]
 
-Per op the shapes live in bench/bench_<op>.py (each runnable alone); this script runs them all.
+The op suite (bench/suites, pytest-benchmark) with the flags this script always took; the shapes live in
+bench/bench_<op>.py. The same as `pytest bench/suites --benchmark-only [--bench-size quick]`.
 """
 
 from __future__ import annotations
 
-import bench_bn_stat_loss
-import bench_compensator_broadcast
-import bench_mixed_soft_xent
-from common import run_cases_main
+import sys
+
+from common import run_suite_main
 
 if __name__ == "__main__":
-    run_cases_main(
-        [bench_bn_stat_loss.cases, bench_compensator_broadcast.cases, bench_mixed_soft_xent.cases],
-        __doc__.strip().splitlines()[0],
-    )
+    sys.exit(run_suite_main(__doc__.strip().splitlines()[0]))

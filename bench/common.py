@@ -1,11 +1,13 @@
-"""Shared benchmark helpers: the sampling rule, the one record shape, forward/backward/full closures, tables.
+"""Shared benchmark helpers: the sampling rule, the one record shape, the op cases' forward/full closures, tables.
 
 Benches run from the project root as ``python bench/<name>.py``. Python puts the script's own folder first on
 ``sys.path``, so the scripts share these helpers with ``from common import ...`` and import the installed package as
 usual; pytest sees the same folder through ``pythonpath`` in pyproject.toml.
 
 Every figure a bench reports is one ``record()``: STYLE's fixed schema (``SCHEMA``) plus the bench's own fields,
-written as a JSON list with ``--json PATH``. Timed micro-figures go through ``time_fn``, which takes at least
+written as a JSON list with ``--json PATH``. The fused ops are timed by the pytest-benchmark suite in bench/suites
+(cases defined in bench/bench_<op>.py; bench_ops.py and the per-op scripts run it through ``run_suite_main``), at
+least ``MIN_SAMPLES`` rounds per figure. Other timed micro-figures go through ``time_fn``, which takes at least
 ``MIN_SAMPLES`` samples and ``MIN_SECONDS`` of measurement, whichever is more; end-to-end benches sample their own
 loop and say in their docstring how many samples a figure rests on. Every record carries its sample count, and
 ``spread_flag`` marks one whose p80/p20 exceeds ``SPREAD_LIMIT`` (shown as ``!`` in the printed tables).
@@ -15,24 +17,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch._dynamo.config
-import torch._functorch.config
 import torch.utils.benchmark as tbench
 from torch.utils.benchmark.utils.timer import timer as synced_clock
 
-from infer_fast.runtime import git_commit  # noqa: F401  (re-exported to the bench scripts)
-
-# The "backward" mode reuses one graph (retain_graph=True); compiled graphs donate their saved buffers by default,
-# which makes a second backward over the same graph fail.
-torch._functorch.config.donated_buffer = False
-# Each case compiles its own reference closure; past the default limit dynamo silently falls back to eager.
-torch._dynamo.config.recompile_limit = 64
+from infer_fast.runtime import atomic_write_json, git_commit  # noqa: F401  (git_commit: re-exported to the benches)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,21 +129,10 @@ def time_fn(fn: Callable[[], object], min_run_time: float = MIN_SECONDS, min_sam
     return Stats.of([t * 1e3 for t in times])
 
 
-def memcpy_ms(nbytes: int, device: str, min_run_time: float = 0.3) -> float:
-    """Time of copying ``nbytes / 2`` bytes (``nbytes`` read+written): the bandwidth limit for ``nbytes`` moved."""
-    n = max(1, nbytes // 2 // 4)
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    return time_fn(lambda: dst.copy_(src), min_run_time=min_run_time).p50
-
-
 def make_modes(
     loss_fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad_inputs: Sequence[torch.Tensor]
 ) -> dict[str, Callable[[], object]]:
-    """forward / backward / full closures for a function returning a scalar (or summed) loss.
-
-    ``backward`` times only the backward pass, over a graph built once with ``retain_graph``.
-    """
+    """``forward`` (no autograd graph) and ``full`` (forward + backward) closures of a loss function."""
 
     def forward():
         with torch.no_grad():
@@ -160,17 +142,12 @@ def make_modes(
         out = loss_fn(*inputs)
         return torch.autograd.grad(out.sum(), grad_inputs)
 
-    out = loss_fn(*inputs).sum()
-
-    def backward():
-        return torch.autograd.grad(out, grad_inputs, retain_graph=True)
-
-    return {"forward": forward, "backward": backward, "full": full}
+    return {"forward": forward, "full": full}
 
 
 @dataclass
 class Case:
-    """One op at one shape: a loss function per provider plus the minimal bytes moved (for GB/s)."""
+    """One op at one shape: a loss function per provider, its inputs, and the minimal bytes moved per mode (GB/s)."""
 
     op: str
     shape: str
@@ -178,29 +155,7 @@ class Case:
     inputs: Sequence[torch.Tensor]
     grad_inputs: Sequence[torch.Tensor]
     nbytes: dict[str, int]  # mode -> bytes a bandwidth-bound kernel must move
-    modes: Sequence[str] = ("forward", "backward", "full")
-
-
-def run_case(case: Case, device: str, min_run_time: float) -> list[dict[str, object]]:
-    """Records of every provider and mode of ``case``: time in ms, GB/s against memcpy, speedups of infer_fast."""
-    records: list[dict[str, object]] = []
-    for mode in case.modes:
-        by_provider: dict[str, Stats] = {}
-        for name, fn in case.providers.items():
-            closure = make_modes(fn, case.inputs, case.grad_inputs)[mode]
-            by_provider[name] = time_fn(closure, min_run_time=min_run_time)
-        nbytes = case.nbytes.get(mode)
-        copy_ms = memcpy_ms(nbytes, device) if nbytes else None
-        for name, t in by_provider.items():
-            fast = name == "infer_fast"
-            records.append(record(
-                case.op, name, mode, "time", "ms", "shape", case.shape, t, device,
-                gb_per_s=nbytes / (t.p50 * 1e-3) / 1e9 if nbytes else None,
-                memcpy_gb_per_s=nbytes / (copy_ms * 1e-3) / 1e9 if nbytes else None,
-                speedup_vs_eager=by_provider["eager"].p50 / t.p50 if fast and "eager" in by_provider else None,
-                speedup_vs_compile=by_provider["compile"].p50 / t.p50 if fast and "compile" in by_provider else None,
-            ))
-    return records
+    grad_ties: int = 0  # gradient elements allowed to differ from the reference's at exact ties (see the op's case)
 
 
 def _fmt(v: object) -> str:
@@ -225,35 +180,69 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def write_json(path: str | None, records: Sequence[dict]) -> None:
+    """The records as a JSON list at ``path`` (atomically, through the package's one writer); no path: nothing."""
     if not path:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(list(records), f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, list(records), indent=1)
     print(f"wrote {len(records)} records to {path}")
 
 
 OPS_COLUMNS = ["kernel", "mode", "x_value", "provider", "p50", "samples", "spread", "gb_per_s", "memcpy_gb_per_s",
-               "speedup_vs_eager", "speedup_vs_compile"]
+               "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_best"]
 
 
-def run_cases_main(case_fns: Sequence[Callable[[bool, str], list[Case]]], description: str,
-                   argv: Sequence[str] | None = None) -> list[dict[str, object]]:
-    """CLI body shared by bench_ops.py and the per-op scripts: build cases, time, print, write JSON."""
-    args = base_parser(description).parse_args(argv)
+BASELINES = ("eager", "compile")  # what infer_fast is compared with in the op suite
+
+
+def suite_records(benchmarks: Sequence) -> list[dict[str, object]]:
+    """Records of the op suite's timed benchmarks (pytest-benchmark's, with the suite's ``extra_info``): ms per call,
+    GB/s, the memcpy GB/s of the same bytes, and infer_fast's speed-ups over each baseline and over the better one."""
+    rows = []
+    for b in benchmarks:
+        info = b.extra_info
+        if "kernel" not in info or not b.stats.data:
+            continue
+        stats = Stats.of([t * 1e3 for t in b.stats.data])
+        gbs = info["nbytes"] / (stats.p50 * 1e-3) / 1e9 if info.get("nbytes") else None
+        rows.append(record(info["kernel"], info["provider"], info["mode"], "time", "ms", "shape", info["shape"], stats,
+                           info["device"], gb_per_s=gbs))
+    by_group: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_group.setdefault((r["kernel"], r["x_value"], r["mode"]), {})[r["provider"]] = r
+    for group in by_group.values():
+        copy = group.get("memcpy")
+        for r in group.values():
+            r["memcpy_gb_per_s"] = copy["gb_per_s"] if copy else None
+        fast = group.get("infer_fast")
+        if fast is None:
+            continue
+        for name in BASELINES:
+            fast[f"speedup_vs_{name}"] = group[name]["p50"] / fast["p50"] if name in group else None
+        base = [group[name]["p50"] for name in BASELINES if name in group]
+        fast["speedup_vs_best"] = min(base) / fast["p50"] if base else None
+    return rows
+
+
+SUITE = os.path.join(ROOT, "bench", "suites")
+
+
+def run_suite_main(description: str, ops: Sequence[str] | None = None, argv: Sequence[str] | None = None) -> int:
+    """CLI of bench_ops.py and the per-op scripts: the pytest-benchmark suite (bench/suites) with the old flags.
+
+    ``--quick`` runs the quick shapes at ``MIN_SECONDS`` per figure, ``--json`` writes the records; any other argument
+    goes to pytest as it is (``--benchmark-save=NAME``, ``-k infer_fast``, ...).
+    """
+    import pytest
+
+    args, rest = base_parser(description).parse_known_args(argv)
+    cmd = [SUITE, "-q", "-p", "no:cacheprovider", "--benchmark-only", f"--bench-device={args.device}",
+           f"--bench-size={'quick' if args.quick else 'full'}"]
+    if args.quick:
+        cmd.append(f"--benchmark-max-time={MIN_SECONDS}")
+    if args.json:
+        cmd.append(f"--bench-json={os.path.abspath(args.json)}")
     if args.threads:
-        torch.set_num_threads(args.threads)
-    min_run_time = MIN_SECONDS if args.quick else 1.0
-    records: list[dict[str, object]] = []
-    for case_fn in case_fns:
-        for case in case_fn(args.quick, args.device):
-            recs = run_case(case, args.device, min_run_time)
-            records.extend(recs)
-            print(markdown_table(recs, OPS_COLUMNS).split("\n", 2)[-1], flush=True)
-    print()
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()}")
-    print(markdown_table(records, OPS_COLUMNS))
-    write_json(args.json, records)
-    return records
+        cmd.append(f"--bench-threads={args.threads}")
+    if ops:
+        cmd += ["-k", " or ".join(ops)]
+    return int(pytest.main([*cmd, *rest]))

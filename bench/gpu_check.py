@@ -2,8 +2,9 @@
 
     python3 bench/gpu_check.py OUT_DIR [--budget 460] [--parts build,tests,ops,synthesis,loader]
 
-Needs only the machine's own python3 with torch (2.11 or later, CUDA), nvcc, ninja, pybind11 and pytest: no venv,
-no network, no data (the loader images are generated). Every part runs in its own process under its own time box,
+Needs only the machine's own python3 with torch (2.11 or later, CUDA), nvcc, ninja, pybind11 and pytest (and
+pytest-benchmark for the ops part, which runs the op suite): no venv, no network, no data (the loader images are
+generated). Every part runs in its own process under its own time box,
 and a part that fails or times out does not stop the next one. Parts, in order:
 
   env        nvidia-smi, torch/CUDA versions (always runs first, a few seconds)
@@ -11,7 +12,7 @@ and a part that fails or times out does not stop the next one. Parts, in order:
   tests      the op tests (every CUDA test, the CPU-vs-CUDA agreement tests), test_build, the DALI tests (skip
              without DALI), test_fold's CUDA bf16 synthesis test, test_cuda_graphs (the captured synthesis
              iteration against the eager one; no host sync per iteration), then `infer-fast info`
-  ops        bench/bench_ops.py --quick: each fused op vs eager and torch.compile of the reference
+  ops        bench/bench_ops.py --quick (the op suite, bench/suites): each fused op vs eager and torch.compile
   synthesis  bench/bench_synthesis.py --quick --device cuda with its loss-agreement check, per workload in half the
              time box: cifar10 (reference, infer_fast = fp32 channels-last, +bn_fold = channels-first, +compile,
              +bf16, +cuda_graphs) and imagenet (reference, infer_fast, +bf16, +cuda_graphs)

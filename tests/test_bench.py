@@ -5,16 +5,18 @@ No timing thresholds: the tests count samples and check lower bounds on the time
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 import types
+import xml.etree.ElementTree as ET
 
 import common
 import pytest
 import torch
-from common import MIN_SAMPLES, MIN_SECONDS, SCHEMA, Case, Stats, markdown_table, record, run_case, time_fn
+from common import MIN_SAMPLES, MIN_SECONDS, SCHEMA, Stats, markdown_table, record, time_fn
 from conftest import ROOT
 
 BENCH = os.path.join(ROOT, "bench")
@@ -92,16 +94,103 @@ def test_time_fn_replaces_a_single_stalled_block(monkeypatch):
     assert s.p80 < 8.34, "one stalled block must not decide the quantiles"
 
 
-def test_run_case_records_every_provider_with_samples_and_speedups():
-    x = torch.randn(64, requires_grad=True)
-    case = Case(op="sum", shape="64", providers={"eager": lambda t: t.sum(), "infer_fast": lambda t: t.sum()},
-                inputs=(x,), grad_inputs=(x,), nbytes={}, modes=("forward",))
-    recs = run_case(case, "cpu", min_run_time=0.0)
-    assert [(r["kernel"], r["provider"], r["mode"], r["x_value"]) for r in recs] == [
-        ("sum", "eager", "forward", "64"), ("sum", "infer_fast", "forward", "64")]
-    assert all(r["samples"] >= MIN_SAMPLES and r["unit"] == "ms" and r["metric"] == "time" for r in recs)
-    assert recs[0]["speedup_vs_eager"] is None and recs[1]["speedup_vs_eager"] > 0
-    assert recs[1]["speedup_vs_compile"] is None and recs[1]["gb_per_s"] is None
+def _bench(kernel, shape, mode, provider, ms, nbytes=None):
+    info = {"kernel": kernel, "provider": provider, "mode": mode, "shape": shape, "nbytes": nbytes, "device": "cpu"}
+    return types.SimpleNamespace(extra_info=info, stats=types.SimpleNamespace(data=[t * 1e-3 for t in ms]))
+
+
+def test_suite_records_carry_gbps_memcpy_and_speedups_over_the_best_baseline():
+    benchmarks = [
+        _bench("op", "4x5", "full", "eager", [4.0] * 10, nbytes=8_000_000),
+        _bench("op", "4x5", "full", "compile", [2.0] * 9 + [50.0], nbytes=8_000_000),  # one outlier: p50 stays 2
+        _bench("op", "4x5", "full", "infer_fast", [1.0] * 12, nbytes=8_000_000),
+        _bench("op", "4x5", "full", "memcpy", [0.5] * 10, nbytes=8_000_000),
+        _bench("op", "4x5", "forward", "infer_fast", [3.0] * 10),  # no baseline in this group: no speed-ups
+        types.SimpleNamespace(extra_info={}, stats=types.SimpleNamespace(data=[1e-3])),  # not a suite benchmark
+    ]
+    recs = common.suite_records(benchmarks)
+    by = {(r["mode"], r["provider"]): r for r in recs}
+    assert len(recs) == 5 and all(list(r)[:len(SCHEMA)] == list(SCHEMA) for r in recs)
+    fast = by[("full", "infer_fast")]
+    assert (fast["p50"], fast["samples"], fast["unit"], fast["x_value"]) == (1.0, 12, "ms", "4x5")
+    assert fast["speedup_vs_eager"] == 4.0 and fast["speedup_vs_compile"] == 2.0 and fast["speedup_vs_best"] == 2.0
+    assert fast["gb_per_s"] == pytest.approx(8.0) and fast["memcpy_gb_per_s"] == pytest.approx(16.0)
+    assert by[("full", "eager")]["memcpy_gb_per_s"] == pytest.approx(16.0) and "speedup_vs_best" not in by[
+        ("full", "eager")]
+    lone = by[("forward", "infer_fast")]
+    assert lone["speedup_vs_best"] is None and lone["gb_per_s"] is None and lone["memcpy_gb_per_s"] is None
+
+
+def test_every_suite_case_has_a_quick_and_a_tiny_size():
+    """Test-only mode shrinks every case (one tiny shape per full one); quick shapes are full ones."""
+    import bench_bn_stat_loss
+    import bench_compensator_broadcast
+    import bench_mixed_soft_xent
+
+    for m in (bench_bn_stat_loss, bench_compensator_broadcast, bench_mixed_soft_xent):
+        assert set(m.SHAPES) == {"full", "quick", "tiny"}, m.OP
+        assert len(m.SHAPES["tiny"]) == len(m.SHAPES["full"]) > 0, m.OP
+        ids = [m.shape_id(s) for size in m.SHAPES.values() for s in size]
+        assert all(" " not in i for i in ids), ids  # ids go into test names and -k expressions
+
+
+def _suite(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, ET.Element]:
+    xml = tmp_path / "junit.xml"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                        os.path.join(BENCH, "suites"), *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return r, ET.parse(xml).getroot()
+
+
+@pytest.mark.slow
+def test_op_suite_in_test_only_mode_checks_every_provider_of_every_case(tmp_path):
+    """CI runs the whole benchmark suite shrunk, as ordinary tests (no timing): every op x tiny shape x mode x
+    provider, compile and infer_fast compared with the eager reference (forward value and gradients)."""
+    r, junit = _suite(tmp_path, "--benchmark-disable", "--bench-device=cpu")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    cases = junit.iter("testcase")
+    names = sorted(c.get("name") for c in cases)
+    expected = sum(len(m.SHAPES["tiny"]) for m in _op_modules()) * 2 * 3  # modes x providers
+    assert len(names) == expected and len(set(names)) == expected, names
+    for op in ("bn_stat_loss", "compensator_broadcast", "mixed_soft_xent"):
+        for mode in ("forward", "full"):
+            for provider in ("eager", "compile", "infer_fast"):
+                assert any(op in n and f"-{mode}-{provider}]" in n for n in names), (op, mode, provider)
+    assert not [c for c in junit.iter("testcase") if len(c)], "no failure, error or skip expected"
+
+
+def _op_modules():
+    import bench_bn_stat_loss
+    import bench_compensator_broadcast
+    import bench_mixed_soft_xent
+
+    return bench_bn_stat_loss, bench_compensator_broadcast, bench_mixed_soft_xent
+
+
+@pytest.mark.slow
+def test_op_suite_timed_run_writes_records_with_speedups(tmp_path):
+    """The timed path (pytest-benchmark) on one tiny case: records in the common schema, >= MIN_SAMPLES rounds
+    each, speed-ups on the infer_fast rows, pytest-benchmark's own JSON with the suite's extra_info, and
+    --bench-providers (what bench-baseline and bench-gate use; here without eager, so the best baseline is compile)."""
+    out, bjson = tmp_path / "records.json", tmp_path / "benchmark.json"
+    r, _ = _suite(tmp_path, "--benchmark-only", "--bench-size=tiny", "--bench-device=cpu", "--benchmark-max-time=0.01",
+                  "--bench-providers=compile,infer_fast,memcpy", "-k", "mixed_soft_xent-4x3_soft",
+                  f"--bench-json={out}", f"--benchmark-json={bjson}")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "| speedup_vs_best |" in r.stdout  # the session's ratio table
+    recs = json.loads(out.read_text())
+    assert sorted((x["mode"], x["provider"]) for x in recs) == sorted(
+        (m, p) for m in ("forward", "full") for p in ("compile", "infer_fast", "memcpy"))
+    assert all(list(x)[:len(SCHEMA)] == list(SCHEMA) and x["samples"] >= MIN_SAMPLES for x in recs)
+    for x in recs:
+        if x["provider"] == "infer_fast":
+            assert x["speedup_vs_eager"] is None and x["speedup_vs_best"] == x["speedup_vs_compile"] > 0, x
+    saved = json.loads(bjson.read_text())["benchmarks"]
+    assert len(saved) == 6
+    for b in saved:
+        info = b["extra_info"]
+        assert {"kernel", "provider", "mode", "shape", "device", "torch_version", "commit"} <= set(info), info
+        assert info["device"] == "cpu" and info["torch_version"] == torch.__version__ and info["gb_per_s"] > 0
+        assert b["stats"]["rounds"] >= MIN_SAMPLES
 
 
 def test_loader_record_samples_every_epoch(tmp_path, monkeypatch):

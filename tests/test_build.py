@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -57,7 +62,6 @@ def test_fake_and_autograd_registered():
 
 def _cuda_toolkit_present() -> bool:
     import os
-    import shutil
 
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -78,6 +82,20 @@ def test_build_records_the_torch_and_cuda_it_was_compiled_against():
     tag = "pt" + "".join(torch.__version__.split("+")[0].split(".")[:3])
     tag += "cu" + build.CUDA_VERSION.replace(".", "") if build.CUDA_VERSION else "cpu"
     assert build.VERSION == f"{infer_fast.__version__}+{tag}", build.VERSION
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("objdump")),
+                    reason="checks an x86-64 Linux build's glibc symbol versions with objdump")
+def test_extension_needs_no_glibc_newer_than_manylinux_2_28():
+    """setup.py force-includes csrc/compat/manylinux_2_28.h, so _C's own references stay within glibc 2.28 even when
+    built on a newer glibc (here 2.36: exp and log would need 2.29, libstdc++'s __libc_single_threaded 2.32) and
+    the wheel can be tagged manylinux_2_28 (auditwheel repair checks the same in make dist)."""
+    out = subprocess.run(["objdump", "-T", infer_fast._C.__file__], capture_output=True, text=True, check=True).stdout
+    versions = {(int(a), int(b)) for a, b in re.findall(r"\bGLIBC_(\d+)\.(\d+)", out)}
+    assert versions, "objdump listed no GLIBC symbol versions at all"
+    newer = [(f"GLIBC_{a}.{b}", sym) for line in out.splitlines()
+             for a, b, sym in re.findall(r"\bGLIBC_(\d+)\.(\d+)\)?\s+(\S+)$", line) if (int(a), int(b)) > (2, 28)]
+    assert not newer, f"_C references glibc symbols newer than 2.28: {newer}"
 
 
 def test_torch_mismatch_is_one_line_naming_both_versions():
