@@ -1,4 +1,6 @@
-"""`infer-fast export DIR --to OUT`: a distilled dataset as plain files for other evaluators.
+"""`infer-fast export DIR --out OUT [--format imagefolder]`: a distilled dataset for other evaluators.
+
+``--format imagefolder`` (the default):
 
 OUT/<class>/<index:07d>.png  every synthetic image, composed and quantised to 8-bit RGB
 OUT/labels.pt                soft labels float32 [N, C] (a plain tensor, loads with weights_only=True)
@@ -7,6 +9,7 @@ OUT/files.txt                the image paths in that order
 
 The order is torchvision ImageFolder's (classes sorted, files sorted within a class), so
 ``ImageFolder(OUT).samples[i]`` belongs to ``labels[i]``.
+
 """
 
 from __future__ import annotations
@@ -18,16 +21,28 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from infer_fast.config_cli import require
 from infer_fast.distilled.dataset import load_distilled
 from infer_fast.runtime import atomic_save_safetensors, atomic_write_bytes
+
+FORMATS = ("imagefolder",)
+
+
+def _require_new(out: str) -> None:
+    require(not (os.path.isdir(out) and os.listdir(out)), "--out", "a new or empty folder", out)
+
+
+def export(directory: str, out: str, fmt: str = "imagefolder", backend: str = "fused", progress: bool = True) -> int:
+    """Write ``directory``'s distilled set to ``out`` in format ``fmt`` (:data:`FORMATS`); returns the image count."""
+    require(fmt in FORMATS, "--format", f"one of {', '.join(FORMATS)}", fmt)
+    return export_imagefolder(directory, out, backend=backend, progress=progress)
 
 
 def export_imagefolder(directory: str, out: str, backend: str = "fused", batch_size: int = 256,
                        progress: bool = True) -> int:
     """Write the ImageFolder export; returns the number of images."""
     ds = load_distilled(directory, backend=backend)
-    if os.path.isdir(out) and os.listdir(out):
-        raise FileExistsError(f"export: output folder {out!r} is not empty; choose a new --to")
+    _require_new(out)
     n = len(ds)
     # ImageFolder sorts class folder names as strings; the file names sort by synthetic index within a class.
     folders = sorted(ds.classes)
@@ -59,3 +74,4 @@ def export_imagefolder(directory: str, out: str, backend: str = "fused", batch_s
     atomic_save_safetensors(os.path.join(out, "labels.safetensors"), tensors)
     atomic_write_bytes(os.path.join(out, "files.txt"), "".join(paths[i] + "\n" for i in order).encode())
     return n
+
