@@ -259,7 +259,7 @@ def test_plan_flags_are_generated_from_plan_settings():
      "infer-fast evaluate: error: --config {tmp}/none.yaml: no such file"),
     (["export", "{tmp}"], "infer-fast export: error: --out: expected a value"),
     (["export", "{tmp}", "--out", "{tmp}/o", "--format", "zip"],
-     "infer-fast export: error: --format: expected one of imagefolder, got 'zip'"),
+     "infer-fast export: error: --format: expected one of imagefolder, ddranking, got 'zip'"),
     (["export", "{tmp}", "--out", "{tmp}/o"], "infer-fast export: error: load_distilled: "),
     (["demo", "--epochs", "0"], "infer-fast demo: error: --epochs: expected >= 1, got 0"),
     (["demo", "--methods", "magic"], "infer-fast demo: error: --methods: expected one of infer, sre2l, random"),
@@ -277,7 +277,7 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, argv, mes
     (["train-teacher", "--data", "digits"], "arch", "convnet"),
     (["distill", "--data", "digits"], "ipc", 3),
     (["evaluate", "DIR"], "epochs", 7),
-    (["export", "DIR"], "backend", "reference"),
+    (["export", "DIR"], "format", "ddranking"),
     (["demo"], "ipc", 2),
 ])
 def test_every_subcommand_takes_a_config_file(tmp_path, cmd, key, value):

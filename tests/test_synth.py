@@ -212,8 +212,8 @@ def test_cli_registers_distill_and_export():
     cfg = config_from_args(args)
     assert (cfg.method, cfg.ipc, cfg.class_chunk, cfg.teachers) == ("sre2l", 2, 5, ["a.safetensors", "b.safetensors"])
     assert cfg.per_image_crop is False and cfg.lr == 0.25 and cfg.r_bn is None and cfg.iterations is None
-    args = parser.parse_args(["export", "some/dir", "--out", "out", "--format", "imagefolder"])
-    assert (args.distilled, args.out, args.format) == ("some/dir", "out", "imagefolder")
+    args = parser.parse_args(["export", "some/dir", "--out", "out", "--format", "ddranking"])
+    assert (args.distilled, args.out, args.format) == ("some/dir", "out", "ddranking")
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--method", "bogus"])
 

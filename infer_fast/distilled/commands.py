@@ -1,4 +1,4 @@
-"""CLI: `infer-fast export DIR --out OUT [--format imagefolder]` (flags 1:1 onto ExportConfig)."""
+"""CLI: `infer-fast export DIR --out OUT [--format imagefolder|ddranking]` (flags 1:1 onto ExportConfig)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ class ExportConfig:
     out: str = option("", metavar="OUT", required=True, aliases=("--to",), help="output folder (created; must be "
                       "empty if it exists)")
     format: str = option("imagefolder", choices=FORMATS, help="imagefolder: PNGs in OUT/<class>/ plus the soft labels "
-                         "in ImageFolder order")
+                         "in ImageFolder order; ddranking: the class-major image tensor and soft labels that "
+                         "DD-Ranking's SoftLabelEvaluator.compute_metrics takes, with the ipc to pass in "
+                         "OUT/ddranking.json")
     backend: str = option("fused", choices=BACKENDS, help="compose the images with the fused op or the reference")
 
 
@@ -31,7 +33,9 @@ def _run(cfg: ExportConfig, args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     config_cli.add_command(
         subparsers, "export", ExportConfig, _run,
-        help="write a distilled dataset as PNG files in ImageFolder layout plus its soft labels",
+        help="write a distilled dataset for other evaluators (ImageFolder PNGs, or DD-Ranking's tensors)",
         description="Compose every synthetic image of a distilled dataset and write it with its static soft labels: "
         "--format imagefolder writes OUT/<class>/<index>.png, OUT/labels.pt, OUT/labels.safetensors (soft labels "
-        "[N, C] in ImageFolder order) and OUT/files.txt.")
+        "[N, C] in ImageFolder order) and OUT/files.txt; --format ddranking writes OUT/ddranking.safetensors "
+        "(class-major image_tensor and soft_labels), OUT/ddranking.json (the ipc to pass, the class order) and a "
+        "README.md.")
