@@ -287,15 +287,21 @@ def load_config_file(path: str, cls: type) -> dict[str, Any]:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
-    by_key = {}
+    by_key, old_keys = {}, {}
     for f in dataclasses.fields(cls):
         by_key[f.name] = by_key[flag_of(f)[2:].replace("-", "_")] = f
         for alias in _meta(f)["aliases"]:  # an old spelling (a --no-x alias of a bool reads as the field itself)
-            by_key.setdefault(alias.removeprefix("--").removeprefix("no-").replace("-", "_"), f)
+            old = alias.removeprefix("--").removeprefix("no-").replace("-", "_")
+            if old not in by_key:
+                by_key[old], old_keys[old] = f, flag_of(f)[2:].replace("-", "_")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for key, value in data.items():
         f = by_key.get(str(key).replace("-", "_"))
+        if str(key).replace("-", "_") in old_keys:
+            new = old_keys[str(key).replace("-", "_")]
+            print(f"infer-fast: {where}: {key} is deprecated, use {new} ({key} is removed in {ALIASES_REMOVED_IN})",
+                  file=sys.stderr)
         if f is None:
             raise ConfigError(f"{where}: unknown field {key!r}; {cls.__name__} fields are "
                               f"{', '.join(sorted(x.name for x in dataclasses.fields(cls)))}")

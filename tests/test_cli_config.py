@@ -197,9 +197,11 @@ def test_one_data_source_spelling_and_deprecated_ones(tmp_path, capsys):
         assert getattr(config([*cmd, "--dataset", "digits"]), field) == "digits"
         assert capsys.readouterr().err == _dep("--dataset", "--data") + "\n"
         f = tmp_path / "c.yaml"
-        for key in ("data", "dataset"):  # the old key reads in a config file as well
+        for key in ("data", "dataset"):  # the old key reads in a config file as well, with the same note
             f.write_text(f"{key}: digits\n")
             assert getattr(config([*cmd, "--config", str(f)]), field) == "digits"
+        assert capsys.readouterr().err == (f"infer-fast: --config {f}: dataset is deprecated, use data (dataset is "
+                                           f"removed in {config_cli.ALIASES_REMOVED_IN})\n")
         ps = _commands(parser)[cmd[0]]
         assert ps._option_string_actions["--data"].metavar == "ROOT|digits"
         assert ps._option_string_actions["--data"].help.startswith(config_cli.DATA_HELP)
