@@ -252,6 +252,7 @@ def test_plan_flags_are_generated_from_plan_settings():
     (["distill", "--data", "digits", "--stop-after", "-1"], "infer-fast distill: error: --stop-after: expected >= 0"),
     (["distill", "--data", "{tmp}", "--out", "{tmp}/o"],
      "infer-fast distill: error: dataset root '{tmp}' has no train split"),
+    (["distill", "--data", "{tmp}/nope"], "infer-fast distill: error: --data: expected digits or a dataset folder"),
     (["distill", "--data", "digits", "--plan", "--plan-utilisation", "2"],
      "infer-fast distill: error: --plan-utilisation: expected a fraction in (0, 1], got 2.0"),
     (["distill", "--data", "digits", "--bogus"], "infer-fast distill: error: unrecognized arguments: --bogus"),

@@ -199,7 +199,7 @@ def test_config_file_and_flags(tmp_path):
     cfg_file.write_text("dataset: digits\nbogus: 1\n")  # the old key still reads
     with pytest.raises(ValueError, match="unknown field"):
         config_from_args(parser.parse_args(["--config", str(cfg_file)]))
-    with pytest.raises(ValueError, match="--data: expected a dataset root or digits, got None"):
+    with pytest.raises(ValueError, match="--data: expected digits or a dataset folder, got None"):
         DistillConfig().validate()
 
 

@@ -7,6 +7,7 @@ with ``--config`` sets the same field names, and flags given on the command line
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from infer_fast.config_cli import check_choices, data_option, option, require
@@ -110,7 +111,8 @@ class DistillConfig:
                              help="stop after N finished batches, resumable with --resume (0: run to the end)")
 
     def validate(self) -> None:
-        require(self.data is not None, "--data", "a dataset root or digits", None)
+        require(self.data == "digits" or (self.data is not None and os.path.isdir(self.data)), "--data",
+                "digits or a dataset folder", self.data)
         check_choices(self)
         require(self.problems_per_batch >= 0, "--problems-per-batch", ">= 0 (0 = auto)", self.problems_per_batch)
         for name in ("ipc", "label_batch", "log_every"):
