@@ -20,8 +20,8 @@ def _manifest_source(directory: str) -> str:
     except DistilledFormatError:
         src = None
     if not src:
-        raise config_cli.ConfigError(f"--val: expected a validation source (ROOT or digits); {directory}/manifest.json "
-                                     "names none to default to, got none")
+        raise config_cli.ConfigError(f"--val: expected ROOT or digits ({directory}/manifest.json names no data source "
+                                     "to default to), got none")
     return src
 
 
