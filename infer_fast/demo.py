@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from infer_fast.config_cli import add_command, check_choices, option
+from infer_fast.config_cli import add_command, check_choices, option, require
 from infer_fast.runtime import atomic_write_text, atomic_write_with, git_commit
 from infer_fast.synth import methods as synth_methods
 from infer_fast.synth.methods import names as method_names
@@ -34,16 +34,18 @@ METHODS = method_names(controls=False)
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", help="output folder")
-    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS)  # every method, no controls
+    methods: list[str] = option(default_factory=lambda: list(METHODS), choices=METHODS, help="the synthesis methods "
+                                "to compare (every method, no controls)")
     ipc: int = option(10, help="storage budget, images per class (same for every method)")
     image_size: int = option(16, help="digits image size")  # 8x8 originals; 16 px keeps every stage fast on a CPU
     iterations: int = option(120, help="synthesis iterations per UFC / sre2l image")  # paper: 1000 at CIFAR scale
     epochs: int = option(40, help="student epochs, every method")  # paper: 400 at CIFAR ipc 10
     student: str = option("convnet", help="student architecture")
     width: float = option(0.5, help="student width")
-    batch_size: int = option(64)
-    temperature: float = option(4.0)  # 30 in the research code; a short run learns faster from sharper targets
-    lr: float = option(3e-3)
+    batch_size: int = option(64, help="student batch size")
+    # 30 in the research code; a short run learns faster from sharper targets
+    temperature: float = option(4.0, help="student KL temperature")
+    lr: float = option(3e-3, help="student AdamW learning rate")
     # SRe2L's own protocol (its relabel stage) labels every augmented, mixed batch with the teacher. Its synthesised
     # images carry little class evidence of their own (the demo's teachers give 22 % of them their class), so one
     # label per image, taken on the un-augmented image, does not describe the crops, flips and mixes the student trains
@@ -51,8 +53,8 @@ class DemoConfig:
     sre2l_labels: str = option("dynamic", choices=LABEL_MODES, help="labels of the sre2l student: dynamic (SRe2L's "
                                "relabel protocol: the teachers label every augmented, mixed batch) or static (one "
                                "stored label per image, as infer and random get)")
-    seed: int = option(0)
-    device: str = option("auto")
+    seed: int = option(0, help="seed of the teachers, the distillations and the students")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
     backend: str = option("fused", choices=BACKENDS, help="loss implementation")
     teacher_cache: str | None = option(None, metavar="DIR", help="where the default teachers are cached (default: "
                                        "~/.cache/infer_fast or $INFER_FAST_CACHE)")
@@ -69,12 +71,10 @@ class DemoConfig:
         return self.sre2l_labels if synth_methods.get(method).relabels else "static"
 
     def validate(self) -> None:
-        check_choices(self, "demo")
-        if not self.methods:
-            raise ValueError(f"demo: --methods must be a non-empty subset of {METHODS}, got {self.methods}")
+        check_choices(self)
+        require(bool(self.methods), "--methods", f"a non-empty subset of {', '.join(METHODS)}", self.methods)
         for name in ("ipc", "iterations", "epochs", "image_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"demo: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')}", ">= 1", getattr(self, name))
 
 
 def save_grid(ds, path: str, per_class: int = 8, max_classes: int = 10) -> None:
@@ -138,7 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for method in cfg.methods:
         ddir = os.path.join(cfg.out, "distilled", method)
         t0 = time.perf_counter()
-        run_distill(DistillConfig(dataset="digits", teachers=list(teachers), method=method, ipc=cfg.ipc,
+        run_distill(DistillConfig(data="digits", teachers=list(teachers), method=method, ipc=cfg.ipc,
                                   seed=cfg.seed, out=ddir, image_size=cfg.image_size, iterations=cfg.iterations,
                                   device=cfg.device, backend=cfg.backend))
         distill_time = time.perf_counter() - t0

@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 
+from infer_fast.config_cli import ConfigError
+
 # The normalisation of ImageNet-trained torchvision models, also used for folder datasets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -329,7 +331,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device: {str(name)!r} requested but no CUDA device is visible")
+            raise ConfigError(f"--device: expected a visible device, got {str(name)!r} (no CUDA device is visible)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank())
     return dev

@@ -49,7 +49,7 @@ def run_batch(problems, model, base, mean, std, lo, hi, **settings):
 def distill_config(out, teachers, **kw) -> DistillConfig:
     # r_bn 0.05: with these weak teachers the BN term (first layer x10) otherwise dominates the short run;
     # jitter 1: digits are 8 px images upsampled to 16, a 4 px roll would shift them by half a digit
-    base = dict(dataset="digits", image_size=SIZE, teachers=[str(t) for t in teachers], ipc=3, iterations=ITER,
+    base = dict(data="digits", image_size=SIZE, teachers=[str(t) for t in teachers], ipc=3, iterations=ITER,
                 out=str(out), log_every=4, problems_per_batch=2, seed=3, r_bn=0.05, jitter=1)
     base.update(kw)
     return DistillConfig(**base)

@@ -89,11 +89,11 @@ def test_static_augment_matches_apply_aug():
 
 def test_cuda_graphs_refused_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = DistillConfig(dataset="digits", cuda_graphs=True)
+    cfg = DistillConfig(data="digits", cuda_graphs=True)
     for device in ("cpu", "auto"):
-        with pytest.raises(ValueError, match=r"--cuda-graphs needs a CUDA device; --device \w+ is cpu here"):
+        with pytest.raises(ValueError, match=r"--cuda-graphs: expected a CUDA --device, got '--device \w+ \(cpu"):
             dataclasses.replace(cfg, device=device).validate()
-    DistillConfig(dataset="digits").validate()  # the default stays valid on a CPU machine
+    DistillConfig(data="digits").validate()  # the default stays valid on a CPU machine
     problems, base, mean, std, lo, hi = _problems(8)
     with pytest.raises(ValueError, match=r"--cuda-graphs .* needs a CUDA device, got device cpu"):
         _run(problems, base, mean, std, lo, hi, "graph", small=True, iterations=2)
@@ -104,9 +104,9 @@ def test_cli_flag():
     from infer_fast.synth.commands import config_from_args
 
     assert DistillConfig().cuda_graphs is False
-    assert build_parser().parse_args(["distill", "--dataset", "digits", "--cuda-graphs"]).cuda_graphs is True
+    assert build_parser().parse_args(["distill", "--data", "digits", "--cuda-graphs"]).cuda_graphs is True
     with pytest.raises(ValueError, match="--cuda-graphs"):
-        config_from_args(build_parser().parse_args(["distill", "--dataset", "digits", "--device", "cpu",
+        config_from_args(build_parser().parse_args(["distill", "--data", "digits", "--device", "cpu",
                                                     "--cuda-graphs"]))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -11,7 +10,6 @@ import torch
 from datagen import CLASSES, color_of, make_folder
 
 from infer_fast.data import DataError, dataset_info, make_loader, sample_naturals, scan_split
-from infer_fast.data import commands as data_commands
 from infer_fast.data.sampling import epoch_order, resolve_shard, shard_bounds, shard_indices
 
 pytestmark = pytest.mark.usefixtures("isolated_env")  # own cache, no torchrun variables (conftest)
@@ -289,10 +287,9 @@ def test_make_loader_argument_errors(folder):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    data_commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from infer_fast.cli import main
+
+    return main(argv)  # the one exit path: an unusable root is one line and exit status 2
 
 
 def test_data_check_cli(folder, tmp_path, capsys):

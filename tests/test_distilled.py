@@ -132,3 +132,39 @@ def test_a_set_written_under_the_withdrawn_ufc_rule_still_loads(tmp_path):
     i = 2 * 4 + (1 * 2 + 1) * 4 + 3  # set 1, UFC teacher 1, class 3
     expected = x[1, 3] + t["ufcs"][1, 1].float()
     torch.testing.assert_close(ds.compose(torch.tensor([i]))[0].float(), expected, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("with_ufcs", [True, False])
+def test_ddranking_export_is_class_major(tmp_path, capsys, with_ufcs):
+    """`export --format ddranking`: DD-Ranking's SoftLabelEvaluator labels row r as class r // ipc, so the image
+    tensor is class-major with ipc = K(M+1) (INFER) or K (stored images only) per class, labels row for row."""
+    from safetensors.torch import load_file
+
+    from infer_fast.cli import main
+
+    k, c, m, s = 2, 4, 2, 6
+    d = str(tmp_path / "d")
+    write_distilled(d, _manifest(c, s, "infer" if with_ufcs else "random"), _tensors(k, c, m, s, with_ufcs))
+    out = tmp_path / "dd"
+    assert main(["export", d, "--out", str(out), "--format", "ddranking", "--backend", "reference"]) == 0
+    ds = load_distilled(d, backend="reference")
+    ipc = k * (m + 1) if with_ufcs else k
+    info = json.loads((out / "ddranking.json").read_text())
+    assert (info["ipc"], info["num_classes"], info["classes"], info["images"]) == (ipc, c, ds.classes, c * ipc)
+    assert info["mean"] == pytest.approx(list(ds.mean)) and info["normalised"] is True
+    t = load_file(str(out / "ddranking.safetensors"))
+    assert t["image_tensor"].shape == (c * ipc, 3, s, s) and t["image_tensor"].dtype == torch.float32
+    assert t["soft_labels"].shape == (c * ipc, c) and t["soft_labels"].dtype == torch.float32
+    # ddranking's own hard labels: torch.tensor(np.array([np.ones(ipc) * i for i in range(num_classes)])).view(-1)
+    assert torch.equal(t["hard_labels"], torch.arange(c).repeat_interleave(ipc))
+    idx = t["synthetic_index"]
+    assert sorted(idx.tolist()) == list(range(len(ds))), "every synthetic image once"
+    assert torch.equal(ds.hard_labels[idx], t["hard_labels"]), "row r holds an image of class r // ipc"
+    assert all(idx[r * ipc:(r + 1) * ipc].tolist() == sorted(idx[r * ipc:(r + 1) * ipc].tolist()) for r in range(c))
+    torch.testing.assert_close(t["image_tensor"], ds.compose(idx))  # normalised, as the student sees them
+    torch.testing.assert_close(t["soft_labels"], ds.soft_labels[idx])  # the static labels, row for row
+    assert f"ipc={ipc}" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["export", d, "--out", str(out), "--format", "ddranking"]) == 2, "an --out that holds files"
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"infer-fast export: error: --out: expected a new or empty folder, got {str(out)!r}"]

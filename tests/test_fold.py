@@ -188,7 +188,7 @@ def test_bf16_guard(monkeypatch):
     with ctx:
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="precision"):
-        DistillConfig(dataset="digits", precision="fp16").validate()
+        DistillConfig(data="digits", precision="fp16").validate()
     assert DistillConfig().precision == "fp32"
 
 
@@ -208,7 +208,7 @@ def test_auto_problems_per_batch():
     assert auto_problems_per_batch(1000, 16, 224) == 1  # ImageNet in chunks of 16: the chunk is batch enough
     assert auto_problems_per_batch(10, 0, 8) == 16  # capped
     with pytest.raises(ValueError, match="problems-per-batch"):
-        DistillConfig(dataset="digits", problems_per_batch=-1).validate()
+        DistillConfig(data="digits", problems_per_batch=-1).validate()
 
 
 def test_optimise_batch_prepared_equals_plain():
@@ -237,10 +237,10 @@ def test_lever_flags_map_onto_the_config():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_config_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--dataset", "digits"]))
+    cfg = config_from_args(parser.parse_args(["--data", "digits"]))
     assert (cfg.fold_bn, cfg.channels_last, cfg.compile, cfg.precision, cfg.problems_per_batch) == (
         True, True, False, "fp32", 0)
-    cfg = config_from_args(parser.parse_args(["--dataset", "digits", "--no-fold-bn", "--no-channels-last",
+    cfg = config_from_args(parser.parse_args(["--data", "digits", "--no-fold-bn", "--no-channels-last",
                                               "--compile", "--precision", "bf16", "--problems-per-batch", "3"]))
     assert (cfg.fold_bn, cfg.channels_last, cfg.compile, cfg.precision, cfg.problems_per_batch) == (
         False, False, True, "bf16", 3)

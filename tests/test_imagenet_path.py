@@ -122,10 +122,10 @@ def test_imagenet_preset_resolves_into_the_saved_config(tmp_path):
 
 def test_several_students_and_cutmix_on_one_set(tmp_path):
     out = str(tmp_path / "set")
-    assert main(["distill", "--dataset", "digits", "--method", "random", "--ipc", "2", "--image-size", "16",
+    assert main(["distill", "--data", "digits", "--method", "random", "--ipc", "2", "--image-size", "16",
                  "--out", out, "--device", "cpu"]) == 0
     run = str(tmp_path / "eval")
-    assert main(["evaluate", out, "--dataset", "digits", "--student", "convnet,resnet18_cifar", "--width", "0.25",
+    assert main(["evaluate", out, "--val", "digits", "--student", "convnet,resnet18_cifar", "--width", "0.25",
                  "--epochs", "2", "--mix", "cutmix", "--device", "cpu", "--out", run, "--no-progress"]) == 0
     rows = json.load(open(os.path.join(run, "students.json")))
     assert [r["student"] for r in rows] == ["convnet", "resnet18_cifar"]

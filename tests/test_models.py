@@ -267,7 +267,7 @@ def test_weights_holding_nan_are_refused_naming_file_and_tensor(tmp_path, capsys
     save_teacher(model, _meta("convnet", 10, 16, 0.125), str(path))
     with pytest.raises(CheckpointError, match=r"nan\.safetensors: tensor 'classifier\.weight' holds 1 non-finite"):
         load_teacher(str(path))
-    rc = main(["distill", "--dataset", "digits", "--teachers", str(path), "--ipc", "1", "--iterations", "1",
+    rc = main(["distill", "--data", "digits", "--teachers", str(path), "--ipc", "1", "--iterations", "1",
                "--image-size", "16", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "classifier.weight" in err

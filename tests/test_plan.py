@@ -36,7 +36,7 @@ def teachers(tmp_path_factory) -> list[str]:
 
 def test_plan_reports_budget_flops_probe_projection_and_command(tmp_path, teachers, capsys):
     out, js = str(tmp_path / "run"), str(tmp_path / "plan.json")
-    argv = ["distill", "--dataset", "digits", "--teachers", *teachers, "--ipc", "10", "--image-size", "16",
+    argv = ["distill", "--data", "digits", "--teachers", *teachers, "--ipc", "10", "--image-size", "16",
             "--iterations", "50", "--class-chunk", "4", "--out", out, "--device", "cpu"]
     assert main([*argv, "--plan", "--plan-json", js, "--plan-gpus", "16", "--plan-nodes", "2",
                  "--plan-probe-iterations", "1"]) == 0

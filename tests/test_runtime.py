@@ -52,7 +52,7 @@ def test_write_error_is_one_line_naming_path_and_what_is_kept(tmp_path, monkeypa
 def test_distill_on_a_full_disk_says_one_line(teachers, tmp_path, monkeypatch, capsys):
     out = tmp_path / "full"
     monkeypatch.setattr(os, "fsync", _no_space)
-    rc = main(["distill", "--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3",
+    rc = main(["distill", "--data", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3",
                "--iterations", "2", "--out", str(out), "--seed", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
@@ -74,7 +74,7 @@ ITERATIONS = 40  # long enough per batch that a poll of a few ms lands between t
 
 
 def _args(out, teachers):
-    return ["--dataset", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3", "--iterations",
+    return ["--data", "digits", "--image-size", str(SIZE), "--teachers", *teachers, "--ipc", "3", "--iterations",
             str(ITERATIONS), "--out", str(out), "--log-every", "4", "--problems-per-batch", "1", "--seed", "3",
             "--r-bn", "0.05", "--jitter", "1", "--device", "cpu", "--threads", "1"]
 

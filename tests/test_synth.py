@@ -62,7 +62,7 @@ def test_budget_formula_exact():
             for ipc in range(1, 60):
                 expect = math.floor(Fraction(ipc) / (Fraction(m, c) + 1))
                 if expect < 1:
-                    with pytest.raises(ValueError, match=f"minimum is ipc={budget.min_ipc(c, m)}"):
+                    with pytest.raises(ValueError, match=f"--ipc: expected >= {budget.min_ipc(c, m)}, the minimum"):
                         budget.num_natural_sets(ipc, c, m)
                     assert ipc < budget.min_ipc(c, m)
                 else:
@@ -71,7 +71,7 @@ def test_budget_formula_exact():
 
 
 def test_budget_too_small_message():
-    with pytest.raises(ValueError, match=r"ipc=1 is too small.*C=10.*M=4.*minimum is ipc=2"):
+    with pytest.raises(ValueError, match=r"--ipc: expected >= 2, the minimum .*C=10.*M=4.*got 1"):
         budget.num_natural_sets(1, 10, 4)
 
 
@@ -184,22 +184,22 @@ def test_config_file_and_flags(tmp_path):
     import argparse
 
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("dataset: digits\nipc: 3\nlr: 0.1\nproblems-per-batch: 2\n")
+    cfg_file.write_text("data: digits\nipc: 3\nlr: 0.1\nproblems-per-batch: 2\n")
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_config_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--ipc", "4", "--resume"]))
-    assert (cfg.dataset, cfg.ipc, cfg.lr, cfg.problems_per_batch, cfg.resume) == ("digits", 4, 0.1, 2, True)
+    assert (cfg.data, cfg.ipc, cfg.lr, cfg.problems_per_batch, cfg.resume) == ("digits", 4, 0.1, 2, True)
     assert cfg.beta1 == 0.5 and cfg.beta2 == 0.9 and cfg.first_bn_multiplier == 10.0
     assert cfg.jitter is None and cfg.ufc_bound == "loose", "per-dataset defaults are resolved per run"
     small, large = resolve(cfg, small=True, num_classes=10), resolve(cfg, small=False, num_classes=10)
     assert (small.jitter, small.iterations, small.r_bn) == (4, 1000, 1.0), "CIFAR-style defaults (INFER §3.2)"
     assert (large.jitter, large.iterations, large.r_bn) == (32, 2000, 0.01), "ImageNet-style defaults (INFER §3.2)"
     assert resolve(dataclasses.replace(cfg, jitter=7), small=False, num_classes=10).jitter == 7
-    cfg_file.write_text("dataset: digits\nbogus: 1\n")
+    cfg_file.write_text("dataset: digits\nbogus: 1\n")  # the old key still reads
     with pytest.raises(ValueError, match="unknown field"):
         config_from_args(parser.parse_args(["--config", str(cfg_file)]))
-    with pytest.raises(ValueError, match="exactly one of --data ROOT or --dataset"):
+    with pytest.raises(ValueError, match="--data: expected digits or a dataset folder, got None"):
         DistillConfig().validate()
 
 
@@ -207,13 +207,13 @@ def test_cli_registers_distill_and_export():
     from infer_fast.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["distill", "--dataset", "digits", "--method", "sre2l", "--ipc", "2", "--class-chunk", "5",
+    args = parser.parse_args(["distill", "--data", "digits", "--method", "sre2l", "--ipc", "2", "--class-chunk", "5",
                               "--teachers", "a.safetensors", "b.safetensors", "--no-per-image-crop"])
     cfg = config_from_args(args)
     assert (cfg.method, cfg.ipc, cfg.class_chunk, cfg.teachers) == ("sre2l", 2, 5, ["a.safetensors", "b.safetensors"])
     assert cfg.per_image_crop is False and cfg.lr == 0.25 and cfg.r_bn is None and cfg.iterations is None
-    args = parser.parse_args(["export", "some/dir", "--to", "out"])
-    assert (args.dir, args.to) == ("some/dir", "out")
+    args = parser.parse_args(["export", "some/dir", "--out", "out", "--format", "ddranking"])
+    assert (args.distilled, args.out, args.format) == ("some/dir", "out", "ddranking")
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--method", "bogus"])
 
@@ -246,7 +246,7 @@ def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
         methods.register(ZeroU)
     control = methods.get("zero-u")
     naturals, *_ = setup_naturals()
-    cfg = DistillConfig(dataset="digits", method="infer", ipc=3)
+    cfg = DistillConfig(data="digits", method="infer", ipc=3)
     storage = control.storage(3, 5, 1, 8)
     assert storage == dataclasses.replace(methods.get("infer").storage(3, 5, 1, 8), method="zero-u")
     inputs = Inputs(cfg, storage, NORM, 8, naturals)
@@ -281,7 +281,7 @@ def test_content_controls_keep_infers_naturals_and_transform_its_compensators():
     from infer_fast.synth.methods import Inputs
 
     naturals, *_ = setup_naturals(k_sets=3)
-    cfg = DistillConfig(dataset="digits", method="infer", ipc=4, seed=4)
+    cfg = DistillConfig(data="digits", method="infer", ipc=4, seed=4)
     infer = methods.get("infer")
     storage = infer.storage(4, 5, 1, 8)  # K = 4 * 5 // (5 + 1) = 3 sets
     inputs = Inputs(cfg, storage, NORM, 8, naturals)

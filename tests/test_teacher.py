@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
+from infer_fast import config_cli
 from infer_fast.models import load_teacher
 from infer_fast.train import teacher
 from infer_fast.train.commands import register_train_teacher
-from infer_fast.train.commands import teacher_config_from_args as config_from_args
 from infer_fast.train.teacher import TeacherConfig, default_teachers
 
 
@@ -22,10 +22,10 @@ def test_train_teacher_cli_on_digits(tmp_path, capsys):
     out = str(tmp_path / "digits.safetensors")
     parser = argparse.ArgumentParser()
     register_train_teacher(parser.add_subparsers())
-    args = parser.parse_args(["train-teacher", "--dataset", "digits", "--arch", "convnet", "--width", "0.25",
+    args = parser.parse_args(["train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.25",
                               "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--image-size", "32",
                               "--out", out, "--loader", "torch", "--num-workers", "0", "--no-progress"])
-    cfg = config_from_args(args)
+    cfg = config_cli.config_from_args(args, TeacherConfig)
     assert cfg == TeacherConfig(source="digits", arch="convnet", width=0.25, epochs=3, batch_size=64, lr=0.05,
                                 image_size=32, out=out, loader="torch", num_workers=0, progress=False)
     assert args.func(args) == 0
@@ -35,7 +35,7 @@ def test_train_teacher_cli_on_digits(tmp_path, capsys):
     assert meta.val_acc > 0.9, f"digits val acc {meta.val_acc}"
     assert meta.num_classes == 10 and meta.image_size == 32 and meta.extra["config"]["epochs"] == 3
     with pytest.raises(SystemExit):
-        parser.parse_args(["train-teacher", "--dataset", "digits", "--arch", "resnet99", "--out", out])
+        parser.parse_args(["train-teacher", "--data", "digits", "--arch", "resnet99", "--out", out])
 
 
 def test_default_teachers_cache(tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ def test_unfinished_runs_are_not_overwritten_and_resume_checks_the_settings(tmp_
     from infer_fast.cli import main
 
     out, _ = teacher.train_teacher(_tiny(tmp_path, "t.safetensors", stop_after=1))
-    argv = ["train-teacher", "--dataset", "digits", "--arch", "convnet", "--width", "0.125", "--epochs", "3",
+    argv = ["train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.125", "--epochs", "3",
             "--image-size", "8", "--batch-size", "64", "--lr", "0.05", "--workers", "0", "--loader", "torch",
             "--no-progress", "--out", out]
     assert main(argv) == 2  # no --resume: one line, the state kept

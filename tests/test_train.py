@@ -167,15 +167,15 @@ def test_bad_settings_give_clear_errors(tmp_path):
 def test_cli_errors(tmp_path, capsys):
     from infer_fast.cli import main
 
-    with pytest.raises(SystemExit, match="DIR .*not a folder"):
-        main(["evaluate", str(tmp_path / "missing"), "--dataset", "digits"])
-    with pytest.raises(SystemExit):
-        main(["evaluate", str(tmp_path), "--labels", "sometimes"])
-    assert "invalid choice" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--val .*not a folder"):
-        main(["evaluate", str(tmp_path), "--val", str(tmp_path / "nope")])
-    with pytest.raises(SystemExit, match="--epochs"):
-        main(["evaluate", str(tmp_path), "--dataset", "digits", "--epochs", "0"])
+    for argv, msg in [
+        ([str(tmp_path / "missing"), "--val", "digits"], "DIR: expected a distilled dataset folder"),
+        ([str(tmp_path), "--labels", "sometimes"], "--labels: expected one of static, dynamic, got 'sometimes'"),
+        ([str(tmp_path), "--val", str(tmp_path / "nope")], "--val: expected digits or a dataset root"),
+        ([str(tmp_path), "--val", "digits", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    ]:
+        assert main(["evaluate", *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"infer-fast evaluate: error: {msg}"), err
 
 
 def test_evaluate_cli_on_the_distilled_format(tmp_path, capsys):
@@ -211,7 +211,7 @@ def test_ddp_two_ranks_gloo(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
-           "infer_fast", "evaluate", d, "--dataset", "digits", "--student", "convnet", "--width", "0.25",
+           "infer_fast", "evaluate", d, "--val", "digits", "--student", "convnet", "--width", "0.25",
            "--epochs", "2", "--batch-size", "16", "--out", str(out), "--no-progress", "--workers", "0"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

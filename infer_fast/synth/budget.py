@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infer_fast.config_cli import ConfigError
+
 
 def num_natural_sets(ipc: int, num_classes: int, num_teachers: int) -> int:
     """K for a budget of ``ipc`` images per class; a clear error when not even one set fits."""
@@ -18,8 +20,8 @@ def num_natural_sets(ipc: int, num_classes: int, num_teachers: int) -> int:
     k = (ipc * num_classes) // (num_classes + num_teachers)
     if k < 1:
         need = min_ipc(num_classes, num_teachers)
-        raise ValueError(f"budget: ipc={ipc} is too small for one natural set with C={num_classes} classes and "
-                         f"M={num_teachers} teachers (K = floor(ipc / (M/C + 1)) = 0); the minimum is ipc={need}")
+        raise ConfigError(f"--ipc: expected >= {need}, the minimum for one natural set with C={num_classes} classes "
+                          f"and M={num_teachers} teachers (K = floor(ipc / (M/C + 1)) >= 1), got {ipc}")
     return k
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from infer_fast.config_cli import to_argv
+from infer_fast.config_cli import option, require, to_argv
 from infer_fast.runtime import DistContext, atomic_write_json
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.fold import SynthesisTeacher
@@ -45,21 +45,28 @@ DEFAULT_UTILISATION = 0.10
 
 @dataclasses.dataclass
 class PlanSettings:
-    gpus: int = 8  # GPUs of the projected layout, in all
-    nodes: int = 1
-    peak_tflops: float = DEFAULT_PEAK_TFLOPS  # per GPU
-    utilisation: float = DEFAULT_UTILISATION
-    probe_iterations: int = 2  # timed iterations per teacher (after one warm-up iteration); 0: no probe
-    probe_images: int = 64  # images per problem in the probe (scaled to the real count)
-    json_path: str | None = None  # default: <out>.plan.json
+    """The settings of ``distill --plan``; the CLI's ``--plan-*`` flags are generated from these fields."""
+
+    gpus: int = option(8, flag="plan-gpus", help="GPUs of the projected layout, in all")
+    nodes: int = option(1, flag="plan-nodes", help="nodes of that layout")
+    peak_tflops: float = option(DEFAULT_PEAK_TFLOPS, flag="plan-peak-tflops", help="peak TFLOP/s per GPU (the default "
+                                "is an H100 SXM's dense TF32)")
+    utilisation: float = option(DEFAULT_UTILISATION, flag="plan-utilisation", help="assumed fraction of the peak")
+    probe_iterations: int = option(2, flag="plan-probe-iterations", help="timed probe iterations per teacher on this "
+                                   "device, after one warm-up iteration (0: no probe)")
+    probe_images: int = option(64, flag="plan-probe-images", help="images per problem in the probe, scaled to the "
+                               "real count")
+    json_path: str | None = option(None, flag="plan-json", metavar="FILE", help="where the plan's JSON goes "
+                                   "(default: <out>.plan.json)")
 
     def validate(self) -> None:
-        if self.gpus < 1 or self.nodes < 1 or self.gpus % self.nodes:
-            raise ValueError(f"--plan-gpus {self.gpus} must be a positive multiple of --plan-nodes {self.nodes}")
-        if not (self.peak_tflops > 0 and 0 < self.utilisation <= 1):
-            raise ValueError("--plan-peak-tflops must be > 0 and --plan-utilisation in (0, 1]")
-        if self.probe_iterations < 0 or self.probe_images < 1:
-            raise ValueError("--plan-probe-iterations must be >= 0 and --plan-probe-images >= 1")
+        require(self.gpus >= 1, "--plan-gpus", ">= 1", self.gpus)
+        require(self.nodes >= 1 and self.gpus % self.nodes == 0, "--plan-nodes", f"a divisor of --plan-gpus "
+                f"{self.gpus}", self.nodes)
+        require(self.peak_tflops > 0, "--plan-peak-tflops", "> 0", self.peak_tflops)
+        require(0 < self.utilisation <= 1, "--plan-utilisation", "a fraction in (0, 1]", self.utilisation)
+        require(self.probe_iterations >= 0, "--plan-probe-iterations", ">= 0 (0 = no probe)", self.probe_iterations)
+        require(self.probe_images >= 1, "--plan-probe-images", ">= 1", self.probe_images)
 
 
 def teacher_flops(model: torch.nn.Module, image_size: int, device: torch.device) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from infer_fast.config_cli import resume_fields
+from infer_fast.config_cli import ConfigError, resume_fields
 from infer_fast.dashboard import Dashboard
 from infer_fast.distilled import DistilledDataset, Manifest, write_distilled
 from infer_fast.labels import TeacherEnsemble, static_labels
@@ -78,8 +78,8 @@ def resolve_teacher_files(cfg: DistillConfig, image_size: int, dist: DistContext
     if cfg.teachers:
         return list(cfg.teachers)
     if cfg.source != "digits":
-        raise ValueError("distill: --teachers FILE... is required for --data (only --dataset digits has a "
-                         "default teacher ensemble)")
+        raise ConfigError(f"--teachers: expected teacher files for --data {cfg.source} (only --data digits has a "
+                          "default teacher ensemble), got none")
     if default_teachers is None:
         raise ValueError("distill: no --teachers given; pass teacher files (run_distill from Python does not train "
                          "the digits' default ensemble unless given default_teachers, as the CLI does)")
@@ -154,7 +154,7 @@ def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: DistContex
             with open(state_path) as f:
                 state = json.load(f)
             if state.get("fingerprint") != fp:
-                raise ValueError(f"distill: --resume: {state_path} was written by a run with a different config, "
+                raise ConfigError(f"--resume: {state_path} was written by a run with a different config, "
                                  "teachers or natural sets; resume with the same settings or choose a new --out")
     if cfg.resume and dist.rank == 0 and not os.path.isfile(state_path):
         print(f"distill: --resume: {out!r} holds no interrupted run; starting fresh", file=sys.stderr)
@@ -240,7 +240,7 @@ def run_distill(cfg: DistillConfig, progress: bool = True,
     ``default_teachers`` provides the teacher files when ``cfg.teachers`` is empty
     (see :func:`resolve_teacher_files`)."""
     cfg.validate()
-    if cfg.threads is not None:
+    if cfg.threads:
         torch.set_num_threads(cfg.threads)
     note = (f"finished batches in {os.path.join(cfg.out, PROGRESS_DIR)} are kept; free space or fix the folder, "
             "then rerun with --resume")
@@ -309,7 +309,7 @@ def _optimise(setup: RunSetup, base: torch.Tensor, batches: list[list[Problem]],
     bar = tqdm(total=len(todo) * cfg.iterations, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     try:
         for finished, b in enumerate(todo):
-            if cfg.stop_after is not None and finished >= cfg.stop_after:
+            if cfg.stop_after and finished >= cfg.stop_after:
                 break
             batch = batches[b]
 

@@ -40,15 +40,18 @@ PRESET_IMAGE_SIZE = {"imagenet": 224}
 class EvalConfig:
     distilled: str = option("", positional=True, metavar="DIR", help="distilled dataset folder")
     # "digits" or a dataset root with val/ or test/; the CLI defaults to the manifest's data source
-    val: str = option("digits", metavar="ROOT", help="dataset root holding val/ or test/ class folders (default: the "
-                      "manifest's data source)")
-    student: str = option("auto", help="student architecture (models.ARCHS); auto: resnet18_cifar for small images, "
+    val: str = option("digits", metavar="ROOT|digits", aliases=("--dataset",), help="the validation data: a dataset "
+                      "root holding val/ or test/ class folders, or digits (default: the data the set was distilled "
+                      "from, as its manifest names it)")
+    student: str = option("auto", metavar="ARCH[,ARCH...]", help="student architecture (models.ARCHS), or a comma "
+                          "list (resnet18,resnet50) to train each in turn; auto: resnet18_cifar for small images, "
                           "resnet18 otherwise")
     width: float = option(1.0, help="student width multiplier")
     labels: str = option("static", choices=LABEL_MODES, help="static: stored teacher logits, mixed; dynamic: the "
                          "teacher ensemble online")
     # paper: CIFAR ipc 10, 400 static (dynamic: 400 / (M + 1) = 80)
-    epochs: int = option(400, help="dynamic labels on an INFER set run epochs // (M + 1)")
+    epochs: int = option(400, help="student training epochs (dynamic labels on an INFER set: epochs // (M + 1), see "
+                         "--dynamic-divide-epochs)")
     # Dynamic labels on an INFER set (M+1 synthetic images per stored natural): epochs // (M + 1), as the research
     # code; baselines always train the full epochs. Every summary records the optimizer steps taken.
     dynamic_divide_epochs: bool = option(True, aliases=["--no-divide-epochs"], help="dynamic labels on an INFER "
@@ -68,7 +71,7 @@ class EvalConfig:
                                 "SRe2L family's ImageNet-1k recipe, 224 px); flags and --config override its values")
     eval_every: int = option(0, resume=False,
                              help="validate every N epochs (default: ~25 points, always the last)")
-    eval_batch_size: int = option(256, resume=False)
+    eval_batch_size: int = option(256, resume=False, help="validation batch size")
     device: str = option("auto", resume=False, help="cpu, cuda, cuda:N or auto (cuda when available)")
     loader: str = option("auto", choices=LOADERS, resume=False, help="validation loader")
     workers: int = option(2, resume=False, help="validation loader workers")
@@ -87,7 +90,7 @@ class EvalConfig:
     resume: bool = option(False, resume=False, help="continue the run in --out from its last checkpoint")
     stop_after: int = option(0, metavar="N", resume=False,
                              help="stop (resumably) after N epochs of this run (0: run to the end)")
-    seed: int = option(0)
+    seed: int = option(0, help="seed of the student's initialisation, batches and augmentation")
     progress: bool = option(True, resume=False, help="progress bar")
 
     def validate(self) -> None:

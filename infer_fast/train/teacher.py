@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer_fast.config_cli import ConfigError, check_choices, option, resume_fields
+from infer_fast.config_cli import ConfigError, check_choices, data_option, option, require, resume_fields
 from infer_fast.dashboard import Dashboard
 from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
@@ -57,23 +57,24 @@ CHECKPOINT = "checkpoint.pt"
 class TeacherConfig:
     """One teacher training run; ``infer-fast train-teacher`` maps 1:1 onto these fields."""
 
-    # "digits" or a dataset root with train/ and val/ (or test/) ImageFolder splits; the CLI's --data/--dataset
-    source: str = option("digits", cli=False)
-    arch: str = option("resnet18_cifar", choices=ARCHS, required=True)
+    # --data, the spelling of the other subcommands; the field keeps its name for saved runs and the Python API
+    source: str = data_option("digits", flag="data", required=True)
+    arch: str = option("resnet18_cifar", choices=ARCHS, required=True, help="teacher architecture")
     out: str = option("teacher.safetensors", metavar="FILE", required=True, resume=False,
                       help="output .safetensors file (resumable state in FILE.train/ until it is written)")
-    epochs: int = option(30)
-    batch_size: int = option(128)
+    epochs: int = option(30, help="training epochs")
+    batch_size: int = option(128, help="training batch size")
     lr: float = option(0.1, help="peak learning rate")
     schedule: str = option("cosine", choices=SCHEDULES, help="cosine annealing per batch (after --warmup-epochs of "
                            "linear warm-up), or the one-cycle policy (25 %% warm-up, cycled momentum)")
     warmup_epochs: float = option(0.0, help="cosine: linear warm-up from lr/25 over this many epochs")
-    momentum: float = option(0.9)
-    weight_decay: float = option(5e-4)
+    momentum: float = option(0.9, help="SGD Nesterov momentum")
+    weight_decay: float = option(5e-4, help="SGD weight decay on every parameter")
     label_smoothing: float = option(0.0, help="0: keep the inter-class structure soft labels carry (see the module)")
     width: float = option(1.0, help="channel multiplier (e.g. 0.25 on CPU)")
-    image_size: int | None = option(None, help="(default: the dataset's size)")  # see infer_fast.data.dataset_info
-    seed: int = option(0)
+    image_size: int | None = option(None, help="image side in pixels (default: the dataset's size, see "
+                                    "infer_fast.data.dataset_info)")
+    seed: int = option(0, help="seed of the initialisation, the data order and the augmentation")
     storage: str = option("fp32", choices=("fp32", "fp16"), resume=False,
                           help="dtype of the saved weights (fp16 halves the file; loads back to fp32)")
     eval_every: int = option(0, resume=False, help="validate every N epochs as well (0: only at the end)")
@@ -82,8 +83,10 @@ class TeacherConfig:
     channels_last: bool = option(True, resume=False, help="train in the channels-last memory format")
     memory_gb: float = option(2.0, resume=False, help="decode small-image splits once and keep them in memory "
                               "when they fit this budget (GB; 0: stream every epoch)")
-    device: str | None = option(None, resume=False, help="(default: cuda when available, else cpu)")
-    loader: str = option("auto", choices=LOADERS, resume=False)
+    device: str | None = option(None, resume=False, help="cpu, cuda or cuda:N (default: cuda when available, "
+                                "else cpu)")
+    loader: str = option("auto", choices=LOADERS, resume=False, help="data loader: auto (DALI when importable, else "
+                         "torch's DataLoader; digits are in memory), dali or torch")
     # --workers, the spelling of the other subcommands; the field keeps DataLoader's name
     num_workers: int = option(2, flag="workers", aliases=["--num-workers"], resume=False, help="data loader workers")
     log_dir: str | None = option(None, metavar="DIR", resume=False, help="also write TensorBoard scalars to DIR")
@@ -93,20 +96,19 @@ class TeacherConfig:
     progress: bool = option(True, resume=False, help="progress bar")
 
     def validate(self) -> None:
-        check_choices(self, "TeacherConfig")
+        check_choices(self)
         for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"TeacherConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", "an integer >= 1", value)
         for name in ("eval_every", "stop_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TeacherConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.lr > 0 or not self.width > 0:
-            raise ValueError(f"TeacherConfig: lr and width must be > 0, got lr={self.lr}, width={self.width}")
-        if not 0 <= self.warmup_epochs < self.epochs or not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"TeacherConfig: warmup_epochs must be in [0, epochs) and label_smoothing in [0, 1), got "
-                             f"{self.warmup_epochs} and {self.label_smoothing}")
-        if self.source != "digits" and not os.path.isdir(self.source):
-            raise ValueError(f"TeacherConfig.source: {self.source!r} is neither 'digits' nor a dataset folder")
+            require(getattr(self, name) >= 0, f"--{name.replace('_', '-')}", ">= 0 (0 = off)", getattr(self, name))
+        require(self.lr > 0, "--lr", "> 0", self.lr)
+        require(self.width > 0, "--width", "> 0", self.width)
+        require(0 <= self.warmup_epochs < self.epochs, "--warmup-epochs", f"a value in [0, --epochs {self.epochs})",
+                self.warmup_epochs)
+        require(0 <= self.label_smoothing < 1, "--label-smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(self.source == "digits" or os.path.isdir(self.source), "--data", "digits or a dataset folder",
+                self.source)
 
 
 RESUME_KEYS = resume_fields(TeacherConfig)
