@@ -101,10 +101,10 @@ def smoke(venv: str, work: str, tag: str) -> None:
     assert "build:" in info and "runtime:" in info, info
     out = os.path.join(work, tag)
     teacher = os.path.join(out, "teacher.safetensors")
-    step(f"{tag}: train-teacher", [cli, "train-teacher", "--dataset", "digits", "--arch", "convnet", "--width", "0.25",
+    step(f"{tag}: train-teacher", [cli, "train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.25",
                                    "--epochs", "1", "--image-size", "16", "--workers", "0", "--no-progress",
                                    "--out", teacher], work)
-    step(f"{tag}: distill", [cli, "distill", "--dataset", "digits", "--teachers", teacher, "--ipc", "2",
+    step(f"{tag}: distill", [cli, "distill", "--data", "digits", "--teachers", teacher, "--ipc", "2",
                              "--iterations", "2", "--image-size", "16", "--threads", "1", "--out",
                              os.path.join(out, "distilled")], work)
     step(f"{tag}: read back", [py, "-c", READ_BACK, os.path.join(out, "distilled")], work)
