@@ -39,7 +39,6 @@ from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 from infer_fast.models.evaluate import accuracy_counts
 from infer_fast.runtime import (
-    append_text,
     atomic_torch_save,
     atomic_write_text,
     cache_root,
@@ -233,7 +232,8 @@ def _save_state(run: _Run) -> None:
     atomic_torch_save(os.path.join(run.state_dir, CHECKPOINT), {
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "epoch": run.epoch, "seconds": run.seconds, "history": run.history, "config": _config_json(run.cfg)})
-    append_text(os.path.join(run.state_dir, "metrics.jsonl"), json.dumps(run.history[-1]) + "\n")
+    # rewritten whole from the checkpoint's history: a kill between the two writes cannot lose or repeat a line
+    atomic_write_text(os.path.join(run.state_dir, "metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in run.history))
     points = [(h["epoch"], 100 * h["val_acc"]) for h in run.history if h.get("val_acc") is not None]
     if points:
         plot_curves({run.cfg.arch: points}, os.path.join(run.state_dir, "accuracy.png"),
