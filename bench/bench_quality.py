@@ -23,7 +23,10 @@ that ``epochs`` give a baseline of the same budget), and every record states the
 ``--match steps`` is the equal-compute protocol: every method/labels pair trains exactly the optimizer steps of
 infer/static (``evaluate --steps``, cosine over its own steps), and random/static and infer/static also train twice
 those steps (``compute`` "2x"), so that no verdict is taken where every student is still under-trained. sre2l's
-default labels are dynamic (SRe2L's relabel protocol; ``sre2l/static`` is one flag away).
+default labels are dynamic (SRe2L's relabel protocol; ``sre2l/static`` is one flag away). The content controls
+(``infer-noise``, ``infer-swap``, ``infer-views``: :mod:`infer_fast.synth.methods.controls`) run with
+``--methods ... infer-noise/static infer-swap/static infer-views/static``; the first two transform the seed's infer
+compensators (``distill --compensators-from``) instead of optimising them a second time.
 
 Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
 ``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
@@ -55,7 +58,8 @@ from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_
 from infer_fast.runtime import cache_root, json_key, sha256_file
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static",
-                  "infer-noise/static", "infer-swap/static")  # the last two: content controls (synth.methods.controls)
+                  "infer-noise/static", "infer-swap/static",
+                  "infer-views/static")  # the last three: content controls (synth.methods.controls)
 # sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
 DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
@@ -403,13 +407,15 @@ def main(argv=None) -> list[dict]:
     batch = EvalConfig(**(a.student_recipe or {})).batch_size
     for seed in a.seeds:
         methods = {spec.partition("/")[0] for spec in a.methods} | ({"infer"} if a.match == "steps" else set())
+        reuse = {m for m in methods if synth_methods.get(m).takes_compensators}
+        methods |= {"infer"} if reuse else set()  # the controls transform infer's compensators, not re-optimise
         distilled: dict[str, tuple[str, float]] = {}
-        for method in sorted(methods):
+        for method in sorted(methods, key=lambda m: (m != "infer", m)):
             ddir = os.path.join(run_dir, "distilled", f"{method}-seed{seed}")
             cfg = DistillConfig(data=root, teachers=tpaths, method=method, ipc=a.ipc, iterations=a.iterations,
                                 seed=seed, out=ddir, device=a.device, resume=True, r_bn=a.r_bn,
                                 ufc_bound=a.ufc_bound, class_chunk=a.class_chunk, image_size=a.image_size,
-                                jitter=a.jitter)
+                                jitter=a.jitter, compensators_from=distilled["infer"][0] if method in reuse else None)
             seconds = _timed(os.path.join(run_dir, "distilled", f"{method}-seed{seed}.time.json"),
                              lambda cfg=cfg: run_distill(cfg))
             distilled[method] = (ddir, seconds)

@@ -226,7 +226,7 @@ def test_registry_and_a_content_control_is_one_subclass(monkeypatch):
     from infer_fast.synth.methods.infer import Infer
 
     assert methods.names(controls=False) == ("infer", "sre2l", "random")
-    assert methods.names() == ("infer", "sre2l", "random", "infer-noise", "infer-swap")
+    assert methods.names() == ("infer", "sre2l", "random", "infer-noise", "infer-swap", "infer-views")
     with pytest.raises(ValueError, match="unknown synthesis method 'bogus'"):
         methods.get("bogus")
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))

@@ -169,6 +169,52 @@ def test_baselines(method, teachers, tmp_path):
         assert (ds.soft_labels.argmax(1) == ds.hard_labels).float().mean() > 0.5
 
 
+def test_controls_take_the_infer_runs_compensators_with_the_same_result(full_run, teachers, tmp_path):
+    """--compensators-from: a content control transforms a finished infer run's u instead of optimising it again,
+    with the result of its own optimisation; a run that differs in a result-changing setting is refused."""
+    own, reused = tmp_path / "own", tmp_path / "reused"
+    assert run_distill(_cfg(own, teachers, method="infer-noise"), progress=False)
+    assert run_distill(_cfg(reused, teachers, method="infer-noise", compensators_from=str(full_run)), progress=False)
+    a, b, src = _tensors(own), _tensors(reused), _tensors(full_run)
+    assert set(a) == set(b) == {"naturals", "ufcs", "labels"}
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs between optimised and reused compensators"
+    assert torch.equal(b["naturals"], src["naturals"]) and not torch.equal(b["ufcs"], src["ufcs"])
+    ev_a, ev_b = (load_distilled(str(d)).manifest.evidence for d in (own, reused))
+    assert ev_a == ev_b, "the reused run carries the source's per-problem losses"
+    assert not (reused / PROGRESS_DIR).exists()
+    with pytest.raises(ValueError, match="other settings: r_bn 0.05 there, 0.1 here"):
+        run_distill(_cfg(tmp_path / "x", teachers, method="infer-swap", r_bn=0.1, compensators_from=str(full_run)),
+                    progress=False)
+    with pytest.raises(ValueError, match="--compensators-from: expected --method of a content control"):
+        run_distill(_cfg(tmp_path / "y", teachers, method="infer", compensators_from=str(full_run)), progress=False)
+    with pytest.raises(ValueError, match="the folder of a finished --method infer run"):
+        run_distill(_cfg(tmp_path / "z", teachers, method="infer-swap", compensators_from=str(tmp_path)),
+                    progress=False)
+
+
+def test_views_control_stores_fixed_augmentations_of_each_natural(full_run, teachers, tmp_path):
+    out = tmp_path / "views"
+    assert run_distill(_cfg(out, teachers, method="infer-views"), progress=False)
+    ds, infer = load_distilled(str(out)), load_distilled(str(full_run))
+    k, m, s = infer.num_sets, len(teachers), infer.image_size
+    nat = ds.tensors["naturals"]
+    assert "ufcs" not in ds.tensors and nat.shape == (k * (m + 1), 10, 3, s, s)
+    assert torch.equal(nat[:k], infer.tensors["naturals"]), "INFER's natural sets (same seed)"
+    assert len(ds) == len(infer) and torch.equal(ds.hard_labels, infer.hard_labels)
+    assert ds.manifest.num_natural_sets == k and ds.manifest.stored_images == k * 10 * (m + 1)
+    views = nat[k:].view(k, m, 10, 3, s, s)
+    for j in range(m):  # each view differs from its natural, and the M views of a natural differ
+        assert (views[:, j].float() - nat[:k].float()).abs().mean() > 1
+    assert (views[:, 0].float() - views[:, 1].float()).abs().mean() > 1
+    ev = ds.manifest.evidence  # naturals vs their views, measured as INFER's naturals vs compositions
+    assert ev["natural"]["images"] == k * 10 and ev["composed"]["images"] == k * 10 * m
+    assert ev["natural"] == infer.manifest.evidence["natural"]
+    again = tmp_path / "again"
+    assert run_distill(_cfg(again, teachers, method="infer-views"), progress=False)
+    assert torch.equal(_tensors(again)["naturals"], nat), "the views are fixed by the run's seed"
+
+
 def test_export(full_run, tmp_path):
     from safetensors.torch import load_file
     from torchvision.datasets import ImageFolder

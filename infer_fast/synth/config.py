@@ -48,7 +48,11 @@ class DistillConfig:
     method: str = option("infer", choices=methods.names(), help="infer (UFCs), sre2l (class-specific synthesis) or "
                          "random (random naturals); same budget and format. Content controls of the quality study: "
                          "infer-noise (u replaced by noise of the same per-channel norm), infer-swap (each set "
-                         "composed with another set's u)")
+                         "composed with another set's u), infer-views (u = 0: M fixed random augmentations of each "
+                         "natural, stored as images)")
+    compensators_from: str | None = option(None, metavar="DIR", help="infer-noise, infer-swap: take the compensators "
+                                           "of this finished --method infer run (same data, seed, teachers and "
+                                           "optimisation settings, checked) instead of optimising them again")
     ipc: int = option(10, help="storage budget in images per class")
     seed: int = option(0, help="seed of the natural-image sample and of the optimisation")
     out: str = option("distilled", resume=False, help="output folder of the distilled dataset")
@@ -130,6 +134,13 @@ class DistillConfig:
         require(self.lr > 0, "--lr", "> 0", self.lr)
         require(self.threads >= 0, "--threads", ">= 0 (0 = torch's default)", self.threads)
         require(self.stop_after >= 0, "--stop-after", ">= 0 (0 = run to the end)", self.stop_after)
+        if self.compensators_from is not None:
+            require(methods.get(self.method).takes_compensators, "--compensators-from", "--method of a content "
+                    "control built on INFER's compensators (" + ", ".join(
+                        n for n in methods.names() if methods.get(n).takes_compensators) + ")",
+                    f"--method {self.method}")
+            require(os.path.isfile(os.path.join(self.compensators_from, "manifest.json")), "--compensators-from",
+                    "the folder of a finished --method infer run (with manifest.json)", self.compensators_from)
         if self.cuda_graphs:
             require((dev := resolve_device(self.device)).type == "cuda", "--cuda-graphs", "a CUDA --device",
                     f"--device {self.device} ({dev} here)")

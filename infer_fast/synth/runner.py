@@ -131,6 +131,47 @@ def fingerprint(cfg: DistillConfig, teachers: list[dict], naturals: torch.Tensor
     return json_key(d, *([] if naturals is None else [naturals.contiguous().numpy().tobytes()]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Reused:
+    """The arrays and per-problem metrics of a finished infer run that a content control transforms."""
+
+    source: str
+    tensors: dict[str, torch.Tensor]
+    metrics: list[dict]
+
+
+def reuse_compensators(setup: RunSetup, naturals: torch.Tensor) -> Reused:
+    """``--compensators-from DIR``: the naturals and UFCs of a finished ``--method infer`` run, after checking that
+    it is the run this one would otherwise repeat: the same result-changing settings (but the method), the same
+    teachers (fingerprints) and the same natural sets (so the transformed result equals an optimised one)."""
+    from infer_fast.distilled import DistilledFormatError, load_distilled
+
+    cfg, src = setup.cfg, setup.cfg.compensators_from
+    flag = "--compensators-from"
+    try:
+        ds = load_distilled(src)
+    except (DistilledFormatError, OSError) as exc:
+        raise ConfigError(f"{flag}: {src} is not a readable distilled set ({exc})") from None
+    if ds.method != "infer" or "ufcs" not in ds.tensors:
+        raise ConfigError(f"{flag}: expected the folder of a --method infer run, got {src} (method {ds.method})")
+    ours = json.loads(json.dumps(cfg.to_dict()))  # as the manifest holds it (lists, not tuples)
+    theirs = ds.manifest.config or {}
+    differ = [k for k in _RESULT_FIELDS if k not in ("method", "compensators_from") and theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ConfigError(f"{flag}: {src} was distilled with other settings: " + ", ".join(
+            f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ))
+    if ds.teacher_fingerprints != [t["fingerprint"] for t in setup.teacher_entries]:
+        raise ConfigError(f"{flag}: {src} was distilled with other teachers (fingerprints differ)")
+    if not torch.equal(ds.tensors["naturals"], naturals):
+        raise ConfigError(f"{flag}: {src} holds other natural sets than this run samples (data changed?)")
+    metrics = []
+    path = os.path.join(src, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            metrics = [json.loads(line) for line in f if line.strip()]
+    return Reused(src, {"naturals": ds.tensors["naturals"], "ufcs": ds.tensors["ufcs"]}, metrics)
+
+
 def _batch_path(out: str, b: int) -> str:
     return os.path.join(out, PROGRESS_DIR, f"batch_{b:05d}.safetensors")
 
@@ -272,8 +313,9 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
     setup = prepare(cfg, dist, default_teachers)
     cfg, method = setup.cfg, setup.method
     naturals, files = _sample(setup)
-    inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals)
-    batches = make_batches(method.problems(inputs), cfg.problems_per_batch)
+    inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals, bool(setup.info.small))
+    reused = reuse_compensators(setup, naturals) if cfg.compensators_from else None
+    batches = [] if reused else make_batches(method.problems(inputs), cfg.problems_per_batch)
     if _prepare_out(cfg, fingerprint(cfg, setup.teacher_entries, naturals), len(batches), dist, stack):
         if dist.rank == 0:
             print(f"distill: {cfg.out} is already complete", file=sys.stderr)
@@ -293,7 +335,7 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
                   file=sys.stderr)
         return None
     if dist.rank == 0:
-        _finish(setup, inputs, batches, files, dist.device, progress, board)
+        _finish(setup, inputs, batches, files, dist.device, progress, board, reused)
     dist.barrier()
     return cfg.out
 
@@ -397,11 +439,15 @@ def _manifest(setup: RunSetup, files: list | None) -> Manifest:
 
 
 def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files: list | None,
-            device: torch.device, progress: bool, board: Dashboard) -> None:
-    """Rank 0: assemble the stored arrays, compute the static labels, write the format, remove progress/."""
+            device: torch.device, progress: bool, board: Dashboard, reused: Reused | None = None) -> None:
+    """Rank 0: assemble the stored arrays (or transform ``reused`` ones), compute the static labels, write the
+    format, remove progress/."""
     cfg, method = setup.cfg, setup.method
-    solved, metrics = _gather(cfg.out, batches, method.key_name)
-    tensors = method.assemble(inputs, solved)
+    if reused:
+        tensors, metrics = method.transform(inputs, dict(reused.tensors)), reused.metrics
+    else:
+        solved, metrics = _gather(cfg.out, batches, method.key_name)
+        tensors = method.assemble(inputs, solved)
     manifest = _manifest(setup, files)
     teachers = TeacherEnsemble(list(zip(setup.teachers, setup.teacher_metas, strict=True)), setup.norm.mean,
                                setup.norm.std, setup.image_size)

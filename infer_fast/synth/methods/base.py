@@ -35,6 +35,7 @@ class Inputs:
     norm: Normalisation
     image_size: int
     naturals: torch.Tensor | None  # uint8 [K, C, 3, S, S] when the method samples them, else None
+    small: bool = True  # CIFAR-style images (the per-dataset regime of INFER §3.2), else ImageNet-style
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +56,9 @@ class Method:
     key_name: ClassVar[str] = "k"  # what a problem key's first value counts, in metrics.jsonl
     # A content control of the quality study rather than a method: left out where "every method" is meant (the demo)
     control: ClassVar[bool] = False
+    # True: the stored compensators can come from a finished INFER run (``--compensators-from``) through
+    # :meth:`transform` instead of being optimised again (the content controls that reuse INFER's u)
+    takes_compensators: ClassVar[bool] = False
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         """What a run stores within the budget ``ipc * C`` (default: ipc stored images per class, no UFC)."""
@@ -87,6 +91,10 @@ class Method:
         """The stored arrays of the format (``naturals``, ``ufcs``; the labels come later) from every problem with
         its optimised parameters."""
         raise NotImplementedError
+
+    def transform(self, inputs: Inputs, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``takes_compensators`` methods: the stored arrays from INFER's (``naturals``, ``ufcs``)."""
+        raise NotImplementedError(f"method {self.name!r} does not take another run's compensators")
 
     def natural_mask(self, ds) -> torch.Tensor:
         """bool [len(ds)]: which images of the distilled set ``ds`` are real natural images (the class-evidence
