@@ -50,7 +50,9 @@ class DistillConfig:
                          "infer-noise (u replaced by noise of the same per-channel norm), infer-swap (each set "
                          "composed with another set's u), infer-views (u = 0: M fixed random augmentations of each "
                          "natural, stored as images)")
-    compensators_from: str | None = option(None, metavar="DIR", help="infer-noise, infer-swap: take the compensators "
+    # not a result field: the transformed compensators equal those the control would optimise (checked), so the
+    # resume fingerprint of every run stays as it was
+    compensators_from: str | None = option(None, metavar="DIR", resume=False, help="infer-noise, infer-swap: take the compensators "
                                            "of this finished --method infer run (same data, seed, teachers and "
                                            "optimisation settings, checked) instead of optimising them again")
     ipc: int = option(10, help="storage budget in images per class")
