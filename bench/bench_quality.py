@@ -155,6 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="student compute: every method trains --epochs (epochs), or as many optimizer steps as "
                         "infer/static does (steps; random/static and infer/static also at 2x those steps, the "
                         "saturation check)")
+    p.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True,
+                   help="--match steps: also train random/static and infer/static at 2x the steps (default on; off "
+                        "for sweeps that only compare settings at 1x)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     w = WORKLOADS[a.workload]
@@ -379,6 +382,8 @@ def student_jobs(a, infer_set, batch: int) -> list[tuple[str, str, int]]:
         return [(spec, "epochs", 0) for spec in a.methods]
     steps = math.ceil(len(infer_set) / batch) * a.epochs
     jobs = [(spec, "1x", steps) for spec in a.methods]
+    if not a.saturation:
+        return jobs
     return jobs + [(spec, "2x", 2 * steps) for spec in ("random/static", "infer/static") if spec in a.methods]
 
 
@@ -461,6 +466,7 @@ def main(argv=None) -> list[dict]:
                 evidence_composed=(evidence.get("composed") or {}).get("ensemble", {}).get("true_prob"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
+                distilled=ddir,
             ))
     per_seed_cols = ["method", "labels", "compute", "seed", "top1", "top5", "student_epochs", "student_steps",
                      "evidence_natural", "evidence_composed", "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]

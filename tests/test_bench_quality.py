@@ -72,6 +72,8 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
     jobs = bq.student_jobs(a, Set(), batch=64)
     assert jobs == [("infer/static", "1x", 12), ("random/static", "1x", 12), ("sre2l/static", "1x", 12),
                     ("random/static", "2x", 24), ("infer/static", "2x", 24)]
+    a.saturation = False  # --no-saturation: the 1x jobs only (sweeps)
+    assert bq.student_jobs(a, Set(), batch=64) == jobs[:3]
     e = bq.parse_args(["--workload", "tiny200", "--epochs", "4", "--methods", "random/static"])
     assert bq.student_jobs(e, None, batch=64) == [("random/static", "epochs", 0)]
     assert bq.settings_of(a, [])["match"] == "steps" != bq.settings_of(e, [])["match"]
@@ -98,3 +100,26 @@ def test_the_gain_over_the_best_content_control_is_reported():
     assert lines[1] == "infer/static - best control (infer-swap) = +3.00 points; 2 sd = 2.00: beats it", lines
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])
     assert a.methods == ["infer/static", "infer-noise/static"]
+
+
+def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells_folder(tmp_path):
+    import bench_sweep as bs
+
+    def cell(r_bn, t, seed, ev):
+        return {"r_bn": r_bn, "iterations": t, "seed": seed, "evidence_composed": ev, "evidence_natural": 0.5,
+                "top1": None, "student_steps": None}
+
+    rows = [cell(1.0, 100, 0, 0.9), cell(1.0, 1000, 0, 0.40), cell(1.0, 1000, 1, 0.42),
+            cell(0.01, 1000, 0, 0.60), cell(0.01, 1000, 1, 0.58), cell(0.0, 1000, 0, 0.59), cell(0.0, 1000, 1, 0.59)]
+    best, why = bs.choose(rows)  # the largest T only (0.9 at T = 100 does not count); 0.59 ties go to the larger r_bn
+    assert best == 0.01 and why.startswith("r_bn 0.01: composed images' ensemble true-class probability 0.590 at T = "
+                                           "1000"), why
+    a = bs.parse_args(["--r-bn", "1", "0.1", "--iterations", "100", "1000", "--teacher-files", "t.th"])
+    assert a.students_at == [1000]
+    default, other = bs._quality_argv(a, 1.0, 1000, ["infer/static"]), bs._quality_argv(a, 0.1, 1000, ["x"])
+    assert "--r-bn" not in default and other[other.index("--r-bn") + 1] == "0.1"
+    q = bq.parse_args(default)
+    assert (q.match, q.saturation, q.iterations, q.r_bn, q.resume) == ("steps", False, 1000, None, True)
+    rows[0]["top1"], rows[0]["student_steps"] = 30.0, 400
+    bs.plot(rows, 28.0, str(tmp_path / "sweep.png"), "test")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000

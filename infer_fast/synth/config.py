@@ -52,9 +52,10 @@ class DistillConfig:
                          "natural, stored as images)")
     # not a result field: the transformed compensators equal those the control would optimise (checked), so the
     # resume fingerprint of every run stays as it was
-    compensators_from: str | None = option(None, metavar="DIR", resume=False, help="infer-noise, infer-swap: take the compensators "
-                                           "of this finished --method infer run (same data, seed, teachers and "
-                                           "optimisation settings, checked) instead of optimising them again")
+    compensators_from: str | None = option(None, metavar="DIR", resume=False,
+                                           help="infer-noise, infer-swap: take the compensators of this finished "
+                                           "--method infer run (same data, seed, teachers and optimisation "
+                                           "settings, checked) instead of optimising them again")
     ipc: int = option(10, help="storage budget in images per class")
     seed: int = option(0, help="seed of the natural-image sample and of the optimisation")
     out: str = option("distilled", resume=False, help="output folder of the distilled dataset")
