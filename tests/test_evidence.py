@@ -62,3 +62,20 @@ def test_bad_calls_and_loss_summary():
             {"ce_first": 4.0, "ce_last": 2.0, "bn_first": 6.0, "bn_last": 1.0}]
     assert loss_summary(rows) == {"ce_first": 3.0, "ce_last": 1.5, "bn_first": 5.0, "bn_last": 2.0, "problems": 2}
     assert loss_summary([]) is None and not math.isnan(loss_summary(rows)["bn_last"])
+
+
+def test_warning_margin_and_the_methods_hint():
+    def evidence(diff):
+        e = {"images": 10, "ensemble": {"top1": 0.5, "true_prob": 0.5}, "teachers": []}
+        c = {"images": 20, "ensemble": {"top1": 0.5, "true_prob": 0.5 + diff}, "teachers": []}
+        return {"natural": e, "composed": c, "composed_minus_natural": {"top1": 0.0, "true_prob": diff}}
+
+    assert describe(evidence(-0.005))[1] is None  # within WARN_MARGIN: sampling noise
+    _, warning = describe(evidence(-0.2))
+    assert warning.endswith("(lower --r-bn, see the README's 'Class evidence')")
+    _, warning = describe(evidence(-0.2), hint=None)
+    assert warning.endswith("top-1 +0.0%)")
+    from infer_fast.synth import methods
+
+    assert methods.get("infer").evidence_hint == methods.get("sre2l").evidence_hint != methods.get(
+        "infer-views").evidence_hint == methods.get("infer-noise").evidence_hint

@@ -457,7 +457,7 @@ def _finish(setup: RunSetup, inputs: Inputs, batches: list[list[Problem]], files
         raise RuntimeError("distill: the teachers produced non-finite logits on the synthetic images")
     tensors["labels"] = labels.half()
     manifest.evidence = {**meter.summary(), "losses": loss_summary(metrics)}
-    line, warning = describe(manifest.evidence)
+    line, warning = describe(manifest.evidence, method.evidence_hint)
     print(f"distill: {line}")
     if warning:
         print(f"distill: {warning}", file=sys.stderr)

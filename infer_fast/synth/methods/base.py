@@ -20,6 +20,7 @@ import torch
 
 from infer_fast.runtime import Normalisation
 from infer_fast.synth.budget import Storage
+from infer_fast.synth.evidence import R_BN_HINT
 from infer_fast.synth.problem import Problem
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class Method:
     # True: the stored compensators can come from a finished INFER run (``--compensators-from``) through
     # :meth:`transform` instead of being optimised again (the content controls that reuse INFER's u)
     takes_compensators: ClassVar[bool] = False
+    # The likely cause named when the composed images carry less class evidence than the naturals (None: none)
+    evidence_hint: ClassVar[str | None] = R_BN_HINT
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         """What a run stores within the budget ``ipc * C`` (default: ipc stored images per class, no UFC)."""

@@ -30,12 +30,15 @@ from infer_fast.synth.methods.base import Inputs, Method, register
 from infer_fast.synth.methods.infer import Infer
 from infer_fast.synth.problem import Problem
 
+CONTROL_HINT = "a content control: what its transformation of the compositions costs, not a fault"
+
 
 class _CompensatorControl(Infer):
     """INFER's optimisation (or another run's compensators), then :meth:`transform` of the stored arrays."""
 
     control = True
     takes_compensators = True
+    evidence_hint = CONTROL_HINT
 
     def assemble(self, inputs: Inputs, solved: Iterable[tuple[Problem, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return self.transform(inputs, super().assemble(inputs, solved))
@@ -73,6 +76,7 @@ class InferSwap(_CompensatorControl):
 class InferViews(Method):
     name = "infer-views"
     control = True
+    evidence_hint = CONTROL_HINT
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         k = Infer().storage(ipc, num_classes, num_teachers, image_size).num_natural_sets
