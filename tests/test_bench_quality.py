@@ -110,10 +110,12 @@ def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells
                 "top1": None, "student_steps": None}
 
     rows = [cell(1.0, 100, 0, 0.9), cell(1.0, 1000, 0, 0.40), cell(1.0, 1000, 1, 0.42),
-            cell(0.01, 1000, 0, 0.60), cell(0.01, 1000, 1, 0.58), cell(0.0, 1000, 0, 0.59), cell(0.0, 1000, 1, 0.59)]
-    best, why = bs.choose(rows)  # the largest T only (0.9 at T = 100 does not count); 0.59 ties go to the larger r_bn
-    assert best == 0.01 and why.startswith("r_bn 0.01: composed images' ensemble true-class probability 0.590 at T = "
-                                           "1000"), why
+            cell(0.01, 1000, 0, 0.52), cell(0.01, 1000, 1, 0.50), cell(0.0, 1000, 0, 0.7), cell(0.0, 1000, 1, 0.7)]
+    best, why = bs.choose(rows)  # the largest T only (0.9 at T = 100 does not count); the largest r_bn that keeps
+    assert best == 0.01 and why.startswith("r_bn 0.01 (the largest r_bn whose compositions keep their naturals' "
+                                           "class evidence at T = 1000; composed - natural ensemble true-class "
+                                           "probability: r_bn 1 -0.090, r_bn 0.01 +0.010, r_bn 0 +0.200)"), why
+    assert bs.choose([cell(1.0, 10, 0, 0.3), cell(0.1, 10, 0, 0.45)])[0] == 0.1  # none keeps: the least loss
     a = bs.parse_args(["--r-bn", "1", "0.1", "--iterations", "100", "1000", "--teacher-files", "t.th"])
     assert a.students_at == [1000]
     default, other = bs._quality_argv(a, 1.0, 1000, ["infer/static"]), bs._quality_argv(a, 0.1, 1000, ["x"])
