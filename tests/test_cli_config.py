@@ -306,7 +306,7 @@ def test_resume_fields_come_from_metadata():
 
     names = {f.name for f in dataclasses.fields(DistillConfig)}
     assert names - set(runner._RESULT_FIELDS) == {"out", "resume", "stop_after", "log_every", "device", "label_batch",
-                                                  "teacher_cache", "threads", "log_dir"}
+                                                  "teacher_cache", "threads", "log_dir", "compensators_from"}
     assert checkpoint.RESUME_KEYS == config_cli.resume_fields(EvalConfig)
     assert set(checkpoint.RESUME_KEYS) == {"distilled", "student", "width", "labels", "epochs", "steps",
                                            "dynamic_divide_epochs", "batch_size", "lr", "weight_decay", "temperature",
