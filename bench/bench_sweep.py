@@ -5,7 +5,7 @@
         --r-bn 1 0.1 0.01 0 --iterations 100 300 1000 --students-at 1000 --epochs 100 --student-width 0.25 \\
         --json sweep.json --png sweep.png
 
-For every r_bn, T and seed, one ``--method infer`` distillation and its class evidence as ``distill`` measures it
+For every r_bn, T and seed, one ``--method infer`` (or ``--method sre2l``) distillation and its class evidence as ``distill`` measures it
 (teacher ensemble, un-augmented: top-1 and mean true-class probability of the naturals and of the compositions; the
 iteration-0 gradient ratio |r_bn dBN| / |dCE| and cosine). At the T values of ``--students-at`` the cell is a
 ``bench_quality --match steps --no-saturation`` run instead (the same distillation, plus the infer/static student
@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="the workload's tarball or an extracted root (default: the shared data folder)")
     p.add_argument("--cache", help="cache folder (default: infer_fast's cache)")
     p.add_argument("--teacher-files", nargs="+", metavar="PATH", help="teacher checkpoints (default: the workload's)")
+    p.add_argument("--method", choices=("infer", "sre2l"), default="infer",
+                   help="the method swept (sre2l: its students use its relabel protocol, dynamic labels)")
     p.add_argument("--r-bn", type=float, nargs="+", default=[1.0, 0.1, 0.01, 0.0], help="BN-matching weights")
     p.add_argument("--iterations", type=int, nargs="+", default=[100, 300, 1000], help="synthesis iterations T")
     p.add_argument("--students-at", type=int, nargs="*", default=None,
@@ -93,9 +95,9 @@ def _distill_only(a, root: str, tpaths: list[str], sweep_dir: str, r_bn: float, 
     from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
 
-    out = os.path.join(sweep_dir, f"r{r_bn:g}-T{iterations}-seed{seed}")
+    out = os.path.join(sweep_dir, f"{a.method}-r{r_bn:g}-T{iterations}-seed{seed}")
     w = bq.WORKLOADS[a.workload]["settings"]
-    run_distill(DistillConfig(data=root, teachers=tpaths, method="infer", ipc=a.ipc, iterations=iterations,
+    run_distill(DistillConfig(data=root, teachers=tpaths, method=a.method, ipc=a.ipc, iterations=iterations,
                               seed=seed, out=out, device=a.device, resume=True, r_bn=r_bn,
                               image_size=w.get("image_size"), jitter=w.get("jitter")))
     return load_distilled(out).manifest.evidence or {}
@@ -123,7 +125,7 @@ def choose(rows: list[dict]) -> tuple[float, str]:
                                                           sorted(gap.items(), reverse=True)) + ")")
 
 
-def plot(rows: list[dict], reference: float | None, path: str, title: str) -> None:
+def plot(rows: list[dict], reference: float | None, path: str, title: str, label: str = "infer/static") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +147,7 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str) -> No
     if students:
         rbs = sorted({r["r_bn"] for r in students}, reverse=True)
         means = [statistics.fmean(r["top1"] for r in students if r["r_bn"] == rb) for rb in rbs]
-        ax2.plot(range(len(rbs)), means, marker="o", label="infer/static")
+        ax2.plot(range(len(rbs)), means, marker="o", label=label)
         ax2.set_xticks(range(len(rbs)), [f"{rb:g}" for rb in rbs])
         if reference is not None:
             ax2.axhline(reference, color="k", ls="--", label="random/static")
@@ -165,7 +167,10 @@ def main(argv=None) -> list[dict]:
     from infer_fast.distilled import load_distilled
 
     a = parse_args(argv)
-    qa = bq.parse_args(_quality_argv(a, a.r_bn[0], a.iterations[0], ["infer/static"]))
+    from infer_fast.synth import methods as synth_methods
+
+    spec = f"{a.method}/" + ("dynamic" if synth_methods.get(a.method).relabels else "static")
+    qa = bq.parse_args(_quality_argv(a, a.r_bn[0], a.iterations[0], [spec]))
     root = bq.data_root(qa)
     tpaths = bq.teachers(qa, root)
     key = json_key({"workload": a.workload, "ipc": a.ipc, "teachers": [os.path.basename(t) for t in tpaths]})[:12]
@@ -176,11 +181,12 @@ def main(argv=None) -> list[dict]:
     for iterations in a.iterations:
         for r_bn in a.r_bn:
             if iterations in a.students_at:
-                methods = ["infer/static"] + (["random/static"] if first else [])
+                methods = [spec] + (["random/static"] if first else [])
                 first = False
                 for rec in bq.main(_quality_argv(a, r_bn, iterations, methods)):
                     if rec["method"] == "random":
                         reference = rec["top1"] if reference is None else reference
+                    if rec["method"] != a.method:
                         continue
                     ev = load_distilled(rec["distilled"]).manifest.evidence or {}
                     rows.append({"r_bn": r_bn, "iterations": iterations, "seed": rec["seed"], "top1": rec["top1"],
@@ -197,10 +203,11 @@ def main(argv=None) -> list[dict]:
     if reference is not None:
         print(f"bench_sweep: random/static at the same steps: {reference:.2f} % top-1 (seed {a.seeds[0]})")
     print(f"bench_sweep: choice {why}; commit {git_commit()}")
-    png = a.png or os.path.join(sweep_dir, "sweep.png")
-    plot(rows, reference, png, f"{a.workload} ipc {a.ipc}, teachers {', '.join(os.path.basename(t) for t in tpaths)}")
+    png = a.png or os.path.join(sweep_dir, f"sweep-{a.method}.png")
+    names = ", ".join(os.path.basename(t) for t in tpaths)
+    plot(rows, reference, png, f"{a.method}, {a.workload} ipc {a.ipc}, teachers {names}", label=spec)
     print(f"bench_sweep: figure {png}")
-    records = [record("sweep", "infer", f"r_bn={r['r_bn']:g}", "evidence_composed", "true-class probability",
+    records = [record("sweep", a.method, f"r_bn={r['r_bn']:g}", "evidence_composed", "true-class probability",
                       "iterations", r["iterations"], Stats.of([r["evidence_composed"] or 0.0]), a.device,
                       workload=a.workload, chosen_r_bn=best, random_top1=reference, **r) for r in rows]
     write_json(a.json, records)
