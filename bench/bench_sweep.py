@@ -5,11 +5,12 @@
         --r-bn 1 0.1 0.01 0 --iterations 100 300 1000 --students-at 1000 --epochs 100 --student-width 0.25 \\
         --json sweep.json --png sweep.png
 
-For every r_bn, T and seed, one ``--method infer`` (or ``--method sre2l``) distillation and its class evidence as ``distill`` measures it
-(teacher ensemble, un-augmented: top-1 and mean true-class probability of the naturals and of the compositions; the
-iteration-0 gradient ratio |r_bn dBN| / |dCE| and cosine). At the T values of ``--students-at`` the cell is a
-``bench_quality --match steps --no-saturation`` run instead (the same distillation, plus the infer/static student
-at infer's own optimizer steps), and random/static runs once there as the reference at the same steps.
+For every r_bn, T and seed, one ``--method infer`` (or ``sre2l``) distillation and its class evidence as ``distill``
+measures it (teacher ensemble, un-augmented: top-1 and mean true-class probability of the naturals and of the
+compositions or synthesised images; the iteration-0 gradient ratio |r_bn dBN| / |dCE| and cosine). At the T values
+of ``--students-at`` the cell is a ``bench_quality --match steps --no-saturation`` run instead (the same
+distillation, plus the method's student at infer/static's optimizer steps: static labels, sre2l dynamic ones), and
+random/static runs once there as the reference at the same steps.
 
 The choice (printed; never taken on the validation split that the tables report): the largest r_bn whose
 compositions carry at least their naturals' class evidence (ensemble true-class probability at the largest T, mean
