@@ -344,7 +344,31 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def verdict(agg: list[dict]) -> list[str]:
+def mean_curves(curves: dict[str, list[dict[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """Per curve name, the mean over seeds at the steps every seed evaluated."""
+    out = {}
+    for name, runs in curves.items():
+        steps = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+        out[f"{name} (n={len(runs)})"] = [(s, statistics.fmean(r[s] for r in runs)) for s in steps]
+    return out
+
+
+def paired(rows: list[dict], a: tuple[str, str, str], b: tuple[str, str, str]) -> str | None:
+    """'per-seed differences x, y, z: mean +- sd' of a - b over the seeds both ran (the seed pairs their natural
+    sample, student initialisation and batch order), or None with fewer than 2 such seeds."""
+    def by_seed(key):
+        return {r["seed"]: r["top1"] for r in rows if (r["method"], r["labels"], r["compute"]) == key
+                and r["top1"] is not None}
+
+    x, y = by_seed(a), by_seed(b)
+    diffs = [x[s] - y[s] for s in sorted(set(x) & set(y))]
+    if len(diffs) < 2:
+        return None
+    return (f"per-seed differences {', '.join(f'{d:+.2f}' for d in diffs)}: {statistics.fmean(diffs):+.2f} ± "
+            f"{statistics.stdev(diffs):.2f}")
+
+
+def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
     by = {(r["method"], r["labels"], r["compute"]): r for r in agg}
     lines = []
     one = "1x" if ("infer", "static", "1x") in by else "epochs"
@@ -356,12 +380,18 @@ def verdict(agg: list[dict]) -> list[str]:
         at = f" at equal student steps ({inf['student_steps']})" if one == "1x" else ""
         lines.append(f"infer/static - random/static{at} = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
                      + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
+        pair = paired(rows or [], ("infer", "static", one), ("random", "static", one))
+        if pair:
+            lines.append(f"  paired by seed: {pair}")
     controls = [r for r in agg if r.get("control") and r["compute"] == one and r["top1_mean"] is not None]
     if inf and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
         best = max(controls, key=lambda r: r["top1_mean"])
         gap, spread = inf["top1_mean"] - best["top1_mean"], 2 * max(inf["top1_sd"], best["top1_sd"])
         lines.append(f"infer/static - best control ({best['method']}) = {gap:+.2f} points; 2 sd = {spread:.2f}: "
                      + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
+        pair = paired(rows or [], ("infer", "static", one), (best["method"], "static", one))
+        if pair:
+            lines.append(f"  paired by seed: {pair}")
     for m in ("random", "infer"):  # saturation: is the 1x verdict taken where every student is under-trained?
         lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
         if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
@@ -449,8 +479,8 @@ def main(argv=None) -> list[dict]:
                                  **(a.student_recipe or {}))
                 summary = train_student(cfg, ds)
             with open(os.path.join(run, "metrics.jsonl")) as f:
-                curves[f"{spec} {compute} s{seed}"] = [(r["step"], r["top1"]) for r in map(json.loads, f)
-                                                      if "top1" in r]
+                curves.setdefault(f"{spec} {compute}", []).append(
+                    {r["step"]: r["top1"] for r in map(json.loads, f) if "top1" in r})
             evidence = ds.manifest.evidence or {}
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
@@ -478,11 +508,11 @@ def main(argv=None) -> list[dict]:
     print(markdown_table(rows, per_seed_cols))
     print()
     print(markdown_table(agg, agg_cols))
-    for line in verdict(agg):
+    for line in verdict(agg, rows):
         print("bench_quality: " + line)
     curves_png = os.path.join(run_dir, "curves.png")
-    plot_curves(curves, curves_png, title=f"{a.workload} ipc {a.ipc}: student validation top-1",
-                xlabel="optimizer step")
+    plot_curves(mean_curves(curves), curves_png, xlabel="optimizer step",
+                title=f"{a.workload} ipc {a.ipc}: student validation top-1 (mean of {len(a.seeds)} seed(s))")
     gpu = "cuda " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"settings: {json.dumps(settings)}; seeds {a.seeds}; paper: {w['paper_settings']}; "
           f"teachers {teacher_time:.0f}s; total {time.perf_counter() - t_all:.0f}s; {os.cpu_count()} CPU cores, "

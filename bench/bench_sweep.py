@@ -132,7 +132,7 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str, label
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from infer_fast.runtime import atomic_write_bytes
+    from infer_fast.runtime import atomic_write_with
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for rb in sorted({r["r_bn"] for r in rows}, reverse=True):
@@ -156,12 +156,10 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str, label
         ax2.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> list[dict]:

@@ -35,16 +35,18 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for name, pts in curves.items():
+    many = len(curves) > 4  # the legend goes beside the axes, where it cannot hide the curves
+    fig, ax = plt.subplots(figsize=(9 if many else 6, 4), dpi=110)
+    for i, (name, pts) in enumerate(curves.items()):
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name,
+                    ls="-" if i < 10 else "--")  # the default cycle has 10 colours
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
-        ax.legend()
+        ax.legend(**({"fontsize": 8, "loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
     fig.tight_layout()
     try:
         atomic_write_with(path, lambda buf: fig.savefig(buf, format="png"))
