@@ -24,16 +24,18 @@ def test_train_teacher_cli_on_digits(tmp_path, capsys):
     register_train_teacher(parser.add_subparsers())
     args = parser.parse_args(["train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.25",
                               "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--image-size", "32",
-                              "--out", out, "--loader", "torch", "--num-workers", "0", "--no-progress"])
+                              "--out", out, "--loader", "torch", "--num-workers", "0", "--no-progress",
+                              "--precise-bn", "4"])
     cfg = config_cli.config_from_args(args, TeacherConfig)
     assert cfg == TeacherConfig(source="digits", arch="convnet", width=0.25, epochs=3, batch_size=64, lr=0.05,
-                                image_size=32, out=out, loader="torch", num_workers=0, progress=False)
+                                image_size=32, out=out, loader="torch", num_workers=0, progress=False, precise_bn=4)
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model, meta = load_teacher(out)
     assert report["out"] == out and report["sha256"] == meta.fingerprint
     assert meta.val_acc > 0.9, f"digits val acc {meta.val_acc}"
     assert meta.num_classes == 10 and meta.image_size == 32 and meta.extra["config"]["epochs"] == 3
+    assert meta.extra["config"]["precise_bn"] == 4
     with pytest.raises(SystemExit):
         parser.parse_args(["train-teacher", "--data", "digits", "--arch", "resnet99", "--out", out])
 
@@ -149,3 +151,32 @@ def test_log_dir_writes_tensorboard_scalars_or_says_in_one_line_that_it_cannot(t
     _, meta = teacher.train_teacher(_tiny(tmp_path, "u.safetensors", epochs=1, log_dir=str(tmp_path / "tb2")))
     err = capsys.readouterr().err.strip().splitlines()
     assert meta is not None and len([e for e in err if "tensorboard package is not installed" in e]) == 1
+
+
+def test_precise_bn_sets_the_exact_average_of_the_batches_it_sees():
+    class Loader:
+        def __init__(self, batches):
+            self.batches, self.epochs = batches, []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(self.batches)
+
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.1)
+    model = torch.nn.Sequential(conv, bn, torch.nn.ReLU()).eval()
+    batches = [(torch.randn(8, 3, 6, 6) * (1 + i), None) for i in range(5)]
+    loader = Loader(batches)
+    assert teacher.precise_bn(model, loader, 3, epoch=7) == 3 and loader.epochs == [7]
+    with torch.no_grad():
+        feats = [conv(x) for x, _ in batches[:3]]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-6)
+    assert bn.momentum == 0.1 and not model.training  # restored
+    before = [p.clone() for p in model.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+    assert teacher.precise_bn(torch.nn.Linear(2, 2), loader, 3, epoch=0) == 0  # nothing to recompute

@@ -77,6 +77,13 @@ class TeacherConfig:
     storage: str = option("fp32", choices=("fp32", "fp16"), resume=False,
                           help="dtype of the saved weights (fp16 halves the file; loads back to fp32)")
     eval_every: int = option(0, resume=False, help="validate every N epochs as well (0: only at the end)")
+    # Not a resume key: it acts after the last epoch only (training and every saved epoch are unchanged), so a run
+    # may finish with it; the final file records it.
+    precise_bn: int = option(0, metavar="BATCHES", resume=False,
+                             help="after the last epoch, recompute every BatchNorm's running statistics as the exact "
+                                  "average over this many training batches (training augmentation, no gradient) "
+                                  "before the final validation and save: the running averages of the last steps "
+                                  "are noisy, and distillation matches them (0: off)")
     # channels-last runs oneDNN's convolutions without layout reorders: 1.7x (ResNet-18 w0.5) to 2.9x
     # (MobileNet-V2 w0.5) faster per CPU training step at 32 px here; the result is the same network
     channels_last: bool = option(True, resume=False, help="train in the channels-last memory format")
@@ -99,7 +106,7 @@ class TeacherConfig:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", "an integer >= 1", value)
-        for name in ("eval_every", "stop_after"):
+        for name in ("eval_every", "stop_after", "precise_bn"):
             require(getattr(self, name) >= 0, f"--{name.replace('_', '-')}", ">= 0 (0 = off)", getattr(self, name))
         require(self.lr > 0, "--lr", "> 0", self.lr)
         require(self.width > 0, "--width", "> 0", self.width)
@@ -119,6 +126,34 @@ def evaluate_accuracy(model: nn.Module, loader) -> float:
     if counts[2] == 0:
         raise ValueError("evaluate_accuracy: the loader yielded no samples")
     return int(counts[0]) / int(counts[2])
+
+
+def precise_bn(model: nn.Module, loader, batches: int, epoch: int) -> int:
+    """Replace the running mean and variance of every BatchNorm of ``model`` by their exact average over the first
+    ``batches`` batches of ``loader`` (its order of epoch ``epoch``; train-mode forwards without gradient), the
+    "precise BN" of Wu & Johnson (2021); returns the batches used. The exponential averages that training leaves
+    weigh the last few dozen batches most: on a ResNet-18 w0.5 Tiny-ImageNet-32 teacher after 11 of 15 epochs they
+    read 22.6 % val top-1, the exact averages over 40 batches 28.2 %."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta, was_training = [m.momentum for m in norms], model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    model.train()
+    loader.set_epoch(epoch)
+    used = 0
+    with torch.no_grad():
+        for images, _ in loader:
+            if used == batches:
+                break
+            model(images)
+            used += 1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return used
 
 
 def make_scheduler(cfg: TeacherConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -259,6 +294,8 @@ def train_teacher(cfg: TeacherConfig) -> tuple[str, TeacherMeta | None]:
             run.seconds += time.perf_counter() - start
             run.epoch += 1
             last = run.epoch == cfg.epochs
+            if last and cfg.precise_bn:
+                precise_bn(run.model, run.train, cfg.precise_bn, epoch=run.epoch)
             val_acc = evaluate_accuracy(run.model, run.val) if last or (
                 cfg.eval_every and run.epoch % cfg.eval_every == 0) else None
             run.history.append({"epoch": run.epoch, "train_loss": round(loss, 5), "val_acc": val_acc,
@@ -283,7 +320,7 @@ def _finish(run: _Run) -> TeacherMeta:
     from infer_fast import __version__
 
     cfg, info, last = run.cfg, run.info, run.history[-1]
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k in RESUME_KEYS or k == "storage"}
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k in RESUME_KEYS or k in ("storage", "precise_bn")}
     meta = TeacherMeta(arch=cfg.arch, num_classes=len(info.classes), classes=list(info.classes),
                        mean=tuple(info.mean), std=tuple(info.std), image_size=info.image_size,
                        val_acc=last["val_acc"], width=cfg.width,
