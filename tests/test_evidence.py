@@ -79,3 +79,11 @@ def test_warning_margin_and_the_methods_hint():
 
     assert methods.get("infer").evidence_hint == methods.get("sre2l").evidence_hint != methods.get(
         "infer-views").evidence_hint == methods.get("infer-noise").evidence_hint
+
+
+def test_the_summarised_gradient_ratio_is_the_ratio_of_the_means():
+    rows = [{"ce_first": 1.0, "ce_last": 0.5, "bn_first": 2.0, "bn_last": 1.0, "grad_ce": g, "grad_bn": b,
+             "grad_ratio_bn_ce": b / g, "grad_cos": 0.0} for g, b in ((1.0, 7.5), (1.0, 7.5), (0.01, 6.6))]
+    out = loss_summary(rows)
+    assert out["grad_ratio_bn_ce"] == pytest.approx((21.6 / 3) / (2.01 / 3))  # ~10.7, not the mean ratio ~225
+    assert out["problems"] == 3 and out["ce_first"] == 1.0
