@@ -20,7 +20,11 @@ def test_workload_settings_and_overrides():
     full = bq.WORKLOADS["tiny200"]["settings"]
     assert (a.seeds, a.iterations, a.epochs, a.mode) == (full["seeds"], full["iterations"], full["epochs"], "full")
     q = bq.parse_args(["--workload", "tiny200", "--quick", "--epochs", "7"])
-    assert q.seeds == [0] and q.epochs == 7 and q.iterations == full["iterations"] and q.mode == "quick"
+    quick = bq.WORKLOADS["tiny200"]["quick"]
+    assert q.seeds == [0] and q.epochs == 7 and q.iterations == quick["iterations"] and q.mode == "quick"
+    assert q.methods == quick["methods"] and a.methods == list(bq.DEFAULT_METHODS)  # the workload's, else the default
+    assert bq.parse_args(["--workload", "tiny200", "--quick", "--methods", "random/static"]).methods == [
+        "random/static"]
     c = bq.parse_args(["--workload", "cifar10", "--quick"])
     assert c.iterations == bq.WORKLOADS["cifar10"]["quick"]["iterations"] < bq.WORKLOADS["cifar10"]["settings"][
         "iterations"]
