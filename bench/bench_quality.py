@@ -263,10 +263,30 @@ def teachers(a, root: str) -> list[str]:
     return paths
 
 
-def settings_of(a, tpaths: list[str]) -> dict:
+def measured_r_bn(a, small: bool, num_classes: int) -> dict[str, float]:
+    """{method: r_bn} of this run's methods whose per-dataset default r_bn is the measured choice rather than the
+    paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs."""
+    from infer_fast.synth.config import LARGE_DEFAULTS, SMALL_DEFAULTS, DistillConfig
+
+    if a.r_bn is not None:
+        return {}
+    paper = (SMALL_DEFAULTS if small else LARGE_DEFAULTS)["r_bn"]
+    out = {}
+    for method in sorted({spec.partition("/")[0] for spec in a.methods} | {"infer"}):
+        value = DistillConfig(data="digits", method=method).defaults(small, num_classes)["r_bn"][0]
+        if value != paper:
+            out[method] = value
+    return out
+
+
+def settings_of(a, tpaths: list[str], data_shape: tuple[bool, int] | None = None) -> dict:
+    """The settings that key a run folder. ``data_shape`` (small, number of classes) adds the measured default r_bn
+    where it replaces the paper's, so that a change of that default never reuses folders of the old one."""
     keys = ("workload", "ipc", "iterations", "epochs", "student", "student_width", "eval_points", "r_bn",
             "ufc_bound", "class_chunk", "match")
     s = {k: getattr(a, k) for k in keys}
+    if data_shape is not None and (measured := measured_r_bn(a, *data_shape)):
+        s["default_r_bn"] = measured
     # set only by some workloads; absent from the others' settings (and run-folder keys) when unset
     s.update({k: getattr(a, k) for k in ("image_size", "jitter", "student_recipe") if getattr(a, k) is not None})
     s["teachers"] = [os.path.basename(p) for p in tpaths]
@@ -428,6 +448,7 @@ def main(argv=None) -> list[dict]:
     a = parse_args(argv)
     import torch
 
+    from infer_fast.data import dataset_info
     from infer_fast.distilled import load_distilled
     from infer_fast.synth import methods as synth_methods
     from infer_fast.synth.config import DistillConfig
@@ -442,7 +463,8 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     tpaths = teachers(a, root)
     teacher_time = time.perf_counter() - t0
-    settings = settings_of(a, tpaths)
+    info = dataset_info(root, image_size=a.image_size)
+    settings = settings_of(a, tpaths, (bool(info.small), len(info.classes)))
     run_dir = _run_dir(a, settings, tpaths)
     print(f"bench_quality: run folder {run_dir}", flush=True)
     rows, curves, ufc_reports = [], {}, {}

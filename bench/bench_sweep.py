@@ -18,7 +18,8 @@ over seeds); if none does, the r_bn whose compositions lose the least (:func:`ch
 evidence). The students' validation accuracy is reported beside it, not used for it.
 
 Cells reuse their folders (``--cache``): a sweep resumes where it stopped, and a cell whose r_bn is the distill
-default of the data (1 for small images) shares the folder of a plain ``bench_quality`` run at the same settings
+default of the data for the method (synth.config: 1 for small images, the measured 0.01 for INFER with more than
+100 classes) shares the folder of a plain ``bench_quality`` run at the same settings
 (that run passes no ``--r-bn``), so the main table's distillations and random students are not paid twice.
 Records (common.record): one per cell and seed, metric ``evidence_composed`` with ``evidence_natural``, top-1 of
 the compositions and naturals, the gradient figures and, at student cells, ``top1`` and ``student_steps``.
@@ -33,8 +34,9 @@ import statistics
 import bench_quality as bq
 from common import Stats, git_commit, markdown_table, record, write_json
 
+from infer_fast.data import dataset_info
 from infer_fast.runtime import cache_root, json_key
-from infer_fast.synth.config import SMALL_DEFAULTS
+from infer_fast.synth.config import DistillConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,7 +78,8 @@ def _quality_argv(a, r_bn: float, iterations: int, methods: list[str]) -> list[s
             argv += [flag, str(value)]
     if a.teacher_files:
         argv += ["--teacher-files", *a.teacher_files]
-    if r_bn != SMALL_DEFAULTS["r_bn"] or a.workload == "imagenette":  # the default: share bench_quality's folder
+    # the data's default r_bn for this method (known once the data is: main sets it) shares bench_quality's folder
+    if r_bn != getattr(a, "default_r_bn", None):
         argv += ["--r-bn", str(r_bn)]
     return argv
 
@@ -93,7 +96,6 @@ def _evidence_fields(evidence: dict) -> dict:
 
 def _distill_only(a, root: str, tpaths: list[str], sweep_dir: str, r_bn: float, iterations: int, seed: int) -> dict:
     from infer_fast.distilled import load_distilled
-    from infer_fast.synth.config import DistillConfig
     from infer_fast.synth.runner import run_distill
 
     out = os.path.join(sweep_dir, f"{a.method}-r{r_bn:g}-T{iterations}-seed{seed}")
@@ -172,6 +174,8 @@ def main(argv=None) -> list[dict]:
     qa = bq.parse_args(_quality_argv(a, a.r_bn[0], a.iterations[0], [spec]))
     root = bq.data_root(qa)
     tpaths = bq.teachers(qa, root)
+    info = dataset_info(root, image_size=bq.WORKLOADS[a.workload]["settings"].get("image_size"))
+    a.default_r_bn = DistillConfig(data=root, method=a.method).defaults(info.small, len(info.classes))["r_bn"][0]
     key = json_key({"workload": a.workload, "ipc": a.ipc, "teachers": [os.path.basename(t) for t in tpaths]})[:12]
     sweep_dir = os.path.join(a.cache or cache_root("bench_quality"), "sweep", f"{a.workload}-{key}")
     os.makedirs(sweep_dir, exist_ok=True)

@@ -81,6 +81,13 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
     e = bq.parse_args(["--workload", "tiny200", "--epochs", "4", "--methods", "random/static"])
     assert bq.student_jobs(e, None, batch=64) == [("random/static", "epochs", 0)]
     assert bq.settings_of(a, [])["match"] == "steps" != bq.settings_of(e, [])["match"]
+    # the measured default r_bn keys the run folder where it replaces the paper's, and only there: folders of the
+    # paper's value are never reused for it, and the 10-class workloads keep their keys
+    assert bq.settings_of(a, [], (True, 200))["default_r_bn"] == {"infer": 0.01}
+    assert "default_r_bn" not in bq.settings_of(a, [], (True, 10)) and "default_r_bn" not in bq.settings_of(
+        a, [], (False, 200))
+    a.r_bn = 1.0
+    assert "default_r_bn" not in bq.settings_of(a, [], (True, 200))
 
 
 def test_verdict_at_equal_steps_and_the_saturation_lines():
@@ -129,8 +136,11 @@ def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells
     assert bs.choose([cell(1.0, 10, 0, 0.3), cell(0.1, 10, 0, 0.45)])[0] == 0.1  # none keeps: the least loss
     a = bs.parse_args(["--r-bn", "1", "0.1", "--iterations", "100", "1000", "--teacher-files", "t.th"])
     assert a.students_at == [1000]
+    a.default_r_bn = 1.0  # the data's default for the method, as main resolves it (CIFAR-10: the paper's 1)
     default, other = bs._quality_argv(a, 1.0, 1000, ["infer/static"]), bs._quality_argv(a, 0.1, 1000, ["x"])
     assert "--r-bn" not in default and other[other.index("--r-bn") + 1] == "0.1"
+    a.default_r_bn = 0.01  # 200 classes: the measured default shares bench_quality's folder, the paper's 1 does not
+    assert "--r-bn" not in bs._quality_argv(a, 0.01, 1000, ["x"]) and "--r-bn" in bs._quality_argv(a, 1.0, 1000, ["x"])
     q = bq.parse_args(default)
     assert (q.match, q.saturation, q.iterations, q.r_bn, q.resume) == ("steps", False, 1000, None, True)
     rows[0]["top1"], rows[0]["student_steps"] = 30.0, 400

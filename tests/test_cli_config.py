@@ -330,3 +330,20 @@ def test_per_dataset_defaults_are_resolved_in_the_config():
     mine = dataclasses.replace(cfg, iterations=5, r_bn=0.5, jitter=0, problems_per_batch=2).resolved(True, 10)
     assert (mine.iterations, mine.r_bn, mine.jitter, mine.problems_per_batch) == (5, 0.5, 0, 2)
     assert small.to_dict()["iterations"] == 1000, "the manifest's config is the resolved one"
+
+
+def test_many_classes_take_the_measured_r_bn_only_where_it_was_measured():
+    from infer_fast.synth.config import MANY_CLASSES, MANY_CLASSES_R_BN, SMALL_DEFAULTS, DistillConfig
+
+    def r_bn(method, small, classes, **kw):
+        return DistillConfig(data="digits", image_size=32, method=method, **kw).resolved(small, classes).r_bn
+
+    for method in ("infer", "infer-noise", "infer-swap", "infer-views"):  # one setting for INFER and its controls
+        assert r_bn(method, True, MANY_CLASSES + 1) == MANY_CLASSES_R_BN != SMALL_DEFAULTS["r_bn"]
+        assert r_bn(method, True, MANY_CLASSES) == SMALL_DEFAULTS["r_bn"], "CIFAR-100 keeps the paper's value"
+        assert r_bn(method, True, MANY_CLASSES + 1, r_bn=1.0) == 1.0, "the paper's value stays one flag away"
+    assert r_bn("sre2l", True, 200) == SMALL_DEFAULTS["r_bn"], "sre2l keeps the paper's values"
+    cfg = DistillConfig(data="digits", image_size=32, iterations=7)
+    src = cfg.default_sources(True, 200)
+    assert set(src) == {"r_bn", "jitter"} and src["r_bn"].startswith(f"{MANY_CLASSES_R_BN:g}: measured")
+    assert cfg.default_sources(True, 10)["r_bn"] == f"{SMALL_DEFAULTS['r_bn']:g}: INFER §3.2, small images"

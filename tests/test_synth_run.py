@@ -49,6 +49,7 @@ def test_infer_end_to_end(full_run, teachers):
     assert st["label_bytes"] == len(ds) * 10 * 2 and 0 < st["compression_ratio"] < 1
     assert [t["fingerprint"] for t in man.teachers] == ds.teacher_fingerprints and len(man.teachers) == m
     assert man.config["iterations"] == ITER and man.config["r_bn"] == 0.05 and man.git_commit
+    assert man.defaults is None, "every per-dataset default was set by the run"
     nat, ufcs, labels = ds.tensors["naturals"], ds.tensors["ufcs"], ds.tensors["labels"]
     s = ds.image_size
     assert nat.dtype == torch.uint8 and nat.shape == (k, 10, 3, s, s)
@@ -150,8 +151,13 @@ def test_torchrun_two_processes_equal_one(full_run, teachers, tmp_path):
 @pytest.mark.parametrize("method", ["sre2l", "random"])
 def test_baselines(method, teachers, tmp_path):
     out = tmp_path / method
-    assert run_distill(_cfg(out, teachers, method=method, ipc=2, problems_per_batch=4), progress=False)
+    # random optimises nothing: it leaves r_bn and the jitter to the per-dataset defaults, which its manifest records
+    unset = {"r_bn": None, "jitter": None} if method == "random" else {}
+    assert run_distill(_cfg(out, teachers, method=method, ipc=2, problems_per_batch=4, **unset), progress=False)
     ds = load_distilled(str(out))
+    if unset:
+        assert set(ds.manifest.defaults) == set(unset) and ds.manifest.config["r_bn"] == 1.0
+        assert ds.manifest.defaults["r_bn"] == "1: INFER §3.2, small images"
     assert ds.method == method and len(ds) == 20 and "ufcs" not in ds.tensors
     assert ds.tensors["naturals"].shape == (2, 10, 3, ds.image_size, ds.image_size)
     assert ds.hard_labels.tolist() == [i % 10 for i in range(20)]
@@ -282,6 +288,13 @@ def test_rerunning_into_a_finished_out_without_resume_is_one_line(full_run, teac
     assert main(["distill", *args]) == 2  # a finished set: one line, nothing touched
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err and "--resume" in err, err
+    assert main(["distill", *args, "--resume"]) == 0, "the same settings: already complete"
+    assert "already complete" in capsys.readouterr().err
+    # a finished folder of other settings is not passed off as this run's result
+    assert main(["distill", *args, "--resume", "--r-bn", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fingerprint differs" in err and str(out) in err, err
+    assert load_distilled(str(out)).manifest.config["r_bn"] == 1.0, "nothing touched"
     ev = ["evaluate", str(out), "--val", "digits", "--student", "convnet", "--width", "0.125", "--epochs", "1",
           "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "ev"), "--no-progress"]
     assert main(ev) == 0

@@ -19,6 +19,10 @@ Fields, in the order they are written:
                       declaration the distillation loaded it with; teacher_classes and class_index)
   source              {"source": "digits" or the dataset root, "natural_files": the sampled files}
   config              the full resolved synthesis config
+  defaults            {field: "value: where it comes from"} for the config fields the run left to the per-dataset
+                      default (synth.config.DistillConfig.default_sources), e.g. the measured r_bn of many classes
+  fingerprint         of the settings, teachers and natural sets that change the result (synth.runner.fingerprint):
+                      what `distill --resume` into a finished folder checks
   package_version, torch_version, git_commit
   evidence            what distill measured of its images (infer_fast.synth.evidence): per teacher and for the
                       ensemble, top-1 and true-class probability on the naturals and on the composed/synthesised
@@ -59,6 +63,8 @@ class Manifest:
     teachers: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, str] | None = None
+    fingerprint: str | None = None
     package_version: str | None = None
     torch_version: str | None = None
     git_commit: str | None = None

@@ -48,7 +48,7 @@ from infer_fast.runtime import (
 )
 from infer_fast.synth import methods
 from infer_fast.synth.budget import Storage
-from infer_fast.synth.config import DistillConfig
+from infer_fast.synth.config import SMALL_DEFAULTS, DistillConfig
 from infer_fast.synth.evidence import EvidenceMeter, describe, loss_summary
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.methods import Inputs, Method
@@ -184,6 +184,10 @@ def _prepare_out(cfg: DistillConfig, fp: str, num_batches: int, dist: DistContex
     state_path = os.path.join(out, PROGRESS_DIR, "state.json")
     if os.path.isfile(os.path.join(out, "manifest.json")):
         if cfg.resume:
+            done = Manifest.read(out).fingerprint
+            if done is not None and done != fp:  # older manifests lack it: taken as they are
+                raise ConfigError(f"--resume: {out!r} holds a finished run of other settings, teachers or natural "
+                                  "sets (its manifest's fingerprint differs); choose a new --out")
             return True
         raise FileExistsError(f"distill: {out!r} already holds a distilled dataset (manifest.json); choose a new "
                               "--out or pass --resume")
@@ -259,20 +263,24 @@ class RunSetup:
     method: Method
     storage: Storage
     norm: Normalisation
+    defaults: dict[str, str] = dataclasses.field(default_factory=dict)  # DistillConfig.default_sources
+    fingerprint: str | None = None  # of the result-changing settings (:func:`fingerprint`), set once sampled
 
 
 def prepare(cfg: DistillConfig, dist: DistContext, default_teachers: DefaultTeachers | None = None) -> RunSetup:
     from infer_fast import data
 
     info = data.dataset_info(cfg.source, image_size=cfg.image_size)
-    cfg = resolve(dataclasses.replace(cfg, image_size=info.image_size), info.small, len(info.classes))
+    cfg = dataclasses.replace(cfg, image_size=info.image_size)
+    defaults = cfg.default_sources(info.small, len(info.classes))
+    cfg = resolve(cfg, info.small, len(info.classes))
     classes, s = list(info.classes), int(info.image_size)
     norm = Normalisation(info.mean, info.std)
     paths = resolve_teacher_files(cfg, s, dist, default_teachers)
     teachers, metas, entries = load_run_teachers(cfg, paths, classes, norm, dist.device)
     method = methods.get(cfg.method)
     return RunSetup(cfg, info, classes, s, teachers, metas, entries, method,
-                    method.storage(cfg.ipc, len(classes), len(teachers), s), norm)
+                    method.storage(cfg.ipc, len(classes), len(teachers), s), norm, defaults)
 
 
 def run_distill(cfg: DistillConfig, progress: bool = True,
@@ -312,11 +320,14 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
         torch.backends.cudnn.deterministic = True
     setup = prepare(cfg, dist, default_teachers)
     cfg, method = setup.cfg, setup.method
+    if dist.rank == 0 and "r_bn" in setup.defaults and cfg.r_bn != SMALL_DEFAULTS["r_bn"] and setup.info.small:
+        print(f"distill: r_bn {setup.defaults['r_bn']}", file=sys.stderr)
     naturals, files = _sample(setup)
     inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals, bool(setup.info.small))
     reused = reuse_compensators(setup, naturals) if cfg.compensators_from else None
     batches = [] if reused else make_batches(method.problems(inputs), cfg.problems_per_batch)
-    if _prepare_out(cfg, fingerprint(cfg, setup.teacher_entries, naturals), len(batches), dist, stack):
+    setup.fingerprint = fingerprint(cfg, setup.teacher_entries, naturals)
+    if _prepare_out(cfg, setup.fingerprint, len(batches), dist, stack):
         if dist.rank == 0:
             print(f"distill: {cfg.out} is already complete", file=sys.stderr)
         return cfg.out
@@ -435,6 +446,7 @@ def _manifest(setup: RunSetup, files: list | None) -> Manifest:
         num_teachers=len(setup.teachers), num_synthetic=storage.num_synthetic,
         storage=storage.as_dict(getattr(info, "train_bytes", None)), label_bytes=storage.label_bytes,
         teachers=setup.teacher_entries, source={"source": cfg.source, "natural_files": files}, config=cfg.to_dict(),
+        defaults=setup.defaults or None, fingerprint=setup.fingerprint,
         package_version=__version__, torch_version=torch.__version__, git_commit=git_commit(short=False))
 
 

@@ -60,6 +60,9 @@ class Method:
     # True: the stored compensators can come from a finished INFER run (``--compensators-from``) through
     # :meth:`transform` instead of being optimised again (the content controls that reuse INFER's u)
     takes_compensators: ClassVar[bool] = False
+    # True: r_bn defaults to the measured per-dataset choice (synth.config.MANY_CLASSES_R_BN) rather than the
+    # paper's regime value (the methods that optimise compensators, and the controls beside them)
+    measured_r_bn: ClassVar[bool] = False
     # The likely cause named when the composed images carry less class evidence than the naturals (None: none)
     evidence_hint: ClassVar[str | None] = R_BN_HINT
 

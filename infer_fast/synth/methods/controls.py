@@ -76,6 +76,7 @@ class InferSwap(_CompensatorControl):
 class InferViews(Method):
     name = "infer-views"
     control = True
+    measured_r_bn = True  # INFER's settings, so that one bench_quality row set shares them
     evidence_hint = CONTROL_HINT
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:

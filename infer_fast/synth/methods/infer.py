@@ -37,6 +37,7 @@ def infer_problems(naturals: torch.Tensor, num_teachers: int, norm: Normalisatio
 @register
 class Infer(Method):
     name = "infer"
+    measured_r_bn = True
 
     def storage(self, ipc: int, num_classes: int, num_teachers: int, image_size: int) -> Storage:
         k = num_natural_sets(ipc, num_classes, num_teachers)
