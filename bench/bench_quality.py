@@ -89,8 +89,9 @@ WORKLOADS: dict[str, dict] = {
         # Two of the paper's families, M = 2 (K = 9 at ipc 10); ShuffleNet-V2 would be the third.
         "teachers": [("resnet18_cifar", 0.5, 15), ("mobilenet_v2", 0.5, 15)],
         "committed_teachers": "tiny200",
-        # T = 100: one synthesis iteration of 9 problems x 200 images through this teacher takes ~1.9 s on one
-        # core here, so T = 1000 would be ~5 h per seed; the student at width 0.5 (issue 18).
+        # T = 100: one iteration of one 200-image problem takes 1.2-1.3 s through the ResNet and 1.3-1.5 s through
+        # the MobileNet on one core beside another job (the Tiny-200 sweep's cells), so the K x M = 18 problems
+        # take ~40 min per seed at T = 100 and ~6.5 h at T = 1000; the student at width 0.5 (issue 18).
         "settings": {"iterations": 100, "epochs": 20, "student": "resnet18_cifar", "student_width": 0.5,
                      "eval_points": 2, "seeds": [0, 1, 2]},
         # The acceptance check (< 40 min): one seed, T = 50, a width-0.25 student for 10 epochs, INFER, random and

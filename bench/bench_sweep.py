@@ -136,7 +136,10 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str, label
 
     from infer_fast.runtime import atomic_write_with
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    students = [r for r in rows if r.get("top1") is not None]
+    # the student panel only where students were trained (an evidence-only sweep is one panel)
+    fig, axes = plt.subplots(1, 2 if students else 1, figsize=(11 if students else 6, 4), squeeze=False)
+    ax1 = axes[0][0]
     for rb in sorted({r["r_bn"] for r in rows}, reverse=True):
         pts = sorted((r["iterations"], r["evidence_composed"]) for r in rows if r["r_bn"] == rb)
         ts = sorted({t for t, _ in pts})
@@ -146,8 +149,8 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str, label
     ax1.set(xscale="log", xlabel="synthesis iterations T", ylabel="ensemble true-class probability",
             title="class evidence of the compositions")
     ax1.legend(fontsize=8)
-    students = [r for r in rows if r.get("top1") is not None]
     if students:
+        ax2 = axes[0][1]
         rbs = sorted({r["r_bn"] for r in students}, reverse=True)
         means = [statistics.fmean(r["top1"] for r in students if r["r_bn"] == rb) for rb in rbs]
         ax2.plot(range(len(rbs)), means, marker="o", label=label)
