@@ -267,11 +267,11 @@ def teachers(a, root: str) -> list[str]:
 def measured_r_bn(a, small: bool, num_classes: int) -> dict[str, float]:
     """{method: r_bn} of this run's methods whose per-dataset default r_bn is the measured choice rather than the
     paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs."""
-    from infer_fast.synth.config import LARGE_DEFAULTS, SMALL_DEFAULTS, DistillConfig
+    from infer_fast.synth.config import DistillConfig, paper_defaults
 
     if a.r_bn is not None:
         return {}
-    paper = (SMALL_DEFAULTS if small else LARGE_DEFAULTS)["r_bn"]
+    paper = paper_defaults(small)["r_bn"]
     out = {}
     for method in sorted({spec.partition("/")[0] for spec in a.methods} | {"infer"}):
         value = DistillConfig(data="digits", method=method).defaults(small, num_classes)["r_bn"][0]

@@ -177,7 +177,7 @@ def main(argv=None) -> list[dict]:
     qa = bq.parse_args(_quality_argv(a, a.r_bn[0], a.iterations[0], [spec]))
     root = bq.data_root(qa)
     tpaths = bq.teachers(qa, root)
-    info = dataset_info(root, image_size=bq.WORKLOADS[a.workload]["settings"].get("image_size"))
+    info = dataset_info(root, image_size=qa.image_size)
     a.default_r_bn = DistillConfig(data=root, method=a.method).defaults(info.small, len(info.classes))["r_bn"][0]
     key = json_key({"workload": a.workload, "ipc": a.ipc, "teachers": [os.path.basename(t) for t in tpaths]})[:12]
     sweep_dir = os.path.join(a.cache or cache_root("bench_quality"), "sweep", f"{a.workload}-{key}")

@@ -48,7 +48,7 @@ from infer_fast.runtime import (
 )
 from infer_fast.synth import methods
 from infer_fast.synth.budget import Storage
-from infer_fast.synth.config import SMALL_DEFAULTS, DistillConfig
+from infer_fast.synth.config import DistillConfig, paper_defaults
 from infer_fast.synth.evidence import EvidenceMeter, describe, loss_summary
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.methods import Inputs, Method
@@ -320,7 +320,7 @@ def _run(cfg: DistillConfig, dist: DistContext, progress: bool, stack: contextli
         torch.backends.cudnn.deterministic = True
     setup = prepare(cfg, dist, default_teachers)
     cfg, method = setup.cfg, setup.method
-    if dist.rank == 0 and "r_bn" in setup.defaults and cfg.r_bn != SMALL_DEFAULTS["r_bn"] and setup.info.small:
+    if dist.rank == 0 and "r_bn" in setup.defaults and cfg.r_bn != paper_defaults(setup.info.small)["r_bn"]:
         print(f"distill: r_bn {setup.defaults['r_bn']}", file=sys.stderr)
     naturals, files = _sample(setup)
     inputs = Inputs(cfg, setup.storage, setup.norm, setup.image_size, naturals, bool(setup.info.small))
