@@ -37,7 +37,10 @@ validation curve) in the run folder; ``--json`` writes the per-seed records.
 Records (common.record): one per method, labels, compute and seed, metric ``top1`` (%) of that seed's student, with
 provider = method, mode = labels, x = ipc; each also carries ``control`` (the content control, or null),
 ``student_steps``, and ``evidence_natural`` / ``evidence_composed`` (the teacher ensemble's mean true-class
-probability on the set's naturals and on its composed or synthesised images, from the distilled manifest).
+probability on the set's naturals and on its composed or synthesised images, from the distilled manifest), and for
+sets composed under several teachers ``evidence_own`` / ``evidence_other`` (each u_{k,m}'s compositions under its own
+teacher m / under the others) beside ``evidence_natural_own`` / ``evidence_natural_other`` (the same pairs on the
+naturals), null where the set has no such split.
 Each rests on one distillation and one student run (``samples`` = 1, the
 wall times ``synthesis_time_s`` and ``student_time_s`` likewise): a whole distillation takes minutes, so the spread
 this bench reports is the one over seeds (the mean +- sd table), not repeated timings.
@@ -524,6 +527,8 @@ def main(argv=None) -> list[dict]:
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
                 evidence_natural=(evidence.get("natural") or {}).get("ensemble", {}).get("true_prob"),
                 evidence_composed=(evidence.get("composed") or {}).get("ensemble", {}).get("true_prob"),
+                **{f"evidence_{k}": ((evidence.get("composed_by_ufc") or {}).get(k) or {}).get("true_prob")
+                   for k in ("natural_own", "own", "natural_other", "other")},
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
                 distilled=ddir,

@@ -126,7 +126,8 @@ def static_labels(
     """float32 [len(ds), C] on CPU: the ensemble's mean logits on every un-augmented ``ds.compose(i)``.
 
     ``evidence`` (a :class:`infer_fast.synth.evidence.EvidenceMeter`) also gets every teacher's logits of the same
-    pass, each image in the group "natural" where the bool mask ``natural`` [len(ds)] is set, else "composed"."""
+    pass, each image in the group "natural" where the bool mask ``natural`` [len(ds)] is set, else "composed" (with the
+    teacher whose compensator made it, ``ds.ufc_teacher``)."""
     n = len(ds)
     out = torch.empty(n, ds.num_classes, dtype=torch.float32)
     with tqdm(total=n, desc="static labels", unit="img", disable=not progress, leave=False) as bar:
@@ -135,7 +136,9 @@ def static_labels(
             each = teachers.each(ds.compose(idx, device))
             out[start:start + len(idx)] = teachers.mean(each).cpu()
             if evidence is not None:
+                src = ds.ufc_teacher[idx]
                 for group, rows in (("natural", natural[idx]), ("composed", ~natural[idx])):
-                    evidence.add(group, [z[rows.to(z.device)] for z in each], ds.hard_labels[idx][rows])
+                    evidence.add(group, [z[rows.to(z.device)] for z in each], ds.hard_labels[idx][rows],
+                                 ufc_teacher=src[rows] if group == "composed" else None)
             bar.update(len(idx))
     return out

@@ -87,3 +87,44 @@ def test_the_summarised_gradient_ratio_is_the_ratio_of_the_means():
     out = loss_summary(rows)
     assert out["grad_ratio_bn_ce"] == pytest.approx((21.6 / 3) / (2.01 / 3))  # ~10.7, not the mean ratio ~225
     assert out["problems"] == 3 and out["ce_first"] == 1.0
+
+
+def test_composed_images_split_by_the_teacher_whose_compensator_made_them():
+    g = torch.Generator().manual_seed(1)
+    nat = [torch.randn(6, 5, generator=g) * 2 for _ in range(2)]
+    comp = [torch.randn(12, 5, generator=g) * 2 for _ in range(2)]
+    y_nat = torch.arange(6) % 5
+    y = torch.cat([y_nat, y_nat])
+    src = torch.tensor([0] * 6 + [1] * 6)  # each natural composed once with u_0 and once with u_1
+    meter = EvidenceMeter(2)
+    meter.add("natural", nat, y_nat)
+    for lo in (0, 5):  # batches that cut across the two compensator teachers
+        hi = 12 if lo else 5
+        meter.add("composed", [z[lo:hi] for z in comp], y[lo:hi], ufc_teacher=src[lo:hi])
+    out = meter.summary()["composed_by_ufc"]
+
+    def p(z, t):
+        return z.softmax(1)[torch.arange(len(t)), t].double()
+
+    own = torch.cat([p(comp[0][:6], y[:6]), p(comp[1][6:], y[6:])]).mean()
+    other = torch.cat([p(comp[1][:6], y[:6]), p(comp[0][6:], y[6:])]).mean()
+    assert out["own"]["true_prob"] == pytest.approx(float(own)) and out["other"]["true_prob"] == pytest.approx(
+        float(other))
+    nat_own = (p(nat[0], y_nat).mean() + p(nat[1], y_nat).mean()) / 2  # each natural under u_0's and u_1's teacher
+    assert out["natural_own"]["true_prob"] == pytest.approx(float(nat_own))
+    assert [grp["ufc_teacher"] for grp in out["groups"]] == [0, 1] and out["groups"][1]["images"] == 6
+    assert out["groups"][0]["teachers"][1]["true_prob"] == pytest.approx(float(p(comp[1][:6], y[:6]).mean()))
+    line, _ = describe(meter.summary())
+    assert "by compensator teacher: own p" in line and len(line.splitlines()) == 1
+
+
+def test_no_split_without_compensators_or_with_one_teacher():
+    meter = EvidenceMeter(2)
+    z = [torch.randn(4, 3)] * 2
+    meter.add("composed", z, torch.arange(4) % 3, ufc_teacher=torch.full((4,), -1))  # stored views: no u
+    assert "composed_by_ufc" not in meter.summary()
+    one = EvidenceMeter(1)
+    one.add("composed", z[:1], torch.arange(4) % 3, ufc_teacher=torch.zeros(4, dtype=torch.int64))
+    assert "composed_by_ufc" not in one.summary()  # own is the whole ensemble: nothing to split
+    with pytest.raises(ValueError, match="ufc_teacher has 3 entries for 4 images"):
+        meter.add("composed", z, torch.arange(4) % 3, ufc_teacher=torch.zeros(3, dtype=torch.int64))

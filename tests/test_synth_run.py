@@ -97,6 +97,11 @@ def test_class_evidence_is_measured_from_the_labelling_pass(full_run, teachers):
         assert ev[group]["ensemble"]["top1"] == pytest.approx(float(hit[mask].mean()), abs=1.5 / mask.sum().item())
     diff = ev["composed_minus_natural"]["true_prob"]
     assert diff == pytest.approx(ev["composed"]["ensemble"]["true_prob"] - ev["natural"]["ensemble"]["true_prob"])
+    by = ev["composed_by_ufc"]  # each u_{k,m} judged by its own teacher m and by the other one
+    assert [grp["images"] for grp in by["groups"]] == [k * 10] * m
+    own = sum(by["groups"][j]["teachers"][j]["true_prob"] for j in range(m)) / m
+    assert by["own"]["true_prob"] == pytest.approx(own)
+    assert by["natural_own"]["true_prob"] == pytest.approx(sum(t["true_prob"] for t in ev["natural"]["teachers"]) / m)
     rows = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
     for r in rows:  # the initial gradients: both terms pull, r_bn included, their ratio and cosine recorded
         assert r["grad_ce"] > 0 and r["grad_bn"] > 0 and -1 <= r["grad_cos"] <= 1

@@ -89,6 +89,12 @@ class DistilledDataset:
         return self._ufc_index >= 0
 
     @property
+    def ufc_teacher(self) -> torch.Tensor:
+        """int64 [N]: the teacher m whose compensator composed each image (-1 for stored images)."""
+        m = max(self.num_ufc_teachers, 1)
+        return torch.where(self._ufc_index >= 0, self._ufc_index % m, -1)
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

@@ -26,7 +26,9 @@ Fields, in the order they are written:
   package_version, torch_version, git_commit
   evidence            what distill measured of its images (infer_fast.synth.evidence): per teacher and for the
                       ensemble, top-1 and true-class probability on the naturals and on the composed/synthesised
-                      images; the synthesis losses and the initial gradient balance, averaged over problems
+                      images; under several teachers the composed figures split by compensator teacher (own
+                      teacher / the others, beside the naturals' same pairs); the synthesis losses and the
+                      initial gradient balance, averaged over problems
   files               {file name: {"sha256", "shape", "dtype"}} of every array file (written by write_distilled)
 Keys this version does not know are kept (``extra``) and written back unchanged.
 """

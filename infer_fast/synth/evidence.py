@@ -6,6 +6,11 @@ pass that computes the static labels): per teacher and for the ensemble (the mea
 top-1 and the mean probability of the image's own class, on the naturals and on the composed (INFER) or synthesised
 (sre2l) images. A set whose composed images carry less than their naturals gets a one-line warning: its extra images
 are extra teacher-labelled views, not extra class evidence.
+
+INFER optimises each compensator u_{k,m} against one teacher m, and the ensemble judges x + u_{k,m} with all of them,
+so the composed figures are also split by the teacher whose u made the image (``composed_by_ufc``): ``own`` is what
+the optimisation can promise (teacher m on x + u_{k,m}), ``other`` what transfers to the rest of the ensemble (on
+Tiny-ImageNet-32 the ensemble's loss at low r_bn was all of it transfer: README, "The balance of the objective").
 """
 
 from __future__ import annotations
@@ -26,9 +31,27 @@ class EvidenceMeter:
         self.num_teachers = int(num_teachers)
         # per group: rows = teachers then the ensemble; columns = top-1 hits, sum of true-class probability, images
         self._sums = {g: torch.zeros(num_teachers + 1, 3, dtype=torch.float64) for g in GROUPS}
+        # composed images by the teacher m whose compensator made them: {m: the same [teachers + 1, 3] sums}
+        self._by_ufc: dict[int, torch.Tensor] = {}
 
-    def add(self, group: str, logits: Sequence[torch.Tensor], targets: torch.Tensor) -> None:
-        """One batch of ``group``: each teacher's logits [B, C] (the ensemble is their mean) and the classes [B]."""
+    @staticmethod
+    def _figures(logits: Sequence[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        """[teachers + 1, 3] float64 on CPU: top-1 hits, summed true-class probability and image count for each
+        teacher's logits and for the ensemble (their mean)."""
+        rows = [z.float() for z in logits]
+        rows.append(torch.stack(rows).mean(0))
+        out = torch.empty(len(rows), 3, dtype=torch.float64)
+        for j, z in enumerate(rows):
+            out[j, 0] = float((z.argmax(1, keepdim=True) == t).sum())
+            out[j, 1] = float(torch.softmax(z, dim=1).gather(1, t).double().sum())
+        out[:, 2] = float(t.numel())
+        return out
+
+    def add(self, group: str, logits: Sequence[torch.Tensor], targets: torch.Tensor,
+            ufc_teacher: torch.Tensor | None = None) -> None:
+        """One batch of ``group``: each teacher's logits [B, C] (the ensemble is their mean) and the classes [B];
+        for "composed", ``ufc_teacher`` [B] (int, optional) names the teacher whose compensator made each image (-1:
+        none, e.g. a stored view)."""
         if group not in GROUPS:
             raise ValueError(f"EvidenceMeter.add: group must be one of {GROUPS}, got {group!r}")
         if len(logits) != self.num_teachers:
@@ -36,27 +59,59 @@ class EvidenceMeter:
         if targets.numel() == 0:
             return
         t = targets.to(logits[0].device, torch.int64).view(-1, 1)
-        rows = [z.float() for z in logits]
-        rows.append(torch.stack(rows).mean(0))
-        for j, z in enumerate(rows):
-            p = torch.softmax(z, dim=1)
-            hits = (z.argmax(1, keepdim=True) == t).sum()
-            self._sums[group][j] += torch.stack([hits.double().cpu(), p.gather(1, t).sum().double().cpu(),
-                                                 torch.tensor(float(t.numel()), dtype=torch.float64)])
+        self._sums[group] += self._figures(logits, t)
+        if group == "composed" and ufc_teacher is not None:
+            src = ufc_teacher.to(t.device, torch.int64).view(-1)
+            if src.numel() != t.numel():
+                raise ValueError(f"EvidenceMeter.add: ufc_teacher has {src.numel()} entries for {t.numel()} images")
+            for m in src[src >= 0].unique().tolist():
+                rows = src == m
+                sums = self._by_ufc.setdefault(int(m), torch.zeros(self.num_teachers + 1, 3, dtype=torch.float64))
+                sums += self._figures([z[rows] for z in logits], t[rows])
+
+    @staticmethod
+    def _group(s: torch.Tensor) -> dict | None:
+        n = float(s[0, 2])
+        if n == 0:
+            return None
+        figs = [{"top1": float(r[0]) / n, "true_prob": float(r[1]) / n} for r in s]
+        return {"images": int(n), "ensemble": figs[-1], "teachers": figs[:-1]}
 
     def summary(self) -> dict:
         """``{group: {"images", "ensemble": {"top1", "true_prob"}, "teachers": [{"top1", "true_prob"}, ...]}}`` for
-        each group that saw images (top-1 as a fraction), plus ``composed_minus_natural`` (ensemble) when both did."""
+        each group that saw images (top-1 as a fraction), plus ``composed_minus_natural`` (ensemble) when both did.
+
+        Where the composed images were added with ``ufc_teacher`` and more than one teacher judges them, also
+        ``composed_by_ufc``: ``groups`` (one such dict per compensator teacher m, in order), ``own`` (teacher m on the
+        images of u_m, pooled over m) and ``other`` (the other teachers on them), each ``{"top1", "true_prob"}``;
+        with the naturals, ``natural_own`` / ``natural_other`` (the same teacher pairs on the naturals of those
+        images, every natural once per pair: the baseline ``own`` and ``other`` move from)."""
         out: dict = {}
         for g, s in self._sums.items():
-            n = float(s[0, 2])
-            if n == 0:
-                continue
-            figs = [{"top1": float(r[0]) / n, "true_prob": float(r[1]) / n} for r in s]
-            out[g] = {"images": int(n), "ensemble": figs[-1], "teachers": figs[:-1]}
+            fig = self._group(s)
+            if fig is not None:
+                out[g] = fig
         if all(g in out for g in GROUPS):
             nat, comp = out["natural"]["ensemble"], out["composed"]["ensemble"]
             out["composed_minus_natural"] = {k: comp[k] - nat[k] for k in ("top1", "true_prob")}
+        ms = sorted(self._by_ufc)
+        if ms and self.num_teachers > 1 and ms[-1] < self.num_teachers:
+            own, other = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+            for m in ms:
+                s = self._by_ufc[m][:-1]
+                own += s[m]
+                other += s.sum(0) - s[m]
+            by = {"groups": [self._group(self._by_ufc[m]) | {"ufc_teacher": m} for m in ms],
+                  "own": {"top1": float(own[0] / own[2]), "true_prob": float(own[1] / own[2])},
+                  "other": {"top1": float(other[0] / other[2]), "true_prob": float(other[1] / other[2])}}
+            if "natural" in out:  # each natural is composed with every u_m: the same (m, judge) pairs, same weights
+                t, n = out["natural"]["teachers"], [float(self._by_ufc[m][0, 2]) for m in ms]
+                for key, judges in (("natural_own", [[m] for m in ms]),
+                                    ("natural_other", [[j for j in range(self.num_teachers) if j != m] for m in ms])):
+                    pairs = [(w, t[j]) for w, js in zip(n, judges, strict=True) for j in js]
+                    by[key] = {k: sum(w * f[k] for w, f in pairs) / sum(w for w, _ in pairs)
+                               for k in ("top1", "true_prob")}
+            out["composed_by_ufc"] = by
         return out
 
 
@@ -95,6 +150,10 @@ def describe(evidence: dict, hint: str | None = R_BN_HINT) -> tuple[str, str | N
     if "grad_ratio_bn_ce" in losses:
         line += (f"; initial gradients |r_bn dBN| / |dCE| {losses['grad_ratio_bn_ce']:.3g}, cosine "
                  f"{losses['grad_cos']:+.2f}")
+    by = evidence.get("composed_by_ufc") or {}
+    if "natural_own" in by:
+        line += (f"; by compensator teacher: own p {by['natural_own']['true_prob']:.3f} -> {by['own']['true_prob']:.3f}"
+                 f", other teachers {by['natural_other']['true_prob']:.3f} -> {by['other']['true_prob']:.3f}")
     diff = evidence.get("composed_minus_natural")
     warning = None
     if diff is not None and diff["true_prob"] < -WARN_MARGIN:
