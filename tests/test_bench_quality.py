@@ -22,7 +22,9 @@ def test_workload_settings_and_overrides():
     q = bq.parse_args(["--workload", "tiny200", "--quick", "--epochs", "7"])
     quick = bq.WORKLOADS["tiny200"]["quick"]
     assert q.seeds == [0] and q.epochs == 7 and q.iterations == quick["iterations"] and q.mode == "quick"
-    assert q.methods == quick["methods"] and a.methods == list(bq.DEFAULT_METHODS)  # the workload's, else the default
+    # the workload's methods (Tiny-200: INFER, random and the content controls, quick or not), else the default
+    assert q.methods == a.methods == full["methods"] and "infer-swap/static" in a.methods
+    assert bq.parse_args(["--workload", "cifar10"]).methods == list(bq.DEFAULT_METHODS)
     assert bq.parse_args(["--workload", "tiny200", "--quick", "--methods", "random/static"]).methods == [
         "random/static"]
     c = bq.parse_args(["--workload", "cifar10", "--quick"])
