@@ -273,14 +273,18 @@ def teachers(a, root: str) -> list[str]:
 
 def measured_r_bn(a, small: bool, num_classes: int) -> dict[str, float]:
     """{method: r_bn} of this run's methods whose per-dataset default r_bn is the measured choice rather than the
-    paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs."""
+    paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs. The content
+    controls are left out: they take INFER's settings (and its compensators) by design, so adding them to a run
+    keys the same folder and reuses its INFER sets."""
+    from infer_fast.synth import methods as synth_methods
     from infer_fast.synth.config import DistillConfig, paper_defaults
 
     if a.r_bn is not None:
         return {}
     paper = paper_defaults(small)["r_bn"]
     out = {}
-    for method in sorted({spec.partition("/")[0] for spec in a.methods} | {"infer"}):
+    named = {spec.partition("/")[0] for spec in a.methods}
+    for method in sorted({m for m in named if not synth_methods.get(m).control} | {"infer"}):
         value = DistillConfig(data="digits", method=method).defaults(small, num_classes)["r_bn"][0]
         if value != paper:
             out[method] = value

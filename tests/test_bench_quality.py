@@ -88,6 +88,12 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
     assert bq.settings_of(a, [], (True, 200))["default_r_bn"] == {"infer": 0.01}
     assert "default_r_bn" not in bq.settings_of(a, [], (True, 10)) and "default_r_bn" not in bq.settings_of(
         a, [], (False, 200))
+    # adding the content controls (INFER's settings by design) keys the same folder, so its INFER sets are reused
+    c = bq.parse_args(["--workload", "tiny200", "--match", "steps", "--methods", "infer/static", "random/static"])
+    assert bq.settings_of(c, [], (True, 200)) == bq.settings_of(bq.parse_args(["--workload", "tiny200", "--match",
+                                                                                "steps"]), [], (True, 200))
+    c.methods.append("sre2l/dynamic")  # a method of its own synthesis: keyed when its default is measured
+    assert bq.settings_of(c, [], (True, 200))["default_r_bn"] == {"infer": 0.01}  # sre2l keeps the paper's
     a.r_bn = 1.0
     assert "default_r_bn" not in bq.settings_of(a, [], (True, 200))
 
