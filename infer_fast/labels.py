@@ -130,13 +130,14 @@ def static_labels(
     teacher whose compensator made it, ``ds.ufc_teacher``)."""
     n = len(ds)
     out = torch.empty(n, ds.num_classes, dtype=torch.float32)
+    ufc_teacher = ds.ufc_teacher if evidence is not None else None
     with tqdm(total=n, desc="static labels", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             idx = torch.arange(start, min(start + batch_size, n))
             each = teachers.each(ds.compose(idx, device))
             out[start:start + len(idx)] = teachers.mean(each).cpu()
             if evidence is not None:
-                src = ds.ufc_teacher[idx]
+                src = ufc_teacher[idx]
                 for group, rows in (("natural", natural[idx]), ("composed", ~natural[idx])):
                     evidence.add(group, [z[rows.to(z.device)] for z in each], ds.hard_labels[idx][rows],
                                  ufc_teacher=src[rows] if group == "composed" else None)
