@@ -271,6 +271,16 @@ def teachers(a, root: str) -> list[str]:
     return paths
 
 
+def evidence_fields(evidence: dict | None) -> dict:
+    """A distilled set's class evidence as record fields (null where the manifest lacks the figure): the ensemble's
+    true-class probability on the naturals and on the composed images, and the split by compensator teacher."""
+    evidence = evidence or {}
+    by = evidence.get("composed_by_ufc") or {}  # sets distilled before the split was measured lack it
+    return {f"evidence_{g}": (evidence.get(g) or {}).get("ensemble", {}).get("true_prob")
+            for g in ("natural", "composed")} | {f"evidence_{k}": (by.get(k) or {}).get("true_prob")
+                                                  for k in ("natural_own", "own", "natural_other", "other")}
+
+
 def measured_r_bn(a, small: bool, num_classes: int) -> dict[str, float]:
     """{method: r_bn} of this run's methods whose per-dataset default r_bn is the measured choice rather than the
     paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs. The content
@@ -522,7 +532,6 @@ def main(argv=None) -> list[dict]:
             with open(os.path.join(run, "metrics.jsonl")) as f:
                 curves.setdefault(f"{spec} {compute}", []).append(
                     {r["step"]: r["top1"] for r in map(json.loads, f) if "top1" in r})
-            evidence = ds.manifest.evidence or {}
             rows.append(record(
                 "quality", method, labels, "top1", "%", "ipc", a.ipc, Stats.of([summary["top1"]]), device,
                 workload=a.workload, method=method, labels=labels,
@@ -533,10 +542,7 @@ def main(argv=None) -> list[dict]:
                 stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
                 label_bytes=0 if labels == "dynamic" else ds.manifest.label_bytes,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
-                evidence_natural=(evidence.get("natural") or {}).get("ensemble", {}).get("true_prob"),
-                evidence_composed=(evidence.get("composed") or {}).get("ensemble", {}).get("true_prob"),
-                **{f"evidence_{k}": ((evidence.get("composed_by_ufc") or {}).get(k) or {}).get("true_prob")
-                   for k in ("natural_own", "own", "natural_other", "other")},
+                **evidence_fields(ds.manifest.evidence),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
                 distilled=ddir,

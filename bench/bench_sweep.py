@@ -87,14 +87,10 @@ def _quality_argv(a, r_bn: float, iterations: int, methods: list[str]) -> list[s
 def _evidence_fields(evidence: dict) -> dict:
     nat, comp = (evidence.get(g) or {} for g in ("natural", "composed"))
     losses = evidence.get("losses") or {}
-    by = evidence.get("composed_by_ufc") or {}  # sets distilled before the split was measured lack it
-    own_other = {f"evidence_{key}": (by.get(key) or {}).get("true_prob")
-                 for key in ("natural_own", "own", "natural_other", "other")}
-    return {"evidence_natural": nat.get("ensemble", {}).get("true_prob"),
-            "evidence_composed": comp.get("ensemble", {}).get("true_prob"),
+    return {**bq.evidence_fields(evidence),
             "top1_natural": nat.get("ensemble", {}).get("top1"), "top1_composed": comp.get("ensemble", {}).get("top1"),
             "grad_ratio_bn_ce": losses.get("grad_ratio_bn_ce"), "grad_cos": losses.get("grad_cos"),
-            "ce_last": losses.get("ce_last"), "bn_last": losses.get("bn_last"), **own_other}
+            "ce_last": losses.get("ce_last"), "bn_last": losses.get("bn_last")}
 
 
 def _distill_only(a, root: str, tpaths: list[str], sweep_dir: str, r_bn: float, iterations: int, seed: int) -> dict:

@@ -24,7 +24,7 @@ LARGE_DEFAULTS = {"iterations": 2000, "r_bn": 0.01, "jitter": 32}
 # The measured per-dataset choice of r_bn (issue 18; bench/bench_sweep.py on class evidence, never on the validation
 # split): small images with more than MANY_CLASSES classes take MANY_CLASSES_R_BN. On Tiny-ImageNet-32 (200 classes,
 # its committed teachers) the compositions lose far more of their naturals' class evidence at the paper's
-# small-image r_bn = 1 than at 0.01 (which keeps it at T = 50 and loses a little at T = 100-300); on CIFAR-10 (10
+# small-image r_bn = 1 than at 0.01 (which keeps it at T = 50 and loses a little at T = 100-1000); on CIFAR-10 (10
 # classes) r_bn = 1 keeps it (README, "The balance of the objective"). CIFAR-100 (100 classes, unmeasured here) keeps
 # the paper's 1. Only methods that optimise compensators take it (Method.measured_r_bn); sre2l keeps the paper's.
 MANY_CLASSES = 100

@@ -10,7 +10,8 @@ are extra teacher-labelled views, not extra class evidence.
 INFER optimises each compensator u_{k,m} against one teacher m, and the ensemble judges x + u_{k,m} with all of them,
 so the composed figures are also split by the teacher whose u made the image (``composed_by_ufc``): ``own`` is what
 the optimisation can promise (teacher m on x + u_{k,m}), ``other`` what transfers to the rest of the ensemble (on
-Tiny-ImageNet-32 the ensemble's loss at low r_bn was all of it transfer: README, "The balance of the objective").
+Tiny-ImageNet-32 at low r_bn ``own`` rises while ``other`` and the ensemble fall: README, "The balance of the
+objective").
 """
 
 from __future__ import annotations
@@ -35,17 +36,20 @@ class EvidenceMeter:
         self._by_ufc: dict[int, torch.Tensor] = {}
 
     @staticmethod
-    def _figures(logits: Sequence[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-        """[teachers + 1, 3] float64 on CPU: top-1 hits, summed true-class probability and image count for each
-        teacher's logits and for the ensemble (their mean)."""
-        rows = [z.float() for z in logits]
-        rows.append(torch.stack(rows).mean(0))
-        out = torch.empty(len(rows), 3, dtype=torch.float64)
-        for j, z in enumerate(rows):
-            out[j, 0] = float((z.argmax(1, keepdim=True) == t).sum())
-            out[j, 1] = float(torch.softmax(z, dim=1).gather(1, t).double().sum())
-        out[:, 2] = float(t.numel())
-        return out
+    def _per_image(logits: Sequence[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        """float64 [teachers + 1, B, 2] on CPU (one copy per batch): each image's top-1 hit and true-class probability
+        under each teacher's logits and under the ensemble (their mean)."""
+        z = torch.stack([y.float() for y in logits])
+        z = torch.cat([z, z.mean(0, keepdim=True)])  # [R, B, C]
+        tt = t.view(1, -1, 1).expand(z.shape[0], -1, 1)
+        hits = (z.argmax(2, keepdim=True) == tt).double()
+        prob = torch.softmax(z, dim=2).gather(2, tt).double()
+        return torch.cat([hits, prob], 2).cpu()
+
+    @staticmethod
+    def _pool(per: torch.Tensor) -> torch.Tensor:
+        """[teachers + 1, 3]: hits, summed true-class probability and images of ``per`` [teachers + 1, B, 2]."""
+        return torch.cat([per.sum(1), torch.full((per.shape[0], 1), float(per.shape[1]), dtype=per.dtype)], 1)
 
     def add(self, group: str, logits: Sequence[torch.Tensor], targets: torch.Tensor,
             ufc_teacher: torch.Tensor | None = None) -> None:
@@ -58,23 +62,29 @@ class EvidenceMeter:
             raise ValueError(f"EvidenceMeter.add: expected {self.num_teachers} teachers' logits, got {len(logits)}")
         if targets.numel() == 0:
             return
-        t = targets.to(logits[0].device, torch.int64).view(-1, 1)
-        self._sums[group] += self._figures(logits, t)
-        if group == "composed" and ufc_teacher is not None:
-            src = ufc_teacher.to(t.device, torch.int64).view(-1)
-            if src.numel() != t.numel():
-                raise ValueError(f"EvidenceMeter.add: ufc_teacher has {src.numel()} entries for {t.numel()} images")
+        split = group == "composed" and ufc_teacher is not None
+        if split and ufc_teacher.numel() != targets.numel():
+            raise ValueError(f"EvidenceMeter.add: ufc_teacher has {ufc_teacher.numel()} entries for "
+                             f"{targets.numel()} images")
+        per = self._per_image(logits, targets.to(logits[0].device, torch.int64).view(-1))
+        self._sums[group] += self._pool(per)
+        if split:
+            src = ufc_teacher.reshape(-1).to("cpu", torch.int64)
             for m in src[src >= 0].unique().tolist():
-                rows = src == m
                 sums = self._by_ufc.setdefault(int(m), torch.zeros(self.num_teachers + 1, 3, dtype=torch.float64))
-                sums += self._figures([z[rows] for z in logits], t[rows])
+                sums += self._pool(per[:, src == m])
+
+    @staticmethod
+    def _rate(s: torch.Tensor) -> dict:
+        """``{"top1", "true_prob"}`` of one row of sums (hits, summed true-class probability, images)."""
+        return {"top1": float(s[0] / s[2]), "true_prob": float(s[1] / s[2])}
 
     @staticmethod
     def _group(s: torch.Tensor) -> dict | None:
         n = float(s[0, 2])
         if n == 0:
             return None
-        figs = [{"top1": float(r[0]) / n, "true_prob": float(r[1]) / n} for r in s]
+        figs = [EvidenceMeter._rate(r) for r in s]
         return {"images": int(n), "ensemble": figs[-1], "teachers": figs[:-1]}
 
     def summary(self) -> dict:
@@ -84,8 +94,8 @@ class EvidenceMeter:
         Where the composed images were added with ``ufc_teacher`` and more than one teacher judges them, also
         ``composed_by_ufc``: ``groups`` (one such dict per compensator teacher m, in order), ``own`` (teacher m on the
         images of u_m, pooled over m) and ``other`` (the other teachers on them), each ``{"top1", "true_prob"}``;
-        with the naturals, ``natural_own`` / ``natural_other`` (the same teacher pairs on the naturals of those
-        images, every natural once per pair: the baseline ``own`` and ``other`` move from)."""
+        with the naturals, ``natural_own`` / ``natural_other`` (the same teacher pairs on the naturals, weighted by
+        the images of each u_m: the baseline ``own`` and ``other`` move from)."""
         out: dict = {}
         for g, s in self._sums.items():
             fig = self._group(s)
@@ -102,15 +112,18 @@ class EvidenceMeter:
                 own += s[m]
                 other += s.sum(0) - s[m]
             by = {"groups": [self._group(self._by_ufc[m]) | {"ufc_teacher": m} for m in ms],
-                  "own": {"top1": float(own[0] / own[2]), "true_prob": float(own[1] / own[2])},
-                  "other": {"top1": float(other[0] / other[2]), "true_prob": float(other[1] / other[2])}}
-            if "natural" in out:  # each natural is composed with every u_m: the same (m, judge) pairs, same weights
-                t, n = out["natural"]["teachers"], [float(self._by_ufc[m][0, 2]) for m in ms]
-                for key, judges in (("natural_own", [[m] for m in ms]),
-                                    ("natural_other", [[j for j in range(self.num_teachers) if j != m] for m in ms])):
-                    pairs = [(w, t[j]) for w, js in zip(n, judges, strict=True) for j in js]
-                    by[key] = {k: sum(w * f[k] for w, f in pairs) / sum(w for w, _ in pairs)
-                               for k in ("top1", "true_prob")}
+                  "own": self._rate(own), "other": self._rate(other)}
+            nat = self._sums["natural"][:-1]
+            if float(nat[0, 2]) > 0:
+                # the naturals under the same (u_m's teacher, judge) pairs, weighted by the images of each u_m. Where
+                # every natural is composed with every u_m (INFER and its controls) the weights are equal and both
+                # come to the mean over teachers of their figures on the naturals: one baseline for own and other.
+                w = torch.tensor([float(self._by_ufc[m][0, 2]) for m in ms], dtype=torch.float64).view(-1, 1)
+                rates = nat[:, :2] / nat[:, 2:]  # [teachers, 2] on the naturals
+                own_nat = rates[ms]
+                other_nat = (rates.sum(0) - own_nat) / (self.num_teachers - 1)
+                by["natural_own"], by["natural_other"] = (
+                    self._rate(torch.cat([(w * r).sum(0), w.sum(0)])) for r in (own_nat, other_nat))
             out["composed_by_ufc"] = by
         return out
 
