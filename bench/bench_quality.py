@@ -441,11 +441,25 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
         pair = paired(rows or [], ("infer", "static", one), (best["method"], "static", one))
         if pair:
             lines.append(f"  paired by seed: {pair}")
+        for c in sorted(controls, key=lambda r: -r["top1_mean"])[1:]:  # the other controls, paired where seeded
+            pair = paired(rows or [], ("infer", "static", one), (c["method"], "static", one))
+            lines.append(f"infer/static - {c['method']} = {inf['top1_mean'] - c['top1_mean']:+.2f} points"
+                         + (f"; paired by seed: {pair}" if pair else ""))
     for m in ("random", "infer"):  # saturation: is the 1x verdict taken where every student is under-trained?
         lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
         if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
-            lines.append(f"{m}/static at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} vs "
-                         f"{lo['top1_mean']:.2f} at 1x ({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
+            lines.append(f"{m}/static at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} ± "
+                         f"{hi['top1_sd']:.2f} vs {lo['top1_mean']:.2f} at 1x "
+                         f"({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
+    inf2, rnd2 = (by.get((m, "static", "2x")) for m in ("infer", "random"))
+    if inf2 and rnd2 and inf2["top1_mean"] is not None and rnd2["top1_mean"] is not None:  # the gap, saturated
+        gap, spread = inf2["top1_mean"] - rnd2["top1_mean"], 2 * max(inf2["top1_sd"], rnd2["top1_sd"])
+        lines.append(f"infer/static - random/static at 2x steps ({inf2['student_steps']}) = {gap:+.2f} points; "
+                     f"2 sd = {spread:.2f}: " + ("beats it" if gap > spread and inf2["seeds"] > 1
+                                                 else "NOT established"))
+        pair = paired(rows or [], ("infer", "static", "2x"), ("random", "static", "2x"))
+        if pair:
+            lines.append(f"  paired by seed: {pair}")
     if sre and inf and rnd and sre["top1_mean"] is not None:
         below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
         lines.append(f"sre2l/{sre['labels']} {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))

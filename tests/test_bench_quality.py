@@ -106,11 +106,14 @@ def test_verdict_at_equal_steps_and_the_saturation_lines():
     lines = bq.verdict(bq.aggregate(rows))
     assert lines[0].startswith("infer/static - random/static at equal student steps (12) = +0.00 points")
     assert lines[0].endswith("NOT established")
-    assert lines[1] == "random/static at 2x steps (24): 33.00 vs 31.00 at 1x (+2.00 points)"
-    assert lines[2] == "infer/static at 2x steps (24): 32.50 vs 31.00 at 1x (+1.50 points)"
+    assert lines[1] == "random/static at 2x steps (24): 33.00 ± 0.00 vs 31.00 at 1x (+2.00 points)"
+    assert lines[2] == "infer/static at 2x steps (24): 32.50 ± 0.50 vs 31.00 at 1x (+1.50 points)"
+    assert lines[3] == "infer/static - random/static at 2x steps (24) = -0.50 points; 2 sd = 1.00: NOT established"
+    assert len(lines) == 4, lines
     paired = bq.verdict(bq.aggregate(rows), rows)  # the seed pairs the runs: the differences -0.5, 0, +0.5
     assert paired[1] == "  paired by seed: per-seed differences -0.50, +0.00, +0.50: +0.00 ± 0.50", paired
-    assert paired[0] == lines[0] and paired[2:] == lines[1:]
+    assert paired[0] == lines[0] and paired[2:5] == lines[1:4]
+    assert paired[5] == "  paired by seed: per-seed differences -1.00, -0.50, +0.00: -0.50 ± 0.50", paired
 
 
 def test_the_gain_over_the_best_content_control_is_reported():
@@ -120,8 +123,12 @@ def test_the_gain_over_the_best_content_control_is_reported():
         rows += [{**_row(name, "static", s, t, compute="1x"), "control": name} for s, t in enumerate(vals)]
     lines = bq.verdict(bq.aggregate(rows))
     assert lines[1] == "infer/static - best control (infer-swap) = +3.00 points; 2 sd = 2.00: beats it", lines
-    assert bq.verdict(bq.aggregate(rows), rows)[3] == ("  paired by seed: per-seed differences +3.00, +3.00, +3.00: "
-                                                       "+3.00 ± 0.00")
+    with_rows = bq.verdict(bq.aggregate(rows), rows)
+    assert with_rows[3] == "  paired by seed: per-seed differences +3.00, +3.00, +3.00: +3.00 ± 0.00"
+    # every other control gets its gap too, paired by seed where the rows are given
+    assert lines[2] == "infer/static - infer-noise = +5.50 points", lines
+    assert with_rows[4] == ("infer/static - infer-noise = +5.50 points; paired by seed: per-seed differences "
+                            "+5.00, +5.50, +6.00: +5.50 ± 0.50")
     curves = bq.mean_curves({"infer/static 1x": [{10: 20.0, 20: 30.0}, {10: 22.0, 20: 32.0, 30: 1.0}]})
     assert curves == {"infer/static 1x (n=2)": [(10, 21.0), (20, 31.0)]}  # the steps every seed evaluated
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])

@@ -233,3 +233,16 @@ def test_steps_trains_exactly_that_many_optimizer_steps_with_cosine_over_them(tm
     assert again["student_steps"] == 6  # without --steps: whole epochs
     with pytest.raises(ValueError, match="--steps: expected >= 0"):
         _cfg(tmp_path, steps=-1).validate()
+
+
+def test_curve_styles_give_one_colour_per_method_across_compute_budgets(tmp_path):
+    from infer_fast.train.report import curve_styles, plot_curves
+
+    names = ["infer/static 1x (n=3)", "random/static 1x (n=3)", "random/static 2x (n=3)", "infer/static 2x (n=3)"]
+    styles = curve_styles(names)
+    assert styles[0][0] == styles[3][0] != styles[1][0] == styles[2][0]  # a method keeps its colour
+    assert styles[0][1] != styles[3][1] and styles[1][1] != styles[2][1]  # its budgets differ in line style
+    many = curve_styles([f"m{i}" for i in range(12)])  # past the 10 colours: a new style, never a repeated look
+    assert len(set(many)) == 12
+    plot_curves({n: [(1, 1.0), (2, 2.0)] for n in names}, str(tmp_path / "c.png"), xlabel="optimizer step")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

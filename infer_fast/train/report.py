@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,25 @@ def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device, top
     return out
 
 
+_COMPUTE = re.compile(r"\s*\b\d+(?:\.\d+)?x\b")  # "1x", "2x": a compute budget within a curve's name
+_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_styles(names: list[str]) -> list[tuple[str, str]]:
+    """(colour, line style) per curve: names that differ only by a compute budget ("infer/static 1x" and
+    "infer/static 2x") share a colour and differ in line style, so one method reads as one colour; past the 10
+    colours of the default cycle the styles shift, so that no two curves look alike."""
+    groups: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        key = _COMPUTE.sub("", name)
+        g = groups.setdefault(key, len(groups))
+        within = seen[key] = seen.get(key, -1) + 1
+        out.append((f"C{g % 10}", _STYLES[(within + g // 10) % len(_STYLES)]))
+    return out
+
+
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1",
                 xlabel: str = "epoch") -> None:
     """Accuracy curves as a PNG (matplotlib Agg, written atomically); x: epochs unless ``xlabel`` says otherwise."""
@@ -37,10 +57,10 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
 
     many = len(curves) > 4  # the legend goes beside the axes, where it cannot hide the curves
     fig, ax = plt.subplots(figsize=(9 if many else 6, 4), dpi=110)
-    for i, (name, pts) in enumerate(curves.items()):
+    for (name, pts), (colour, ls) in zip(curves.items(), curve_styles(list(curves)), strict=True):
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name,
-                    ls="-" if i < 10 else "--")  # the default cycle has 10 colours
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name, color=colour,
+                    ls=ls)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
