@@ -65,6 +65,7 @@ METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynami
                   "infer-views/static")  # the last three: content controls (synth.methods.controls)
 # sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
 DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
+SATURATE = ("random/static", "infer/static")  # the pairs --match steps also trains at 2x the steps, by default
 TEACHER_DIR = os.path.join(ROOT, "bench", "teachers")
 
 # Per workload: data, teachers (arch, width, epochs) and the settings the table runs at, next to the paper's.
@@ -170,8 +171,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "infer/static does (steps; random/static and infer/static also at 2x those steps, the "
                         "saturation check)")
     p.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True,
-                   help="--match steps: also train random/static and infer/static at 2x the steps (default on; off "
-                        "for sweeps that only compare settings at 1x)")
+                   help="--match steps: also train the --saturate pairs at 2x the steps (default on; off for sweeps "
+                        "that only compare settings at 1x)")
+    p.add_argument("--saturate", nargs="+", metavar="METHOD/LABELS",
+                   help="the pairs of --methods trained at 2x the steps too (default: "
+                        f"{' '.join(SATURATE)}; add a content control to test its lead where the students saturate)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     w = WORKLOADS[a.workload]
@@ -190,6 +194,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for m in a.methods:
         if m not in METHOD_CHOICES:
             p.error(f"--methods: {m!r} is not one of {', '.join(METHOD_CHOICES)}")
+    for m in a.saturate or ():
+        if m not in a.methods:
+            p.error(f"--saturate: {m!r} is not one of the methods run ({' '.join(a.methods)})")
+    a.saturate = list(a.saturate or SATURATE)  # the default pairs where they are run, silently
     if a.ipc < 1 or a.iterations < 1 or a.epochs < 1 or a.eval_points < 1:
         p.error("--ipc, --iterations, --epochs and --eval-points must be >= 1")
     return a
@@ -445,7 +453,9 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
             pair = paired(rows or [], ("infer", "static", one), (c["method"], "static", one))
             lines.append(f"infer/static - {c['method']} = {inf['top1_mean'] - c['top1_mean']:+.2f} points"
                          + (f"; paired by seed: {pair}" if pair else ""))
-    for m in ("random", "infer"):  # saturation: is the 1x verdict taken where every student is under-trained?
+    saturated = sorted({m for m, labels, c in by if labels == "static" and c == "2x"},
+                       key=lambda m: (m not in ("random", "infer"), m != "random", m))
+    for m in saturated:  # saturation: is the 1x verdict taken where every student is under-trained?
         lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
         if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
             lines.append(f"{m}/static at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} ± "
@@ -460,6 +470,12 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
         pair = paired(rows or [], ("infer", "static", "2x"), ("random", "static", "2x"))
         if pair:
             lines.append(f"  paired by seed: {pair}")
+    for m in (m for m in saturated if by[(m, "static", "2x")].get("control")):  # the controls, saturated
+        c = by[(m, "static", "2x")]
+        if inf2 and inf2["top1_mean"] is not None and c["top1_mean"] is not None:
+            pair = paired(rows or [], ("infer", "static", "2x"), (m, "static", "2x"))
+            lines.append(f"infer/static - {m} at 2x steps = {inf2['top1_mean'] - c['top1_mean']:+.2f} points"
+                         + (f"; paired by seed: {pair}" if pair else ""))
     if sre and inf and rnd and sre["top1_mean"] is not None:
         below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
         lines.append(f"sre2l/{sre['labels']} {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
@@ -470,14 +486,15 @@ def student_jobs(a, infer_set, batch: int) -> list[tuple[str, str, int]]:
     """(method/labels, compute, steps) of every student of one seed. ``--match epochs``: every pair trains
     ``--epochs`` (steps 0). ``--match steps``: every pair trains the optimizer steps of infer/static (its set size
     and ``--epochs`` at ``batch``: ``ceil(N / batch) * epochs``), and random/static and infer/static train twice
-    those steps too, so that no verdict is taken where every student is still under-trained."""
+    those steps too (``--saturate``: any pairs of the methods), so that no verdict is taken where every student is
+    still under-trained."""
     if a.match == "epochs":
         return [(spec, "epochs", 0) for spec in a.methods]
     steps = math.ceil(len(infer_set) / batch) * a.epochs
     jobs = [(spec, "1x", steps) for spec in a.methods]
     if not a.saturation:
         return jobs
-    return jobs + [(spec, "2x", 2 * steps) for spec in ("random/static", "infer/static") if spec in a.methods]
+    return jobs + [(spec, "2x", 2 * steps) for spec in a.saturate if spec in a.methods]
 
 
 def main(argv=None) -> list[dict]:

@@ -80,6 +80,12 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
                     ("random/static", "2x", 24), ("infer/static", "2x", 24)]
     a.saturation = False  # --no-saturation: the 1x jobs only (sweeps)
     assert bq.student_jobs(a, Set(), batch=64) == jobs[:3]
+    # --saturate: a content control at 2x too, to test its lead where the students saturate
+    s = bq.parse_args(["--workload", "tiny200", "--match", "steps", "--epochs", "4", "--methods", "infer/static",
+                       "infer-swap/static", "--saturate", "infer/static", "infer-swap/static"])
+    assert bq.student_jobs(s, Set(), batch=64)[2:] == [("infer/static", "2x", 24), ("infer-swap/static", "2x", 24)]
+    with pytest.raises(SystemExit):  # a pair that is not run cannot be saturated
+        bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "--saturate", "random/static"])
     e = bq.parse_args(["--workload", "tiny200", "--epochs", "4", "--methods", "random/static"])
     assert bq.student_jobs(e, None, batch=64) == [("random/static", "epochs", 0)]
     assert bq.settings_of(a, [])["match"] == "steps" != bq.settings_of(e, [])["match"]
@@ -129,6 +135,14 @@ def test_the_gain_over_the_best_content_control_is_reported():
     assert lines[2] == "infer/static - infer-noise = +5.50 points", lines
     assert with_rows[4] == ("infer/static - infer-noise = +5.50 points; paired by seed: per-seed differences "
                             "+5.00, +5.50, +6.00: +5.50 ± 0.50")
+    # a control saturated too (--saturate): its 2x line and INFER's gap over it at 2x, paired
+    rows += [{**_row("infer-swap", "static", s, t, compute="2x"), "control": "infer-swap"}
+             for s, t in enumerate([40.0, 41.0, 42.0])]
+    rows += [_row("infer", "static", s, t, compute="2x") for s, t in enumerate([41.0, 42.0, 44.0])]
+    sat = bq.verdict(bq.aggregate(rows), rows)
+    assert sat[-2] == "infer-swap/static at 2x steps (30): 41.00 ± 1.00 vs 38.00 at 1x (+3.00 points)", sat
+    assert sat[-1] == ("infer/static - infer-swap at 2x steps = +1.33 points; paired by seed: per-seed differences "
+                       "+1.00, +1.00, +2.00: +1.33 ± 0.58")
     curves = bq.mean_curves({"infer/static 1x": [{10: 20.0, 20: 30.0}, {10: 22.0, 20: 32.0, 30: 1.0}]})
     assert curves == {"infer/static 1x (n=2)": [(10, 21.0), (20, 31.0)]}  # the steps every seed evaluated
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])
