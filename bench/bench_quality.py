@@ -168,8 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"{', '.join(METHOD_CHOICES)})")
     p.add_argument("--match", choices=("epochs", "steps"), default="epochs",
                    help="student compute: every method trains --epochs (epochs), or as many optimizer steps as "
-                        "infer/static does (steps; random/static and infer/static also at 2x those steps, the "
-                        "saturation check)")
+                        "infer/static does (steps; the --saturate pairs also at 2x those steps, the saturation "
+                        "check)")
     p.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True,
                    help="--match steps: also train the --saturate pairs at 2x the steps (default on; off for sweeps "
                         "that only compare settings at 1x)")
@@ -453,12 +453,12 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
             pair = paired(rows or [], ("infer", "static", one), (c["method"], "static", one))
             lines.append(f"infer/static - {c['method']} = {inf['top1_mean'] - c['top1_mean']:+.2f} points"
                          + (f"; paired by seed: {pair}" if pair else ""))
-    saturated = sorted({m for m, labels, c in by if labels == "static" and c == "2x"},
-                       key=lambda m: (m not in ("random", "infer"), m != "random", m))
-    for m in saturated:  # saturation: is the 1x verdict taken where every student is under-trained?
-        lo, hi = by.get((m, "static", "1x")), by.get((m, "static", "2x"))
+    saturated = sorted({(m, labels) for m, labels, c in by if c == "2x"},
+                       key=lambda k: (k[1] != "static", k[0] not in ("random", "infer"), k[0] != "random", k[0]))
+    for m, labels in saturated:  # saturation: is the 1x verdict taken where every student is under-trained?
+        lo, hi = by.get((m, labels, "1x")), by.get((m, labels, "2x"))
         if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
-            lines.append(f"{m}/static at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} ± "
+            lines.append(f"{m}/{labels} at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} ± "
                          f"{hi['top1_sd']:.2f} vs {lo['top1_mean']:.2f} at 1x "
                          f"({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
     inf2, rnd2 = (by.get((m, "static", "2x")) for m in ("infer", "random"))
@@ -470,8 +470,8 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
         pair = paired(rows or [], ("infer", "static", "2x"), ("random", "static", "2x"))
         if pair:
             lines.append(f"  paired by seed: {pair}")
-    for m in (m for m in saturated if by[(m, "static", "2x")].get("control")):  # the controls, saturated
-        c = by[(m, "static", "2x")]
+    for m in (m for m, labels in saturated if labels == "static" and by[(m, labels, "2x")].get("control")):
+        c = by[(m, "static", "2x")]  # the controls, saturated
         if inf2 and inf2["top1_mean"] is not None and c["top1_mean"] is not None:
             pair = paired(rows or [], ("infer", "static", "2x"), (m, "static", "2x"))
             lines.append(f"infer/static - {m} at 2x steps = {inf2['top1_mean'] - c['top1_mean']:+.2f} points"

@@ -143,6 +143,9 @@ def test_the_gain_over_the_best_content_control_is_reported():
     assert sat[-2] == "infer-swap/static at 2x steps (30): 41.00 ± 1.00 vs 38.00 at 1x (+3.00 points)", sat
     assert sat[-1] == ("infer/static - infer-swap at 2x steps = +1.33 points; paired by seed: per-seed differences "
                        "+1.00, +1.00, +2.00: +1.33 ± 0.58")
+    rows += [_row("infer", "dynamic", s, t, compute=c) for c, t in (("1x", 30.0), ("2x", 31.0)) for s in range(2)]
+    assert "infer/dynamic at 2x steps (30): 31.00 ± 0.00 vs 30.00 at 1x (+1.00 points)" in bq.verdict(
+        bq.aggregate(rows), rows)  # any labels saturated get their line
     curves = bq.mean_curves({"infer/static 1x": [{10: 20.0, 20: 30.0}, {10: 22.0, 20: 32.0, 30: 1.0}]})
     assert curves == {"infer/static 1x (n=2)": [(10, 21.0), (20, 31.0)]}  # the steps every seed evaluated
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])
