@@ -428,55 +428,50 @@ def paired(rows: list[dict], a: tuple[str, str, str], b: tuple[str, str, str]) -
 def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
     by = {(r["method"], r["labels"], r["compute"]): r for r in agg}
     lines = []
+
+    def has(*rs) -> bool:
+        return all(r is not None and r["top1_mean"] is not None for r in rs)
+
+    def gap(a: dict, b: dict, name: str, sd_label: str | None = None) -> list[str]:
+        """a - b in points; with ``sd_label`` the 2-sd test on its own line and the paired one below it, else the
+        paired differences on the same line (paired where ``rows`` holds both runs of at least 2 seeds)."""
+        d = a["top1_mean"] - b["top1_mean"]
+        pair = paired(rows or [], *((r["method"], r["labels"], r["compute"]) for r in (a, b)))
+        if sd_label is None:
+            return [f"infer/static - {name} = {d:+.2f} points" + (f"; paired by seed: {pair}" if pair else "")]
+        spread = 2 * max(a["top1_sd"], b["top1_sd"])
+        return ([f"infer/static - {name} = {d:+.2f} points; {sd_label} = {spread:.2f}: "
+                 + ("beats it" if d > spread and a["seeds"] > 1 else "NOT established")]
+                + ([f"  paired by seed: {pair}"] if pair else []))
+
     one = "1x" if ("infer", "static", "1x") in by else "epochs"
     inf, rnd = (by.get((m, "static", one)) for m in ("infer", "random"))
     sre = by.get(("sre2l", "dynamic", one)) or by.get(("sre2l", "static", one))
-    if inf and rnd and inf["top1_mean"] is not None and rnd["top1_mean"] is not None:
-        gap = inf["top1_mean"] - rnd["top1_mean"]
-        spread = 2 * max(inf["top1_sd"], rnd["top1_sd"])
+    if has(inf, rnd):
         at = f" at equal student steps ({inf['student_steps']})" if one == "1x" else ""
-        lines.append(f"infer/static - random/static{at} = {gap:+.2f} points; 2 sd of the seed spread = {spread:.2f}: "
-                     + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
-        pair = paired(rows or [], ("infer", "static", one), ("random", "static", one))
-        if pair:
-            lines.append(f"  paired by seed: {pair}")
-    controls = [r for r in agg if r.get("control") and r["compute"] == one and r["top1_mean"] is not None]
-    if inf and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
-        best = max(controls, key=lambda r: r["top1_mean"])
-        gap, spread = inf["top1_mean"] - best["top1_mean"], 2 * max(inf["top1_sd"], best["top1_sd"])
-        lines.append(f"infer/static - best control ({best['method']}) = {gap:+.2f} points; 2 sd = {spread:.2f}: "
-                     + ("beats it" if gap > spread and inf["seeds"] > 1 else "NOT established"))
-        pair = paired(rows or [], ("infer", "static", one), (best["method"], "static", one))
-        if pair:
-            lines.append(f"  paired by seed: {pair}")
-        for c in sorted(controls, key=lambda r: -r["top1_mean"])[1:]:  # the other controls, paired where seeded
-            pair = paired(rows or [], ("infer", "static", one), (c["method"], "static", one))
-            lines.append(f"infer/static - {c['method']} = {inf['top1_mean'] - c['top1_mean']:+.2f} points"
-                         + (f"; paired by seed: {pair}" if pair else ""))
+        lines += gap(inf, rnd, f"random/static{at}", "2 sd of the seed spread")
+    controls = sorted((r for r in agg if r.get("control") and r["compute"] == one and has(r)),
+                      key=lambda r: -r["top1_mean"])
+    if has(inf) and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
+        lines += gap(inf, controls[0], f"best control ({controls[0]['method']})", "2 sd")
+        for c in controls[1:]:  # the other controls
+            lines += gap(inf, c, c["method"])
     saturated = sorted({(m, labels) for m, labels, c in by if c == "2x"},
                        key=lambda k: (k[1] != "static", k[0] not in ("random", "infer"), k[0] != "random", k[0]))
     for m, labels in saturated:  # saturation: is the 1x verdict taken where every student is under-trained?
         lo, hi = by.get((m, labels, "1x")), by.get((m, labels, "2x"))
-        if lo and hi and lo["top1_mean"] is not None and hi["top1_mean"] is not None:
+        if has(lo, hi):
             lines.append(f"{m}/{labels} at 2x steps ({hi['student_steps']}): {hi['top1_mean']:.2f} ± "
                          f"{hi['top1_sd']:.2f} vs {lo['top1_mean']:.2f} at 1x "
                          f"({hi['top1_mean'] - lo['top1_mean']:+.2f} points)")
     inf2, rnd2 = (by.get((m, "static", "2x")) for m in ("infer", "random"))
-    if inf2 and rnd2 and inf2["top1_mean"] is not None and rnd2["top1_mean"] is not None:  # the gap, saturated
-        gap, spread = inf2["top1_mean"] - rnd2["top1_mean"], 2 * max(inf2["top1_sd"], rnd2["top1_sd"])
-        lines.append(f"infer/static - random/static at 2x steps ({inf2['student_steps']}) = {gap:+.2f} points; "
-                     f"2 sd = {spread:.2f}: " + ("beats it" if gap > spread and inf2["seeds"] > 1
-                                                 else "NOT established"))
-        pair = paired(rows or [], ("infer", "static", "2x"), ("random", "static", "2x"))
-        if pair:
-            lines.append(f"  paired by seed: {pair}")
-    for m in (m for m, labels in saturated if labels == "static" and by[(m, labels, "2x")].get("control")):
-        c = by[(m, "static", "2x")]  # the controls, saturated
-        if inf2 and inf2["top1_mean"] is not None and c["top1_mean"] is not None:
-            pair = paired(rows or [], ("infer", "static", "2x"), (m, "static", "2x"))
-            lines.append(f"infer/static - {m} at 2x steps = {inf2['top1_mean'] - c['top1_mean']:+.2f} points"
-                         + (f"; paired by seed: {pair}" if pair else ""))
-    if sre and inf and rnd and sre["top1_mean"] is not None:
+    if has(inf2, rnd2):  # the gap, saturated
+        lines += gap(inf2, rnd2, f"random/static at 2x steps ({inf2['student_steps']})", "2 sd")
+    for m, labels in saturated:  # the controls, saturated
+        c = by[(m, labels, "2x")]
+        if labels == "static" and c.get("control") and has(inf2, c):
+            lines += gap(inf2, c, f"{m} at 2x steps")
+    if sre and has(inf, rnd, sre):
         below = sre["top1_mean"] < min(inf["top1_mean"], rnd["top1_mean"])
         lines.append(f"sre2l/{sre['labels']} {sre['top1_mean']:.2f}: " + ("below both" if below else "NOT below both"))
     return lines
