@@ -95,6 +95,36 @@ def test_unfinished_runs_are_not_overwritten_and_resume_checks_the_settings(tmp_
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["finished"] is True
 
 
+def test_init_starts_from_a_teachers_weights_and_refuses_another_geometry(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from infer_fast.cli import main
+
+    geometry = dict(image_size=16, batch_size=32)  # 16 px: a teacher well above chance in 3 short epochs
+    first = teacher.train_teacher(_tiny(tmp_path, "first.safetensors", **geometry))[1]
+    # a vanishing learning rate: the warm-started weights are the first teacher's, so is its accuracy
+    out, meta = teacher.train_teacher(_tiny(tmp_path, "warm.safetensors", epochs=1, lr=1e-12, **geometry,
+                                            init=str(tmp_path / "first.safetensors")))
+    a, b = load_file(str(tmp_path / "first.safetensors")), load_file(out)
+    weights = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in weights)
+    assert meta.val_acc == pytest.approx(first.val_acc, abs=0.02) and first.val_acc > 0.5
+    assert meta.extra["init"] == {"file": "first.safetensors", "sha256": first.fingerprint,
+                                  "val_acc": first.val_acc, "epochs": 3}
+    cold = teacher.train_teacher(_tiny(tmp_path, "cold.safetensors", epochs=1, lr=1e-12, **geometry))[1]
+    assert cold.val_acc < first.val_acc - 0.2  # without --init the same run starts from random weights
+    # the init file is a setting: a resume with another (or none) is refused like any changed setting
+    assert teacher.RESUME_KEYS and "init" in teacher.RESUME_KEYS
+    argv = ["train-teacher", "--data", "digits", "--arch", "convnet", "--image-size", "16", "--epochs", "1",
+            "--workers", "0", "--loader", "torch", "--no-progress", "--out", str(tmp_path / "x.safetensors"),
+            "--init", str(tmp_path / "first.safetensors")]
+    assert main([*argv, "--width", "0.25"]) == 2  # another width: one line naming the file and what was expected
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--init" in err and "width 0.125" in err and "expected width 0.25" in err
+    assert main([*argv[:-1], str(tmp_path / "missing.safetensors")]) == 2
+    assert "--init" in capsys.readouterr().err and not os.path.exists(tmp_path / "x.safetensors")
+
+
 def test_fp16_storage_halves_the_file_and_loads_back_to_float32(tmp_path):
     import torch.nn.functional as F
 

@@ -74,6 +74,11 @@ class TeacherConfig:
     image_size: int | None = option(None, help="image side in pixels (default: the dataset's size, see "
                                     "infer_fast.data.dataset_info)")
     seed: int = option(0, help="seed of the initialisation, the data order and the augmentation")
+    # A warm restart (SGDR, Loshchilov and Hutter, ICLR 2017) or a fine-tune: a new schedule over --epochs from a
+    # trained teacher's weights. Its classes must cover the dataset's (a superset keeps the matching head rows).
+    init: str | None = option(None, metavar="FILE", help="start from the weights of this teacher (same --arch and "
+                              "--width; any file load_teacher reads) instead of a random initialisation: a warm "
+                              "restart with a new schedule, or a fine-tune")
     storage: str = option("fp32", choices=("fp32", "fp16"), resume=False,
                           help="dtype of the saved weights (fp16 halves the file; loads back to fp32)")
     eval_every: int = option(0, resume=False, help="validate every N epochs as well (0: only at the end)")
@@ -115,6 +120,7 @@ class TeacherConfig:
         require(0 <= self.label_smoothing < 1, "--label-smoothing", "a value in [0, 1)", self.label_smoothing)
         require(self.source == "digits" or os.path.isdir(self.source), "--data", "digits or a dataset folder",
                 self.source)
+        require(self.init is None or os.path.isfile(self.init), "--init", "an existing teacher file", self.init)
 
 
 RESUME_KEYS = resume_fields(TeacherConfig)
@@ -188,6 +194,7 @@ class _Run:
     history: list[dict]
     epoch: int = 0  # the next epoch to train
     seconds: float = 0.0  # training time of the finished epochs, all sittings
+    init: dict | None = None  # the --init teacher (file, sha256, val_acc, epochs) or None
 
 
 def _setup(cfg: TeacherConfig) -> _Run:
@@ -203,12 +210,32 @@ def _setup(cfg: TeacherConfig) -> _Run:
     if len(train) == 0:
         raise ValueError(f"train_teacher: the train split of {cfg.source!r} gives no batch of {cfg.batch_size}")
     model = build_model(cfg.arch, len(info.classes), info.image_size, cfg.width).to(device)
+    init = _load_init(cfg, model, info) if cfg.init else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     sched = make_scheduler(cfg, opt, len(train))
-    return _Run(cfg, device, info, train, val, model, opt, sched, os.path.abspath(cfg.out) + STATE_SUFFIX, [])
+    return _Run(cfg, device, info, train, val, model, opt, sched, os.path.abspath(cfg.out) + STATE_SUFFIX, [],
+                init=init)
+
+
+def _load_init(cfg: TeacherConfig, model: nn.Module, info) -> dict:
+    """Copy ``cfg.init``'s weights into ``model`` (same architecture, width and input size; the teacher's head
+    restricted to the dataset's classes) and return what the final file records of it."""
+    from infer_fast.models import load_teacher
+
+    teacher, meta = load_teacher(cfg.init, arch=cfg.arch, data_classes=info.classes)
+    if abs(meta.width - cfg.width) > 1e-9 or meta.image_size != info.image_size:
+        raise ConfigError(f"--init: {cfg.init} is a {meta.arch} of width {meta.width:g} at {meta.image_size} px; "
+                          f"expected width {cfg.width:g} (--width) at {info.image_size} px (the dataset's size)")
+    if tuple(round(v, 4) for v in meta.mean) != tuple(round(v, 4) for v in info.mean) or \
+            tuple(round(v, 4) for v in meta.std) != tuple(round(v, 4) for v in info.std):
+        print(f"train-teacher: --init: {cfg.init} was trained with another normalisation (mean {meta.mean}, std "
+              f"{meta.std}); training goes on with the dataset's (mean {tuple(info.mean)}, std {tuple(info.std)})")
+    model.load_state_dict(teacher.state_dict())
+    return {"file": os.path.basename(cfg.init), "sha256": meta.fingerprint, "val_acc": meta.val_acc,
+            "epochs": (meta.extra.get("config") or {}).get("epochs")}
 
 
 def _config_json(cfg: TeacherConfig) -> dict:
@@ -326,7 +353,8 @@ def _finish(run: _Run) -> TeacherMeta:
                        mean=tuple(info.mean), std=tuple(info.std), image_size=info.image_size,
                        val_acc=last["val_acc"], width=cfg.width,
                        extra={"config": config, "train_loss": last["train_loss"], "train_seconds": last["seconds"],
-                              "history": run.history, "version": __version__})
+                              "history": run.history, "version": __version__,
+                              **({"init": run.init} if run.init else {})})
     model = run.model.cpu().to(memory_format=torch.contiguous_format)
     meta = save_teacher(model, meta, cfg.out, dtype=torch.float16 if cfg.storage == "fp16" else None)
     if cfg.progress:
