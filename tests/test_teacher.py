@@ -115,6 +115,13 @@ def test_init_starts_from_a_teachers_weights_and_refuses_another_geometry(tmp_pa
     assert cold.val_acc < first.val_acc - 0.2  # without --init the same run starts from random weights
     # the init file is a setting: a resume with another (or none) is refused like any changed setting
     assert teacher.RESUME_KEYS and "init" in teacher.RESUME_KEYS
+    part = teacher.train_teacher(_tiny(tmp_path, "part.safetensors", epochs=2, stop_after=1, **geometry,
+                                       init=str(tmp_path / "first.safetensors")))[0]
+    assert main(["train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.125", "--image-size", "16",
+                 "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--workers", "0", "--loader", "torch",
+                 "--no-progress", "--out", part, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "init: checkpoint" in err and "vs now None" in err
     argv = ["train-teacher", "--data", "digits", "--arch", "convnet", "--image-size", "16", "--epochs", "1",
             "--workers", "0", "--loader", "torch", "--no-progress", "--out", str(tmp_path / "x.safetensors"),
             "--init", str(tmp_path / "first.safetensors")]

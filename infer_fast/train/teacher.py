@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 from infer_fast.models.evaluate import accuracy_counts
 from infer_fast.runtime import (
+    Normalisation,
     atomic_torch_save,
     atomic_write_text,
     cache_root,
@@ -229,10 +231,10 @@ def _load_init(cfg: TeacherConfig, model: nn.Module, info) -> dict:
     if abs(meta.width - cfg.width) > 1e-9 or meta.image_size != info.image_size:
         raise ConfigError(f"--init: {cfg.init} is a {meta.arch} of width {meta.width:g} at {meta.image_size} px; "
                           f"expected width {cfg.width:g} (--width) at {info.image_size} px (the dataset's size)")
-    if tuple(round(v, 4) for v in meta.mean) != tuple(round(v, 4) for v in info.mean) or \
-            tuple(round(v, 4) for v in meta.std) != tuple(round(v, 4) for v in info.std):
-        print(f"train-teacher: --init: {cfg.init} was trained with another normalisation (mean {meta.mean}, std "
-              f"{meta.std}); training goes on with the dataset's (mean {tuple(info.mean)}, std {tuple(info.std)})")
+    if not Normalisation(info.mean, info.std).matches(Normalisation(meta.mean, meta.std)):
+        print(f"train-teacher: warning: --init: {cfg.init} was trained with mean/std {tuple(meta.mean)}/"
+              f"{tuple(meta.std)}; training goes on with the dataset's {tuple(info.mean)}/{tuple(info.std)}",
+              file=sys.stderr)
     model.load_state_dict(teacher.state_dict())
     return {"file": os.path.basename(cfg.init), "sha256": meta.fingerprint, "val_acc": meta.val_acc,
             "epochs": (meta.extra.get("config") or {}).get("epochs")}
