@@ -216,13 +216,34 @@ def test_bench_scripts_do_not_edit_sys_path():
             assert "sys.path.insert" not in text and "sys.path.append" not in text, name
 
 
-@pytest.mark.parametrize("script", ["bench_ops.py", "bench_quality.py", "bench_eval.py", "plan_imagenet.py"])
+@pytest.mark.parametrize("script", ["bench_ops.py", "bench_quality.py", "bench_eval.py", "bench_teachers.py",
+                                    "plan_imagenet.py"])
 def test_bench_scripts_run_from_the_project_root(script):
     """`python bench/x.py` finds its sibling modules (script folder) and the package (installed) on its own."""
     r = subprocess.run([sys.executable, os.path.join("bench", script), "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+def test_bench_teachers_scores_each_teacher_as_training_did_and_every_ensemble(teachers, tmp_path, capsys):
+    import bench_teachers
+
+    from infer_fast.models import load_teacher
+
+    out = tmp_path / "t.json"
+    assert bench_teachers.main(["--data", "digits", "--image-size", "16", "--threads", "1", *teachers,
+                                "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["members"] for r in rows] == [[os.path.basename(t)[:-12]] for t in teachers] + [
+        [os.path.basename(t)[:-12] for t in teachers]]
+    # one teacher: the figure train-teacher measured on the same split
+    for r, path in zip(rows[:2], teachers, strict=True):
+        assert r["p50"] == pytest.approx(100 * load_teacher(path)[1].val_acc, abs=1e-6)
+    assert all(0 < r["true_class_prob"] < 1 and r["samples"] == 1 and r["metric"] == "top1" for r in rows)
+    assert rows[-1]["provider"] in capsys.readouterr().out
+    assert bench_teachers.main(["--data", "digits", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
 
 
 def test_synthesis_loss_agreement_judges_the_window_not_single_iterations():

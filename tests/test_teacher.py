@@ -132,6 +132,46 @@ def test_init_starts_from_a_teachers_weights_and_refuses_another_geometry(tmp_pa
     assert "--init" in capsys.readouterr().err and not os.path.exists(tmp_path / "x.safetensors")
 
 
+def test_distill_from_learns_from_the_teachers_alone_and_records_them(tmp_path, capsys):
+    from infer_fast.cli import main
+
+    geometry = dict(image_size=16, batch_size=32)
+    first = teacher.train_teacher(_tiny(tmp_path, "first.safetensors", **geometry))[1]
+    path = str(tmp_path / "first.safetensors")
+    # --kd-weight 1: the true labels carry no weight, so all the student learns comes through the distillation term
+    kd = _tiny(tmp_path, "kd.safetensors", **geometry, distill_from=[path], kd_weight=1.0, kd_temperature=2.0)
+    out, meta = teacher.train_teacher(kd)
+    blind = teacher.train_teacher(_tiny(tmp_path, "blind.safetensors", **geometry, distill_from=[path],
+                                        kd_weight=1.0, kd_temperature=2.0, lr=1e-12))[1]
+    assert blind.val_acc < 0.3 < 0.5 < meta.val_acc  # not the initialisation: learnt, and only from the teacher
+    assert meta.extra["distill_from"] == {
+        "teachers": [{"file": "first.safetensors", "sha256": first.fingerprint, "arch": "convnet", "width": 0.125,
+                      "val_acc": first.val_acc}], "weight": 1.0, "temperature": 2.0}
+    # the student agrees with its teacher on most validation images
+    student, teach = load_teacher(out)[0].eval(), load_teacher(path)[0].eval()
+    from infer_fast.data import make_loader
+
+    val = make_loader("digits", "eval", batch_size=256, image_size=16, loader="torch", num_workers=0)
+    with torch.no_grad():
+        agree = [(student(x).argmax(1) == teach(x).argmax(1)).float().mean() for x, _ in val]
+    assert float(torch.stack(agree).mean()) > 0.6
+    # the distilling teachers are a setting: a resume with none is refused
+    assert {"distill_from", "kd_weight", "kd_temperature"} <= set(teacher.RESUME_KEYS)
+    part = teacher.train_teacher(_tiny(tmp_path, "part.safetensors", epochs=2, stop_after=1, **geometry,
+                                       distill_from=[path]))[0]
+    argv = ["train-teacher", "--data", "digits", "--arch", "convnet", "--width", "0.125", "--image-size", "16",
+            "--batch-size", "32", "--lr", "0.05", "--workers", "0", "--loader", "torch", "--no-progress"]
+    assert main([*argv, "--epochs", "2", "--out", part, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "distill_from: checkpoint" in err
+    for flags, expected in ((["--kd-weight", "1.5"], "--kd-weight"), (["--kd-temperature", "0"], "--kd-temperature"),
+                            (["--distill-from", str(tmp_path / "missing.safetensors")], "--distill-from")):
+        assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "x.safetensors"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err
+    assert not os.path.exists(tmp_path / "x.safetensors")
+
+
 def test_fp16_storage_halves_the_file_and_loads_back_to_float32(tmp_path):
     import torch.nn.functional as F
 

@@ -15,6 +15,14 @@ Long runs resume: ``<out>.train/`` holds the last finished epoch's checkpoint (m
 so far; written atomically, ``torch.load(weights_only=True)``), ``metrics.jsonl`` and ``accuracy.png``;
 ``--resume`` continues from it (the settings that change the result must match), ``--stop-after N`` ends a sitting
 after N more epochs. The folder is removed once the teacher file is written.
+
+Knowledge distillation (``--distill-from FILE ...``): the loss becomes ``(1 - a) CE(z, y) + a T^2 KL(p_T || q_T)``
+(Hinton, Vinyals and Dean 2015) with ``p_T`` the softened mean logits of the given teachers (the ensemble of
+:mod:`infer_fast.labels`) on the very augmented batch the network sees, ``q_T = softmax(z / T)``, ``a = --kd-weight``
+and ``T = --kd-temperature`` (defaults 0.9 and 4, the CIFAR setting of Tian, Krishnan and Isola, ICLR 2020). The KL
+term is the product's fused ``mixed_soft_xent``. It trains one network from an ensemble of several (a stronger teacher
+for distillation than any member alone), and with ``--init`` of one member it is a born-again restart
+(Furlanello et al., ICML 2018). The distilling teachers cost one forward each per batch.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from infer_fast.data.api import LOADERS
 from infer_fast.models.archs import ARCHS, build_model
 from infer_fast.models.checkpoint import TeacherMeta, save_teacher
 from infer_fast.models.evaluate import accuracy_counts
+from infer_fast.models.named import is_named
 from infer_fast.runtime import (
     Normalisation,
     atomic_torch_save,
@@ -81,6 +90,14 @@ class TeacherConfig:
     init: str | None = option(None, metavar="FILE", help="start from the weights of this teacher (same --arch and "
                               "--width; any file load_teacher reads) instead of a random initialisation: a warm "
                               "restart with a new schedule, or a fine-tune")
+    distill_from: list[str] = option(default_factory=list, metavar="FILE", help="knowledge distillation: also match "
+                                     "the softened mean logits of these teachers on each augmented batch (files "
+                                     "load_teacher reads, or torchvision:MODEL names; their classes must cover the "
+                                     "dataset's). The recorded train_loss is then the mixed loss")
+    kd_weight: float = option(0.9, help="with --distill-from: weight a of the distillation term (the cross-entropy "
+                              "on the true labels gets 1 - a)")
+    kd_temperature: float = option(4.0, help="with --distill-from: softmax temperature T of both sides (the term is "
+                                   "scaled by T^2 so its gradient keeps its size)")
     storage: str = option("fp32", choices=("fp32", "fp16"), resume=False,
                           help="dtype of the saved weights (fp16 halves the file; loads back to fp32)")
     eval_every: int = option(0, resume=False, help="validate every N epochs as well (0: only at the end)")
@@ -123,6 +140,11 @@ class TeacherConfig:
         require(self.source == "digits" or os.path.isdir(self.source), "--data", "digits or a dataset folder",
                 self.source)
         require(self.init is None or os.path.isfile(self.init), "--init", "an existing teacher file", self.init)
+        for path in self.distill_from:
+            require(is_named(path) or os.path.isfile(path), "--distill-from",
+                    "existing teacher files or torchvision:MODEL names", path)
+        require(0 <= self.kd_weight <= 1, "--kd-weight", "a value in [0, 1]", self.kd_weight)
+        require(self.kd_temperature > 0, "--kd-temperature", "> 0", self.kd_temperature)
 
 
 RESUME_KEYS = resume_fields(TeacherConfig)
@@ -197,6 +219,8 @@ class _Run:
     epoch: int = 0  # the next epoch to train
     seconds: float = 0.0  # training time of the finished epochs, all sittings
     init: dict | None = None  # the --init teacher (file, sha256, val_acc, epochs) or None
+    kd: nn.Module | None = None  # the --distill-from ensemble (infer_fast.labels.TeacherEnsemble) or None
+    kd_info: dict | None = None  # what the final file records of it
 
 
 def _setup(cfg: TeacherConfig) -> _Run:
@@ -213,13 +237,27 @@ def _setup(cfg: TeacherConfig) -> _Run:
         raise ValueError(f"train_teacher: the train split of {cfg.source!r} gives no batch of {cfg.batch_size}")
     model = build_model(cfg.arch, len(info.classes), info.image_size, cfg.width).to(device)
     init = _load_init(cfg, model, info) if cfg.init else None
+    kd, kd_info = _load_distill(cfg, info, device) if cfg.distill_from else (None, None)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        kd = kd.to(memory_format=torch.channels_last) if kd is not None else None
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     sched = make_scheduler(cfg, opt, len(train))
     return _Run(cfg, device, info, train, val, model, opt, sched, os.path.abspath(cfg.out) + STATE_SUFFIX, [],
-                init=init)
+                init=init, kd=kd, kd_info=kd_info)
+
+
+def _load_distill(cfg: TeacherConfig, info, device: torch.device) -> tuple[nn.Module, dict]:
+    """The ``--distill-from`` ensemble on ``info``'s classes and normalisation, and its record for the final file."""
+    from infer_fast.labels import TeacherEnsemble
+    from infer_fast.models import load_teachers
+
+    teachers = load_teachers(cfg.distill_from, info.classes, device)
+    record = {"teachers": [{"file": os.path.basename(p), "sha256": m.fingerprint, "arch": m.arch, "width": m.width,
+                            "val_acc": m.val_acc} for p, (_, m) in zip(cfg.distill_from, teachers, strict=True)],
+              "weight": cfg.kd_weight, "temperature": cfg.kd_temperature}
+    return TeacherEnsemble(teachers, info.mean, info.std, info.image_size).to(device), record
 
 
 def _load_init(cfg: TeacherConfig, model: nn.Module, info) -> dict:
@@ -258,7 +296,8 @@ def _resume(run: _Run) -> None:
         state = torch.load(path, map_location=run.device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line message
         raise ConfigError(f"--resume: {path} is not a readable teacher checkpoint ({exc})") from exc
-    saved, now = state["config"], _config_json(run.cfg)
+    # a setting added after the checkpoint was written reads as its default (what that run trained with)
+    saved, now = {**_config_json(TeacherConfig()), **state["config"]}, _config_json(run.cfg)
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
     if diff:
         raise ConfigError(f"--resume: {path} was written with other settings ({'; '.join(diff)}); use "
@@ -275,8 +314,15 @@ def _train_epoch(run: _Run, criterion: nn.Module, bar) -> float:
     run.train.set_epoch(run.epoch)
     loss_sum = torch.zeros((), device=run.device)
     layout = torch.channels_last if run.cfg.channels_last else torch.contiguous_format
+    if run.kd is not None:
+        from infer_fast.ops.mixed_soft_xent import mixed_soft_xent
+    a, t = run.cfg.kd_weight, run.cfg.kd_temperature
     for images, labels in run.train:
-        loss = criterion(run.model(images.contiguous(memory_format=layout)), labels)
+        images = images.contiguous(memory_format=layout)
+        logits = run.model(images)
+        loss = criterion(logits, labels)
+        if run.kd is not None:
+            loss = (1 - a) * loss + (a * t * t) * mixed_soft_xent(logits, run.kd(images), temperature=t)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -356,7 +402,8 @@ def _finish(run: _Run) -> TeacherMeta:
                        val_acc=last["val_acc"], width=cfg.width,
                        extra={"config": config, "train_loss": last["train_loss"], "train_seconds": last["seconds"],
                               "history": run.history, "version": __version__,
-                              **({"init": run.init} if run.init else {})})
+                              **({"init": run.init} if run.init else {}),
+                              **({"distill_from": run.kd_info} if run.kd_info else {})})
     model = run.model.cpu().to(memory_format=torch.contiguous_format)
     meta = save_teacher(model, meta, cfg.out, dtype=torch.float16 if cfg.storage == "fp16" else None)
     if cfg.progress:

@@ -1,0 +1,85 @@
+"""Teachers and their ensembles on a validation split: which files to distil from (issue 18).
+
+    python bench/bench_teachers.py --data DIR/tiny-imagenet-32 bench/teachers/tiny200/*.safetensors \\
+        --json teachers.json
+
+For every teacher file and every ensemble of two or more of them (the mean of their logits, the rule of the soft
+labels, ``infer_fast.labels.TeacherEnsemble``): val top-1 and the mean true-class probability over the whole
+evaluation split, from one forward per teacher and image (the ensembles reuse the logits). Teachers trained with
+other statistics or at another input size are re-normalised or resized as the ensemble does for distillation.
+
+This reads the validation split, so it is a report on the teachers, never a choice of settings for the tables
+(issue 18: choices come from held-out training images or class evidence). Records (common.record): one per teacher
+or ensemble, metric ``top1`` (percent, a single exact figure: samples = 1) with ``true_class_prob``, ``members`` and
+``images``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import torch
+from common import Stats, base_parser, markdown_table, record, write_json
+from tqdm import tqdm
+
+from infer_fast.data import dataset_info, make_loader
+from infer_fast.labels import TeacherEnsemble, load_ensemble
+
+
+def member_logits(ensemble: TeacherEnsemble, loader) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every member's float32 logits over the whole ``loader`` and the labels (one forward per teacher and image)."""
+    each: list[list[torch.Tensor]] = [[] for _ in ensemble.models]
+    labels = []
+    for images, y in tqdm(loader, desc="teachers on val", unit="batch"):
+        for i, logits in enumerate(ensemble.each(images)):
+            each[i].append(logits.cpu())
+        labels.append(y.cpu())
+    return [torch.cat(e) for e in each], torch.cat(labels)
+
+
+def scores(each: list[torch.Tensor], labels: torch.Tensor, members: tuple[int, ...]) -> tuple[float, float]:
+    """(top-1 %, mean true-class probability) of the mean logits of ``members``."""
+    logits = TeacherEnsemble.mean([each[i] for i in members])
+    top1 = 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels)
+    prob = float(logits.softmax(1).gather(1, labels[:, None]).mean())
+    return top1, prob
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.split("\n")[0])
+    p.add_argument("teachers", nargs="+", metavar="FILE", help="teacher files (any load_teacher reads)")
+    p.add_argument("--data", required=True, metavar="ROOT|digits", help="dataset root with a val/ (or test/) split")
+    p.add_argument("--image-size", type=int, default=None, help="evaluation size (default: the dataset's)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--max-members", type=int, default=3, help="largest ensemble evaluated")
+    args = p.parse_args(argv)
+    missing = [f for f in args.teachers if not os.path.isfile(f)]
+    if missing:
+        print(f"bench_teachers: error: teacher file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    info = dataset_info(args.data, image_size=args.image_size)
+    loader = make_loader(args.data, "eval", batch_size=args.batch_size, loader="torch", num_workers=1,
+                         image_size=info.image_size, device=device)
+    ensemble = load_ensemble(args.teachers, info, device)
+    each, labels = member_logits(ensemble, loader)
+    names = [os.path.basename(f).removesuffix(".safetensors") for f in args.teachers]
+    rows = []
+    for size in range(1, min(args.max_members, len(names)) + 1):
+        for members in itertools.combinations(range(len(names)), size):
+            top1, prob = scores(each, labels, members)
+            rows.append(record("teacher_ensemble", " + ".join(names[i] for i in members), "eval", "top1", "%",
+                               "data", os.path.basename(os.path.normpath(args.data)), Stats.of([top1]), args.device,
+                               true_class_prob=round(prob, 4), members=[names[i] for i in members],
+                               images=len(labels)))
+    print(markdown_table([{**r, "top1": r["p50"]} for r in rows], ["provider", "top1", "true_class_prob", "images"]))
+    write_json(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
