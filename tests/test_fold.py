@@ -224,8 +224,19 @@ def test_optimise_batch_prepared_equals_plain():
     prepared = SynthesisTeacher(model, fold_bn=True, channels_last=True, probe_size=s)
     fast = run_batch(problems, prepared, base, *NORM.tensors(), **kw)
     assert prepared.groups == len(problems)
-    assert_close(fast.ce, plain.ce, atol=1e-5, rtol=1e-3, what="CE per iteration")
-    assert_close(fast.bn, plain.bn, atol=1e-5, rtol=1e-3, what="BN loss per iteration")
+    # iteration 0 sees the same inputs: what differs is the levers' float32 rounding alone
+    assert_close(fast.ce[0], plain.ce[0], atol=1e-6, rtol=1e-4, what="CE at iteration 0")
+    assert_close(fast.bn[0], plain.bn[0], atol=1e-6, rtol=1e-4, what="BN loss at iteration 0")
+    # (2-4e-7 on the AMD EPYC host of this change). Later iterations follow compensators that this rounding,
+    # amplified by Adam's normalised steps, can move apart, and how far varies from run to run: of five runs there,
+    # two stayed within 1.2e-4 and three reached ~1.4e-3 at single iterations (BN at iteration 7 58.37 vs 58.45, at 9
+    # 53.07 vs 53.04: both directions; mean over the iterations 3e-4). So the trajectory is judged as bench_synthesis
+    # judges fp32 synthesis: the mean over the iterations of each problem, and every iteration inside a looser bound
+    # that a systematic offset still breaks
+    for key in ("ce", "bn"):
+        a, b = getattr(fast, key), getattr(plain, key)
+        assert_close(a.mean(0), b.mean(0), atol=1e-5, rtol=3e-3, what=f"{key} mean over the iterations")
+        assert_close(a, b, atol=1e-5, rtol=1e-2, what=f"{key} per iteration")
     assert not torch.equal(fast.params[0], problems[0].init), "the UFC did not move"
 
 
