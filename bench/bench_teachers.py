@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from infer_fast.data import dataset_info, make_loader
 from infer_fast.labels import TeacherEnsemble, load_ensemble
+from infer_fast.synth.evidence import EvidenceMeter
 
 
 def member_logits(ensemble: TeacherEnsemble, loader) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -40,11 +41,12 @@ def member_logits(ensemble: TeacherEnsemble, loader) -> tuple[list[torch.Tensor]
 
 
 def scores(each: list[torch.Tensor], labels: torch.Tensor, members: tuple[int, ...]) -> tuple[float, float]:
-    """(top-1 %, mean true-class probability) of the mean logits of ``members``."""
-    logits = TeacherEnsemble.mean([each[i] for i in members])
-    top1 = 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels)
-    prob = float(logits.softmax(1).gather(1, labels[:, None]).mean())
-    return top1, prob
+    """(top-1 %, mean true-class probability) of the mean logits of ``members``: the ensemble figures of
+    :class:`~infer_fast.synth.evidence.EvidenceMeter`, the class evidence every ``distill`` reports."""
+    meter = EvidenceMeter(len(members))
+    meter.add("natural", [each[i] for i in members], labels)
+    fig = meter.summary()["natural"]["ensemble"]
+    return 100.0 * fig["top1"], fig["true_prob"]
 
 
 def main(argv: list[str] | None = None) -> int:

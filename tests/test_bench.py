@@ -235,8 +235,8 @@ def test_bench_teachers_scores_each_teacher_as_training_did_and_every_ensemble(t
     assert bench_teachers.main(["--data", "digits", "--image-size", "16", "--threads", "1", *teachers,
                                 "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["members"] for r in rows] == [[os.path.basename(t)[:-12]] for t in teachers] + [
-        [os.path.basename(t)[:-12] for t in teachers]]
+    names = [os.path.basename(t).removesuffix(".safetensors") for t in teachers]
+    assert [r["members"] for r in rows] == [[n] for n in names] + [names]
     # one teacher: the figure train-teacher measured on the same split
     for r, path in zip(rows[:2], teachers, strict=True):
         assert r["p50"] == pytest.approx(100 * load_teacher(path)[1].val_acc, abs=1e-6)
