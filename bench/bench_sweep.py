@@ -18,7 +18,7 @@ over seeds); if none does, the r_bn whose compositions lose the least (:func:`ch
 evidence). The students' validation accuracy is reported beside it, not used for it.
 
 Cells reuse their folders (``--cache``): a sweep resumes where it stopped, and a cell whose r_bn is the distill
-default of the data for the method (synth.config: 1 for small images, the measured 0.01 for INFER with more than
+default of the data for the method (synth.config: 1 for small images, the measured 0 for INFER with more than
 100 classes) shares the folder of a plain ``bench_quality`` run at the same settings
 (that run passes no ``--r-bn``), so the main table's distillations and random students are not paid twice.
 Records (common.record): one per cell and seed, metric ``evidence_composed`` with ``evidence_natural``, top-1 of

@@ -7,6 +7,8 @@ import statistics
 import bench_quality as bq
 import pytest
 
+from infer_fast.synth.config import MANY_CLASSES_R_BN
+
 
 def _row(method, labels, seed, top1, top5=None, compute="epochs", steps=30):
     return {"method": method, "labels": labels, "compute": compute, "seed": seed, "top1": top1, "top5": top5,
@@ -91,7 +93,7 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
     assert bq.settings_of(a, [])["match"] == "steps" != bq.settings_of(e, [])["match"]
     # the measured default r_bn keys the run folder where it replaces the paper's, and only there: folders of the
     # paper's value are never reused for it, and the 10-class workloads keep their keys
-    assert bq.settings_of(a, [], (True, 200))["default_r_bn"] == {"infer": 0.01}
+    assert bq.settings_of(a, [], (True, 200))["default_r_bn"] == {"infer": MANY_CLASSES_R_BN}
     assert "default_r_bn" not in bq.settings_of(a, [], (True, 10)) and "default_r_bn" not in bq.settings_of(
         a, [], (False, 200))
     # adding the content controls (INFER's settings by design) keys the same folder, so its INFER sets are reused
@@ -99,7 +101,7 @@ def test_match_steps_gives_every_pair_infers_steps_and_a_2x_saturation_point():
     assert bq.settings_of(c, [], (True, 200)) == bq.settings_of(bq.parse_args(["--workload", "tiny200", "--match",
                                                                                 "steps"]), [], (True, 200))
     c.methods.append("sre2l/dynamic")  # a method of its own synthesis: keyed when its default is measured
-    assert bq.settings_of(c, [], (True, 200))["default_r_bn"] == {"infer": 0.01}  # sre2l keeps the paper's
+    assert bq.settings_of(c, [], (True, 200))["default_r_bn"] == {"infer": MANY_CLASSES_R_BN}  # sre2l keeps the paper's
     a.r_bn = 1.0
     assert "default_r_bn" not in bq.settings_of(a, [], (True, 200))
 
@@ -171,8 +173,9 @@ def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells
     a.default_r_bn = 1.0  # the data's default for the method, as main resolves it (CIFAR-10: the paper's 1)
     default, other = bs._quality_argv(a, 1.0, 1000, ["infer/static"]), bs._quality_argv(a, 0.1, 1000, ["x"])
     assert "--r-bn" not in default and other[other.index("--r-bn") + 1] == "0.1"
-    a.default_r_bn = 0.01  # 200 classes: the measured default shares bench_quality's folder, the paper's 1 does not
-    assert "--r-bn" not in bs._quality_argv(a, 0.01, 1000, ["x"]) and "--r-bn" in bs._quality_argv(a, 1.0, 1000, ["x"])
+    a.default_r_bn = MANY_CLASSES_R_BN  # 200 classes: the measured default shares bench_quality's folder, the paper's
+    measured = bs._quality_argv(a, MANY_CLASSES_R_BN, 1000, ["x"])  # 1 does not (r_bn 0 is a value, not "unset")
+    assert "--r-bn" not in measured and "--r-bn" in bs._quality_argv(a, 1.0, 1000, ["x"])
     q = bq.parse_args(default)
     assert (q.match, q.saturation, q.iterations, q.r_bn, q.resume) == ("steps", False, 1000, None, True)
     rows[0]["top1"], rows[0]["student_steps"] = 30.0, 400
