@@ -173,8 +173,9 @@ def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells
     a.default_r_bn = 1.0  # the data's default for the method, as main resolves it (CIFAR-10: the paper's 1)
     default, other = bs._quality_argv(a, 1.0, 1000, ["infer/static"]), bs._quality_argv(a, 0.1, 1000, ["x"])
     assert "--r-bn" not in default and other[other.index("--r-bn") + 1] == "0.1"
-    a.default_r_bn = MANY_CLASSES_R_BN  # 200 classes: the measured default shares bench_quality's folder, the paper's
-    measured = bs._quality_argv(a, MANY_CLASSES_R_BN, 1000, ["x"])  # 1 does not (r_bn 0 is a value, not "unset")
+    # 200 classes: the measured default shares bench_quality's folder, the paper's 1 does not (0 is a value, not unset)
+    a.default_r_bn = MANY_CLASSES_R_BN
+    measured = bs._quality_argv(a, MANY_CLASSES_R_BN, 1000, ["x"])
     assert "--r-bn" not in measured and "--r-bn" in bs._quality_argv(a, 1.0, 1000, ["x"])
     q = bq.parse_args(default)
     assert (q.match, q.saturation, q.iterations, q.r_bn, q.resume) == ("steps", False, 1000, None, True)
