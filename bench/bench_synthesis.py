@@ -12,6 +12,9 @@ distribution; images are seeded random pixels: throughput does not depend on wha
 - ``imagenet``: 224x224 ResNet-18 with 1000 classes; each problem holds ``2 * chunk`` classes of its set,
   optimised in class chunks of ``chunk`` (each chunk its own BN group, gradients accumulated), as a 1000-class
   set is. Full: 4 problems, chunk 32; ``--quick``: 2 problems, chunk 16.
+- ``tiny200``: C=200 classes at 32x32 with the committed Tiny-200 teacher's shape (ResNet-18, CIFAR stem, width 0.5)
+  and that workload's default r_bn = 0 (u on the teachers' cross-entropy alone; the BN term is measured, not
+  optimised). Full: 6 problems of 200 images; ``--quick``: 2.
 
 Providers, each in its own process (so that peak RSS is its own): ``reference`` (bench/synthesis_reference.py, one
 problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig defaults,
@@ -53,7 +56,7 @@ from common import Stats, base_parser, git_commit, markdown_table, record, write
 from infer_fast.models.archs import build_model
 from infer_fast.runtime import IMAGENET_MEAN, IMAGENET_STD, Normalisation
 from infer_fast.synth.augment import AugSettings
-from infer_fast.synth.config import DistillConfig, auto_problems_per_batch
+from infer_fast.synth.config import MANY_CLASSES_R_BN, DistillConfig, auto_problems_per_batch
 from infer_fast.synth.fold import SynthesisTeacher, cpu_bf16_error
 from infer_fast.synth.methods.infer import infer_problems
 from infer_fast.synth.problem import make_batches
@@ -85,6 +88,7 @@ class Workload:
     timed: int
     small: bool
     r_bn: float
+    width: float = 1.0
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
@@ -94,6 +98,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
                             True, 1.0),
         "imagenet": Workload("imagenet", "resnet18", 1000, 224, 2 if quick else 4, 32 if quick else 64,
                              16 if quick else 32, 1, 2 if quick else 3, False, 0.01),
+        "tiny200": Workload("tiny200", "resnet18_cifar", 200, 32, 2 if quick else 6, 200, 0, 1, 5 if quick else 3,
+                            True, MANY_CLASSES_R_BN, 0.5),
     }
 
 
@@ -112,6 +118,9 @@ LEVERS = {  # cumulative, in the issue's order; the next step, + channels-last, 
     "+cuda_graphs": {**DEFAULT, "cuda_graphs": True},  # not cumulative: the default captured in a CUDA graph
 }
 CUDA_ONLY = {"+cuda_graphs"}
+# At r_bn = 0 the default runs no backward of the BN term; this provider is the default with that backward run (r_bn
+# 1e-30: the same update to float32 rounding, the pass before the skip), so its ratio is what the skip saves.
+WITH_BN_BACKWARD = "with_bn_backward"
 
 
 # ---- one provider in this process -----------------------------------------------------------------
@@ -121,7 +130,7 @@ def build(w: Workload, device: str = "cpu") -> tuple[nn.Module, torch.Tensor, li
     """(teacher, base uint8 [K*n, 3, S, S], problems, lo, hi) on ``device``: deterministic for the workload
     (drawn on the CPU, then moved)."""
     torch.manual_seed(0)
-    model = build_model(w.arch, w.num_classes, w.size)
+    model = build_model(w.arch, w.num_classes, w.size, w.width)
     k_sets = w.problems  # one teacher here: one problem per natural set
     g = torch.Generator().manual_seed(1)
     naturals = torch.randint(0, 256, (k_sets, w.images, 3, w.size, w.size), generator=g, dtype=torch.uint8)
@@ -168,6 +177,8 @@ def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
     model, base, problems, lo, hi = build(w, device)
     mean, std = MEAN.to(device), STD.to(device)
     common = _common(w)
+    if provider == WITH_BN_BACKWARD:
+        common["r_bn"] = common["r_bn"] or 1e-30
     cuda = device.startswith("cuda")
 
     def stamp(*_) -> None:  # on a GPU an iteration ends when its kernels have run, not when they are queued
@@ -194,7 +205,7 @@ def run_provider(w: Workload, provider: str, device: str = "cpu") -> dict:
                                            class_chunk=w.class_chunk, on_iteration=stamp, **common)
             ce[:, j], bn[:, j] = torch.tensor(ces), torch.tensor(bns)
     else:
-        opts = DEFAULT if provider == "infer_fast" else LEVERS[provider]
+        opts = DEFAULT if provider in ("infer_fast", WITH_BN_BACKWARD) else LEVERS[provider]
         teacher = SynthesisTeacher(model, first_bn_multiplier=common["first_bn_multiplier"],
                                    backend=opts["backend"], fold_bn=opts["fold_bn"],
                                    channels_last=opts["channels_last"], compile=opts["compile"], probe_size=w.size)
@@ -319,7 +330,8 @@ def loss_agreement(ref: dict, res: dict, warmup: int) -> tuple[float, float, flo
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--levers", action="store_true", help="also measure each lever on its own (cumulative)")
-    p.add_argument("--workloads", default="cifar10,imagenet", help="comma-separated subset of cifar10,imagenet")
+    p.add_argument("--workloads", default="cifar10,imagenet,tiny200",
+                   help="comma-separated subset of cifar10,imagenet,tiny200")
     p.add_argument("--providers", help="comma-separated providers to run instead of the default set "
                    f"(reference, infer_fast, {', '.join(LEVERS)})")
     p.add_argument("--repeat", type=int, default=1, help="runs per provider, interleaved; the median run is reported "
@@ -355,9 +367,10 @@ def main(argv=None) -> int:
         fpi = flops_per_image(w)
         if name == "imagenet":
             fpi_imagenet = fpi
-        runs: dict[str, list[dict]] = {prov: [] for prov in providers}
+        mine = providers + ([WITH_BN_BACKWARD] if w.r_bn == 0 and "infer_fast" in providers else [])
+        runs: dict[str, list[dict]] = {prov: [] for prov in mine}
         for _ in range(max(1, args.repeat)):  # interleaved, so that a slow minute hits every provider
-            for prov in providers:
+            for prov in mine:
                 runs[prov].append(r := spawn(name, prov, args.quick, args.threads, args.device))
                 print(f"{name:9s} {prov:15s} {r['images_per_s']:8.2f} images/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                       f"setup {r['setup_s']:.1f} s  warm-up {r['warmup_s']:.1f} s", flush=True)
@@ -370,6 +383,8 @@ def main(argv=None) -> int:
                          runs=len(runs[prov]), peak_rss_mb=r["peak_rss_mb"], gflops_per_s=r["images_per_s"] * fpi / 1e9,
                          pct_of_matmul_peak=100 * r["images_per_s"] * fpi / 1e9 / peak, setup_s=r["setup_s"],
                          warmup_s=r["warmup_s"], peak_gpu_mb=r["peak_gpu_mb"])
+            if prov == "infer_fast" and WITH_BN_BACKWARD in results:
+                rec["speedup_vs_bn_backward"] = r["images_per_s"] / results[WITH_BN_BACKWARD]["images_per_s"]
             if prov != "reference":
                 rec["speedup_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
                 rec["peak_rss_ratio"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
@@ -387,7 +402,7 @@ def main(argv=None) -> int:
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} commit={git_commit()} "
           f"matmul peak {peak:.0f} GFLOP/s")
     print(markdown_table(records, ["workload", "provider", "images_per_s", "samples", "spread",
-                                   "speedup_vs_reference", "peak_rss_mb",
+                                   "speedup_vs_reference", "speedup_vs_bn_backward", "peak_rss_mb",
                                    "peak_rss_ratio", "gflops_per_s", "pct_of_matmul_peak", "loss_check",
                                    "loss_rdiff_first", "loss_rdiff_timed", "loss_rdiff_iter", "loss_rdiff_worst"]))
     if "imagenet" in names:

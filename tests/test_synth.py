@@ -302,3 +302,37 @@ def test_content_controls_keep_infers_naturals_and_transform_its_compensators():
     assert methods.get("infer-noise").control and "infer-noise" not in methods.names(controls=False)
     with pytest.raises(ValueError, match="infer-swap: needs at least 2 natural sets"):
         methods.get("infer-swap").storage(2, 5, 1, 8)  # K = 1
+
+
+def test_r_bn_0_runs_no_bn_statistic_backward_and_optimises_the_same_u():
+    from synth_helpers import NORM, run_batch, setup_naturals, tiny_teacher
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from infer_fast.synth.augment import AugSettings
+    from infer_fast.synth.methods.infer import infer_problems
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += "bn_stat_loss_backward" in str(func)
+            return func(*args, **(kwargs or {}))
+
+    naturals, mean, std, lo, hi = setup_naturals()
+    problems = infer_problems(naturals, 1, NORM)
+    base = naturals.reshape(-1, 3, 8, 8)
+    aug = AugSettings(small=True, jitter=1)
+    runs = {}
+    for r_bn in (0.0, 1e-30):  # 1e-30: the BN backward runs and adds nothing a float32 CE gradient can hold
+        with Calls() as calls:
+            res = run_batch(problems, tiny_teacher(), base, mean, std, lo, hi, aug=aug, iterations=4, r_bn=r_bn)
+        runs[r_bn] = (res, calls.n)
+    (zero, n_zero), (tiny, n_tiny) = runs[0.0], runs[1e-30]
+    assert n_zero == 0 and n_tiny >= 4 + 1, (n_zero, n_tiny)  # every iteration's backward, and the diagnostic's
+    for p, q in zip(zero.params, tiny.params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(zero.ce, tiny.ce)
+    torch.testing.assert_close(zero.bn, tiny.bn)  # the BN term is still measured at r_bn 0
+    assert (zero.bn > 0).all() and (zero.gradients[:, 1] == 0).all() and (zero.gradients[:, 0] > 0).all()

@@ -200,7 +200,9 @@ class _Optimisation:
             with self.amp:
                 logits, bn = self.teacher(x)
             ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(self.num_p, len(ids)).mean(1)
-            loss = (ce + self.s.r_bn * bn) / len(self.chunks)
+            # r_bn = 0 (the many-class small-image default): the BN term is measured, not optimised, so its backward
+            # (one pass over every tapped activation) is not run at all; the gradient is the same, 0 * g_bn added.
+            loss = (ce if self.s.r_bn == 0 else ce + self.s.r_bn * bn) / len(self.chunks)
             loss.sum().backward()
             ce_out.add_(ce.detach() / len(self.chunks))
             bn_out.add_(bn.detach() / len(self.chunks))
@@ -212,7 +214,7 @@ class _Optimisation:
         """[P, 3]: per problem, the norms of the CE gradient and of the weighted BN gradient (``r_bn`` times the BN
         loss's) on its parameters at their initial values, un-augmented, and the cosine between the two: how the
         objective's two terms pull when it starts. A diagnostic pass before iteration 0 (one forward, two
-        backwards, no RNG draw), so the optimisation itself is unchanged."""
+        backwards, one at r_bn = 0; no RNG draw), so the optimisation itself is unchanged."""
         px, param = self.pixels, self.param
         g_ce, g_bn = torch.zeros_like(param), torch.zeros_like(param)
         for ids, bidx, uidx, tgt in self.chunks:
@@ -220,8 +222,8 @@ class _Optimisation:
             with self.amp:
                 logits, bn = self.teacher(x)
             ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(self.num_p, len(ids)).mean(1)
-            a = torch.autograd.grad(ce.sum(), param, retain_graph=True)[0]
-            b = torch.autograd.grad(bn.sum(), param)[0] * self.s.r_bn
+            a = torch.autograd.grad(ce.sum(), param, retain_graph=self.s.r_bn != 0)[0]
+            b = torch.autograd.grad(bn.sum(), param)[0] * self.s.r_bn if self.s.r_bn != 0 else torch.zeros_like(a)
             g_ce += a / len(self.chunks)
             g_bn += b / len(self.chunks)
         out = torch.zeros(self.num_p, 3)
