@@ -18,18 +18,19 @@ distribution; images are seeded random pixels: throughput does not depend on wha
 
 Providers, each in its own process (so that peak RSS is its own): ``reference`` (bench/synthesis_reference.py, one
 problem per forward) and ``infer_fast`` (``optimise_batch`` with a prepared teacher and the DistillConfig defaults,
-exactly what ``infer-fast distill`` runs). ``--levers`` adds the levers one at a time, cumulatively: grouped
-problems in plain PyTorch, fused statistics, BN folding, then channels-last (= the default), then torch.compile and
-bf16 autocast (where it can run); ``one_per_forward``, the default at the reference's batch of one problem per
-forward; and on CUDA ``+cuda_graphs``, the default with each iteration replayed from a CUDA graph
-(``--cuda-graphs``: its first 2 iterations run eagerly and the capture falls in the third, so with ``--quick``'s few
-iterations its images/s include one capture; p50 over the iterations does not). images/s counts the images of every
-forward and backward after each batch's warm-up iterations; GFLOP/s uses the FLOPs of one image's forward +
-input-gradient backward (FlopCounterMode) and is set against a float32 matmul measured in the same run. Both
-providers must reach the same losses for the same seed: every problem within 1e-4 relative at iteration 0, and the
-mean over problems and timed iterations within 1e-2 (bf16: 2e-2 and 5e-2); TOLERANCE says why later iterations are
-compared as a window. On CUDA the float32 providers run with TF32 off (cuDNN convolutions default to TF32, which
-alone moves iteration 0 by more than 1e-4); bf16 is the reduced-precision lever.
+exactly what ``infer-fast distill`` runs); on a workload at r_bn = 0 also ``with_bn_backward``, the default with the
+BN term's backward run as before the skip (r_bn 1e-30), with ``speedup_vs_bn_backward``. ``--levers`` adds the
+levers one at a time, cumulatively: grouped problems in plain PyTorch, fused statistics, BN folding, then
+channels-last (= the default), then torch.compile and bf16 autocast (where it can run); ``one_per_forward``, the
+default at the reference's batch of one problem per forward; and on CUDA ``+cuda_graphs``, the default with each
+iteration replayed from a CUDA graph (``--cuda-graphs``: its first 2 iterations run eagerly and the capture falls in
+the third, so with ``--quick``'s few iterations its images/s include one capture; p50 over the iterations does not).
+images/s counts the images of every forward and backward after each batch's warm-up iterations; GFLOP/s uses the
+FLOPs of one image's forward + input-gradient backward (FlopCounterMode) and is set against a float32 matmul
+measured in the same run. Both providers must reach the same losses for the same seed: every problem within 1e-4
+relative at iteration 0, and the mean over problems and timed iterations within 1e-2 (bf16: 2e-2 and 5e-2);
+TOLERANCE says why later iterations are compared as a window. On CUDA the float32 providers run with TF32 off (cuDNN
+convolutions default to TF32, which alone moves iteration 0 by more than 1e-4); bf16 is the reduced-precision lever.
 
 Records (common.record): ``images_per_s`` is the median run's timed images / timed seconds; p20/p50/p80 and
 ``samples`` are over the images/s of every timed iteration of every ``--repeat`` run. An iteration takes 0.1-3 s on

@@ -179,6 +179,9 @@ class _Optimisation:
         self.ce_hist = torch.zeros(settings.iterations, self.num_p, device=device)
         self.bn_hist = torch.zeros(settings.iterations, self.num_p, device=device)
         self.checked = 0
+        # r_bn = 0 (the many-class small-image default): the BN term is measured, not optimised, so its backward
+        # (one pass over every tapped activation) is not run at all; the gradient is the same, 0 * g_bn added.
+        self.bn_in_loss = settings.r_bn != 0
         model.groups = self.num_p
         # The autocast cache would keep casts made during a capture in the graph's pool; caching is off under graphs.
         self.amp = autocast(device, settings.precision, cache=settings.iteration != "graph")
@@ -200,9 +203,7 @@ class _Optimisation:
             with self.amp:
                 logits, bn = self.teacher(x)
             ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(self.num_p, len(ids)).mean(1)
-            # r_bn = 0 (the many-class small-image default): the BN term is measured, not optimised, so its backward
-            # (one pass over every tapped activation) is not run at all; the gradient is the same, 0 * g_bn added.
-            loss = (ce if self.s.r_bn == 0 else ce + self.s.r_bn * bn) / len(self.chunks)
+            loss = (ce + self.s.r_bn * bn if self.bn_in_loss else ce) / len(self.chunks)
             loss.sum().backward()
             ce_out.add_(ce.detach() / len(self.chunks))
             bn_out.add_(bn.detach() / len(self.chunks))
@@ -222,10 +223,9 @@ class _Optimisation:
             with self.amp:
                 logits, bn = self.teacher(x)
             ce = F.cross_entropy(logits.float(), tgt, reduction="none").view(self.num_p, len(ids)).mean(1)
-            a = torch.autograd.grad(ce.sum(), param, retain_graph=self.s.r_bn != 0)[0]
-            b = torch.autograd.grad(bn.sum(), param)[0] * self.s.r_bn if self.s.r_bn != 0 else torch.zeros_like(a)
-            g_ce += a / len(self.chunks)
-            g_bn += b / len(self.chunks)
+            g_ce += torch.autograd.grad(ce.sum(), param, retain_graph=self.bn_in_loss)[0] / len(self.chunks)
+            if self.bn_in_loss:  # else g_bn stays 0: r_bn times the BN gradient
+                g_bn += torch.autograd.grad(bn.sum(), param)[0] * self.s.r_bn / len(self.chunks)
         out = torch.zeros(self.num_p, 3)
         for j, (p, off) in enumerate(zip(self.problems, self.offsets, strict=True)):
             rows = slice(off, off + p.init.shape[0])
