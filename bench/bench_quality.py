@@ -62,7 +62,9 @@ from infer_fast.runtime import cache_root, json_key, sha256_file
 
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static",
                   "infer-noise/static", "infer-swap/static",
-                  "infer-views/static")  # the last three: content controls (synth.methods.controls)
+                  "infer-views/static",  # the last three: content controls (synth.methods.controls)
+                  # hard labels (each image its natural's class, no teacher): does the image carry its class?
+                  "infer/hard", "random/hard", "infer-noise/hard", "infer-swap/hard", "infer-views/hard")
 # sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
 DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
 SATURATE = ("random/static", "infer/static")  # the pairs --match steps also trains at 2x the steps, by default
@@ -437,25 +439,28 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
         paired differences on the same line (paired where ``rows`` holds both runs of at least 2 seeds)."""
         d = a["top1_mean"] - b["top1_mean"]
         pair = paired(rows or [], *((r["method"], r["labels"], r["compute"]) for r in (a, b)))
+        head = f"{a['method']}/{a['labels']} - {name} = {d:+.2f} points"
         if sd_label is None:
-            return [f"infer/static - {name} = {d:+.2f} points" + (f"; paired by seed: {pair}" if pair else "")]
+            return [head + (f"; paired by seed: {pair}" if pair else "")]
         spread = 2 * max(a["top1_sd"], b["top1_sd"])
-        return ([f"infer/static - {name} = {d:+.2f} points; {sd_label} = {spread:.2f}: "
-                 + ("beats it" if d > spread and a["seeds"] > 1 else "NOT established")]
+        return ([f"{head}; {sd_label} = {spread:.2f}: " + ("beats it" if d > spread and a["seeds"] > 1
+                                                          else "NOT established")]
                 + ([f"  paired by seed: {pair}"] if pair else []))
 
     one = "1x" if ("infer", "static", "1x") in by else "epochs"
     inf, rnd = (by.get((m, "static", one)) for m in ("infer", "random"))
     sre = by.get(("sre2l", "dynamic", one)) or by.get(("sre2l", "static", one))
-    if has(inf, rnd):
-        at = f" at equal student steps ({inf['student_steps']})" if one == "1x" else ""
-        lines += gap(inf, rnd, f"random/static{at}", "2 sd of the seed spread")
-    controls = sorted((r for r in agg if r.get("control") and r["compute"] == one and has(r)),
-                      key=lambda r: -r["top1_mean"])
-    if has(inf) and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
-        lines += gap(inf, controls[0], f"best control ({controls[0]['method']})", "2 sd")
-        for c in controls[1:]:  # the other controls
-            lines += gap(inf, c, c["method"])
+    for labels in ("static", "hard"):  # each label mode against its own random set and controls
+        a, r = (by.get((m, labels, one)) for m in ("infer", "random"))
+        if has(a, r):
+            at = f" at equal student steps ({a['student_steps']})" if one == "1x" else ""
+            lines += gap(a, r, f"random/{labels}{at}", "2 sd of the seed spread")
+        controls = sorted((c for c in agg if c.get("control") and c["labels"] == labels and c["compute"] == one
+                           and has(c)), key=lambda c: -c["top1_mean"])
+        if has(a) and controls:  # INFER's gain over what any perturbation of the naturals gives at the same steps
+            lines += gap(a, controls[0], f"best control ({controls[0]['method']}/{labels})", "2 sd")
+            for c in controls[1:]:  # the other controls
+                lines += gap(a, c, f"{c['method']}/{labels}")
     saturated = sorted({(m, labels) for m, labels, c in by if c == "2x"},
                        key=lambda k: (k[1] != "static", k[0] not in ("random", "infer"), k[0] != "random", k[0]))
     for m, labels in saturated:  # saturation: is the 1x verdict taken where every student is under-trained?
@@ -566,7 +571,7 @@ def main(argv=None) -> list[dict]:
                 best_top1_selected_on_val=summary.get("best_top1_selected_on_val"),
                 paper_top1=w["paper"].get(a.ipc, {}).get(spec), synthetic_images=len(ds),
                 stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
-                label_bytes=0 if labels == "dynamic" else ds.manifest.label_bytes,
+                label_bytes=ds.manifest.label_bytes if labels == "static" else 0,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
                 **evidence_fields(ds.manifest.evidence),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],

@@ -130,12 +130,12 @@ def test_the_gain_over_the_best_content_control_is_reported():
     for name, vals in (("infer-noise", [35.0, 35.5, 36.0]), ("infer-swap", [37.0, 38.0, 39.0])):
         rows += [{**_row(name, "static", s, t, compute="1x"), "control": name} for s, t in enumerate(vals)]
     lines = bq.verdict(bq.aggregate(rows))
-    assert lines[1] == "infer/static - best control (infer-swap) = +3.00 points; 2 sd = 2.00: beats it", lines
+    assert lines[1] == "infer/static - best control (infer-swap/static) = +3.00 points; 2 sd = 2.00: beats it", lines
     with_rows = bq.verdict(bq.aggregate(rows), rows)
     assert with_rows[3] == "  paired by seed: per-seed differences +3.00, +3.00, +3.00: +3.00 ± 0.00"
     # every other control gets its gap too, paired by seed where the rows are given
-    assert lines[2] == "infer/static - infer-noise = +5.50 points", lines
-    assert with_rows[4] == ("infer/static - infer-noise = +5.50 points; paired by seed: per-seed differences "
+    assert lines[2] == "infer/static - infer-noise/static = +5.50 points", lines
+    assert with_rows[4] == ("infer/static - infer-noise/static = +5.50 points; paired by seed: per-seed differences "
                             "+5.00, +5.50, +6.00: +5.50 ± 0.50")
     # a control saturated too (--saturate): its 2x line and INFER's gap over it at 2x, paired
     rows += [{**_row("infer-swap", "static", s, t, compute="2x"), "control": "infer-swap"}
@@ -148,6 +148,17 @@ def test_the_gain_over_the_best_content_control_is_reported():
     rows += [_row("infer", "dynamic", s, t, compute=c) for c, t in (("1x", 30.0), ("2x", 31.0)) for s in range(2)]
     assert "infer/dynamic at 2x steps (30): 31.00 ± 0.00 vs 30.00 at 1x (+1.00 points)" in bq.verdict(
         bq.aggregate(rows), rows)  # any labels saturated get their line
+    # hard labels: their own random set and controls, never mixed into the static ones' ranking
+    hard = [_row("infer", "hard", s, t, compute="1x") for s, t in enumerate([20.0, 21.0, 22.0])]
+    hard += [_row("random", "hard", s, t, compute="1x") for s, t in enumerate([21.0, 21.0, 21.0])]
+    hard += [{**_row("infer-swap", "hard", s, t, compute="1x"), "control": "infer-swap"}
+             for s, t in enumerate([16.0, 17.0, 18.0])]
+    both = bq.verdict(bq.aggregate(rows + hard), rows + hard)
+    assert both[:5] == with_rows[:5], "the static lines are unchanged by hard-label rows"
+    assert "infer/hard - random/hard at equal student steps (30) = +0.00 points; 2 sd of the seed spread = 2.00: " \
+        "NOT established" in both, both
+    i = both.index("infer/hard - best control (infer-swap/hard) = +4.00 points; 2 sd = 2.00: beats it")
+    assert both[i + 1] == "  paired by seed: per-seed differences +4.00, +4.00, +4.00: +4.00 ± 0.00"
     curves = bq.mean_curves({"infer/static 1x": [{10: 20.0, 20: 30.0}, {10: 22.0, 20: 32.0, 30: 1.0}]})
     assert curves == {"infer/static 1x (n=2)": [(10, 21.0), (20, 31.0)]}  # the steps every seed evaluated
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])

@@ -116,6 +116,38 @@ def test_dynamic_labels_run_and_divide_epochs(tmp_path):
     assert summary["top1"] is not None
 
 
+def test_hard_labels_train_on_each_images_class_with_plain_cross_entropy(tmp_path, monkeypatch):
+    """--labels hard: the loss op gets each image's class index (no stored or online teacher) at T = 1, where its
+    value and gradient are the mixed one-hot cross-entropy; a set without soft labels trains."""
+    import infer_fast.train.loop as loop
+
+    ds = StandInDistilled(per_class=4, image_size=S, soft=False)
+    ds.hard_labels = ds.hard_labels.flip(0)  # labels that no image order or soft label would give back
+    calls, fused = [], get_op("mixed_soft_xent", "fused")
+
+    def recording(name, backend):
+        def loss(z, target, perm, lam, t):
+            calls.append((target.clone(), t))
+            return fused(z, target, perm, lam, t)
+        return loss
+
+    monkeypatch.setattr(loop, "get_op", recording)
+    summary = train_student(_cfg(tmp_path, labels="hard", epochs=2, eval_every=0, temperature=30.0, batch_size=8), ds)
+    assert summary["labels"] == "hard" and summary["epochs"] == 2
+    assert all(t.dtype == torch.int64 and temp == 1.0 for t, temp in calls), "class indices at T = 1"
+    epoch = torch.cat([t for t, _ in calls[: len(calls) // 2]])
+    assert torch.equal(epoch.sort().values, ds.hard_labels.sort().values), "one epoch: every image's own class once"
+    order = torch.randperm(len(ds), generator=loop._epoch_generators(0, 0, 0)[0])
+    assert torch.equal(epoch, ds.hard_labels[order]), "each image's label, in the epoch's order"
+    z = torch.randn(6, 10, requires_grad=True)
+    y, perm = torch.tensor([3, 1, 4, 1, 5, 9]), torch.tensor([5, 4, 3, 2, 1, 0])
+    fused(z, y, perm, 0.7, 1.0).backward()
+    z2 = z.detach().clone().requires_grad_()  # the plain mixed cross-entropy, in PyTorch
+    plain = 0.7 * F.cross_entropy(z2, y) + 0.3 * F.cross_entropy(z2, y[perm])
+    plain.backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
 def test_dynamic_labels_load_teacher_files_from_the_manifest(tmp_path):
     from infer_fast.models import build_model, save_teacher
     from infer_fast.models.checkpoint import TeacherMeta
@@ -169,7 +201,7 @@ def test_cli_errors(tmp_path, capsys):
 
     for argv, msg in [
         ([str(tmp_path / "missing"), "--val", "digits"], "DIR: expected a distilled dataset folder"),
-        ([str(tmp_path), "--labels", "sometimes"], "--labels: expected one of static, dynamic, got 'sometimes'"),
+        ([str(tmp_path), "--labels", "sometimes"], "--labels: expected one of static, dynamic, hard, got 'sometimes'"),
         ([str(tmp_path), "--val", str(tmp_path / "nope")], "--val: expected digits or a dataset root"),
         ([str(tmp_path), "--val", "digits", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
     ]:

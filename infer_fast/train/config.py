@@ -12,7 +12,7 @@ from infer_fast.config_cli import check_choices, option
 from infer_fast.data.api import LOADERS
 from infer_fast.ops.backend import BACKENDS
 
-LABEL_MODES = ("static", "dynamic")
+LABEL_MODES = ("static", "dynamic", "hard")
 MIXES = ("mixup", "cutmix")
 
 # Student protocols of the field, resolved into the run's saved config (values given as flags or in --config win).
@@ -48,7 +48,9 @@ class EvalConfig:
                           "resnet18 otherwise")
     width: float = option(1.0, help="student width multiplier")
     labels: str = option("static", choices=LABEL_MODES, help="static: stored teacher logits, mixed; dynamic: the "
-                         "teacher ensemble online")
+                         "teacher ensemble online; hard: each image's class (a composition its natural's), mixed, "
+                         "plain cross-entropy (no teacher, --temperature unused): does the image itself carry its "
+                         "class?")
     # paper: CIFAR ipc 10, 400 static (dynamic: 400 / (M + 1) = 80)
     epochs: int = option(400, help="student training epochs (dynamic labels on an INFER set: epochs // (M + 1), see "
                          "--dynamic-divide-epochs)")

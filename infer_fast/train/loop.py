@@ -296,13 +296,17 @@ def _epoch(run: StudentRun, epoch: int) -> dict[str, Any]:
         idx = order[i:i + run.local_batch]
         x = augment_batch(run.dataset.compose(idx, device=device), bool(run.dataset.small), g_local)
         x, lam, perm = mix_batch(x, cfg.mix, cfg.mix_alpha, rng, g_local)
+        temperature = cfg.temperature
         if cfg.labels == "static":  # the stored labels, mixed with the images' lam and perm inside the loss op
             target = run.dataset.soft_labels.index_select(0, idx).to(device=device, dtype=torch.float32)
+        elif cfg.labels == "hard":  # class indices: the op mixes their one-hots; at T = 1 its gradient is CE's
+            target = run.dataset.hard_labels.index_select(0, idx).to(device=device, dtype=torch.int64)
+            temperature = 1.0
         else:  # the teachers on the augmented, mixed batch: the label is already the mixed image's
             target, lam, perm = run.teachers(x), 1.0, None
         for group in run.opt.param_groups:
             group["lr"] = _cosine_lr(cfg.lr, run.step, run.total_steps)
-        loss = run.loss_fn(run.model(x), target, perm, lam, cfg.temperature)
+        loss = run.loss_fn(run.model(x), target, perm, lam, temperature)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
