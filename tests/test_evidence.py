@@ -75,6 +75,17 @@ def test_warning_margin_and_the_methods_hint():
     assert warning.endswith("(lower --r-bn, see the README's 'Class evidence')")
     _, warning = describe(evidence(-0.2), hint=None)
     assert warning.endswith("top-1 +0.0%)")
+    # the figures name the cause: u serving its own teacher and not the others is lost transfer, not the BN term
+    split = evidence(-0.025) | {"composed_by_ufc": {k: {"top1": 0.5, "true_prob": p} for k, p in (
+        ("own", 0.392), ("other", 0.212), ("natural_own", 0.321), ("natural_other", 0.321))}}
+    _, warning = describe(split)
+    assert "serves its own teacher (true-class p 0.321 -> 0.392) and not the others (0.321 -> 0.212)" in warning
+    assert "BN term may dominate" not in warning
+    fell = split | {"composed_by_ufc": split["composed_by_ufc"] | {"own": {"top1": 0.5, "true_prob": 0.30}}}
+    assert describe(fell)[1].endswith("(lower --r-bn, see the README's 'Class evidence')"), "own fell too: BN"
+    no_bn = fell | {"losses": {"grad_ratio_bn_ce": 0.0, "grad_cos": 0.0}}
+    assert describe(no_bn)[1].endswith("top-1 +0.0%)"), "r_bn 0: no BN term to blame"
+    assert describe(split, hint="a control's own hint")[1].endswith("; a control's own hint")
     from infer_fast.synth import methods
 
     assert methods.get("infer").evidence_hint == methods.get("sre2l").evidence_hint != methods.get(
