@@ -447,7 +447,7 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
                                                           else "NOT established")]
                 + ([f"  paired by seed: {pair}"] if pair else []))
 
-    one = "1x" if ("infer", "static", "1x") in by else "epochs"
+    one = "1x" if any(c == "1x" for _, _, c in by) else "epochs"  # --match steps ran (any labels' pairs)
     inf, rnd = (by.get((m, "static", one)) for m in ("infer", "random"))
     sre = by.get(("sre2l", "dynamic", one)) or by.get(("sre2l", "static", one))
     for labels in ("static", "hard"):  # each label mode against its own random set and controls

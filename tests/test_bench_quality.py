@@ -159,6 +159,9 @@ def test_the_gain_over_the_best_content_control_is_reported():
         "NOT established" in both, both
     i = both.index("infer/hard - best control (infer-swap/hard) = +4.00 points; 2 sd = 2.00: beats it")
     assert both[i + 1] == "  paired by seed: per-seed differences +4.00, +4.00, +4.00: +4.00 ± 0.00"
+    alone = bq.verdict(bq.aggregate(hard), hard)  # a run of hard-label pairs only (--match steps) gets its lines
+    assert alone == both[both.index("infer/hard - random/hard at equal student steps (30) = +0.00 points; 2 sd of "
+                                    "the seed spread = 2.00: NOT established"):][:len(alone)] and len(alone) == 4, alone
     curves = bq.mean_curves({"infer/static 1x": [{10: 20.0, 20: 30.0}, {10: 22.0, 20: 32.0, 30: 1.0}]})
     assert curves == {"infer/static 1x (n=2)": [(10, 21.0), (20, 31.0)]}  # the steps every seed evaluated
     a = bq.parse_args(["--workload", "tiny200", "--methods", "infer/static", "infer-noise/static"])
