@@ -26,7 +26,9 @@ those steps (``compute`` "2x"), so that no verdict is taken where every student 
 default labels are dynamic (SRe2L's relabel protocol; ``sre2l/static`` is one flag away). The content controls
 (``infer-noise``, ``infer-swap``, ``infer-views``: :mod:`infer_fast.synth.methods.controls`) run with
 ``--methods ... infer-noise/static infer-swap/static infer-views/static``; the first two transform the seed's infer
-compensators (``distill --compensators-from``) instead of optimising them a second time.
+compensators (``distill --compensators-from``) instead of optimising them a second time. ``infer/hard``,
+``random/hard`` and the controls' ``/hard`` pairs train on each image's class with no teacher (``evaluate --labels
+hard``: does the image itself carry its class?), each compared with its own label mode's random set and controls.
 
 Everything lands in a run folder (``--run-dir``, default ``<cache>/bench_quality/<workload>-<settings key>``);
 ``--resume`` continues an interrupted benchmark there: finished distillations and student runs are reused, an
@@ -60,11 +62,11 @@ from common import ROOT, Stats, git_commit, markdown_table, record, shared_data_
 
 from infer_fast.runtime import cache_root, json_key, sha256_file
 
+CONTROLS = ("infer-noise", "infer-swap", "infer-views")  # content controls (synth.methods.controls)
 METHOD_CHOICES = ("infer/static", "infer/dynamic", "sre2l/static", "sre2l/dynamic", "random/static",
-                  "infer-noise/static", "infer-swap/static",
-                  "infer-views/static",  # the last three: content controls (synth.methods.controls)
+                  *(f"{c}/static" for c in CONTROLS),
                   # hard labels (each image its natural's class, no teacher): does the image carry its class?
-                  "infer/hard", "random/hard", "infer-noise/hard", "infer-swap/hard", "infer-views/hard")
+                  *(f"{m}/hard" for m in ("infer", "random", *CONTROLS)))
 # sre2l's default is SRe2L's own relabel protocol (dynamic labels; static ones collapse its students: README, demo)
 DEFAULT_METHODS = ("infer/static", "infer/dynamic", "sre2l/dynamic", "random/static")
 SATURATE = ("random/static", "infer/static")  # the pairs --match steps also trains at 2x the steps, by default
