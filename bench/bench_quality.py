@@ -42,7 +42,9 @@ provider = method, mode = labels, x = ipc; each also carries ``control`` (the co
 probability on the set's naturals and on its composed or synthesised images, from the distilled manifest), and for
 sets composed under several teachers ``evidence_own`` / ``evidence_other`` (each u_{k,m}'s compositions under its own
 teacher m / under the others) beside ``evidence_natural_own`` / ``evidence_natural_other`` (the same pairs on the
-naturals), null where the set has no such split.
+naturals), null where the set has no such split. With ``--judges FILE...`` (networks other than the teachers:
+``infer-fast evidence``) they also carry ``evidence_judged_natural`` / ``evidence_judged_composed``, the judges'
+ensemble true-class probability on the same images (measured once per set, cached beside it).
 Each rests on one distillation and one student run (``samples`` = 1, the
 wall times ``synthesis_time_s`` and ``student_time_s`` likewise): a whole distillation takes minutes, so the spread
 this bench reports is the one over seeds (the mean +- sd table), not repeated timings.
@@ -180,6 +182,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--saturate", nargs="+", metavar="METHOD/LABELS",
                    help="the pairs of --methods trained at 2x the steps too (default: "
                         f"{' '.join(SATURATE)}; add a content control to test its lead where the students saturate)")
+    p.add_argument("--judges", nargs="+", default=[], metavar="PATH",
+                   help="classifier files that also judge every set's class evidence (networks other than its "
+                        "teachers: infer-fast evidence); records gain evidence_judged_natural / _composed")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     w = WORKLOADS[a.workload]
@@ -195,6 +200,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(a, k, v)
     a.methods = list(a.methods or DEFAULT_METHODS)
     a.mode = "smoke" if a.smoke else "quick" if a.quick else "full"
+    for j in a.judges:
+        if not (j.startswith("torchvision:") or os.path.isfile(j)):
+            p.error(f"--judges: {j!r} is not a file (a classifier checkpoint, or torchvision:NAME)")
     for m in a.methods:
         if m not in METHOD_CHOICES:
             p.error(f"--methods: {m!r} is not one of {', '.join(METHOD_CHOICES)}")
@@ -293,6 +301,33 @@ def evidence_fields(evidence: dict | None) -> dict:
                                                   for k in ("natural_own", "own", "natural_other", "other")}
 
 
+JUDGED_KEYS = ("evidence_judged_natural", "evidence_judged_composed")
+
+
+def judged_fields(ddir: str, judges: list[str], device: str) -> dict:
+    """The set's class evidence under ``judges`` (``infer_fast.synth.evidence.judge``: networks other than its
+    teachers), as record fields: the judges' ensemble true-class probability on the naturals and on the composed
+    images (null without judges). Measured once per set and judge files, cached beside the set
+    (``<set>.judged-<key>.json``, keyed by the judges' and the set's sha256s, so a set made again is judged again)."""
+    if not judges:
+        return dict.fromkeys(JUDGED_KEYS)
+    from infer_fast.distilled import Manifest
+    from infer_fast.runtime import atomic_write_text
+    from infer_fast.synth.evidence import judge
+
+    files = Manifest.read(ddir).files
+    key = _key({"judges": [sha256_file(j) for j in judges], "set": {f: v["sha256"] for f, v in files.items()}})
+    path = f"{ddir}.judged-{key}.json"
+    if os.path.isfile(path):
+        with open(path) as f:
+            out = json.load(f)
+    else:
+        out = judge(ddir, judges, device=device)
+        atomic_write_text(path, json.dumps(out, indent=1) + "\n")
+    return {k: (out.get(g) or {}).get("ensemble", {}).get("true_prob")
+            for k, g in zip(JUDGED_KEYS, ("natural", "composed"), strict=True)}
+
+
 def measured_r_bn(a, small: bool, num_classes: int) -> dict[str, float]:
     """{method: r_bn} of this run's methods whose per-dataset default r_bn is the measured choice rather than the
     paper's regime value (synth.config.DistillConfig.defaults); {} when --r-bn is given or none differs. The content
@@ -389,10 +424,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
         t1, t1_sd = ms([r["top1"] for r in rs])
         t5, t5_sd = ms([r["top5"] for r in rs])
         ev_n, ev_c = ms([r["evidence_natural"] for r in rs])[0], ms([r["evidence_composed"] for r in rs])[0]
+        judged = {k: ms([r.get(k) for r in rs])[0] for k in JUDGED_KEYS}
         out.append({
             "method": method, "labels": labels, "compute": compute, "control": rs[0].get("control"),
             "seeds": len(rs), "top1_mean": t1,
-            "top1_sd": t1_sd, "evidence_natural": ev_n, "evidence_composed": ev_c,
+            "top1_sd": t1_sd, "evidence_natural": ev_n, "evidence_composed": ev_c, **judged,
             "top5_mean": t5, "top5_sd": t5_sd,
             "top1": f"{t1:.2f} ± {t1_sd:.2f}" if t1 is not None else None,
             "top5": f"{t5:.2f} ± {t5_sd:.2f}" if t5 is not None else None,
@@ -575,17 +611,19 @@ def main(argv=None) -> list[dict]:
                 stored_bytes=ds.manifest.stored_bytes, compression_ratio=ds.manifest.compression_ratio,
                 label_bytes=ds.manifest.label_bytes if labels == "static" else 0,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
-                **evidence_fields(ds.manifest.evidence),
+                **evidence_fields(ds.manifest.evidence), **judged_fields(ddir, a.judges, a.device),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
                 distilled=ddir,
             ))
+    judged_cols = list(JUDGED_KEYS) if a.judges else []
     per_seed_cols = ["method", "labels", "compute", "seed", "top1", "top5", "student_epochs", "student_steps",
-                     "evidence_natural", "evidence_composed", "synthesis_time_s", "student_time_s", "ufc_pinned_mean"]
+                     "evidence_natural", "evidence_composed", *judged_cols, "synthesis_time_s", "student_time_s",
+                     "ufc_pinned_mean"]
     agg = aggregate(rows)
     agg_cols = ["method", "labels", "compute", "seeds", "top1", "top5", "paper_top1", "synthetic_images",
                 "stored_bytes", "label_bytes", "student_epochs", "student_steps", "evidence_natural",
-                "evidence_composed", "synthesis_s", "student_s"]
+                "evidence_composed", *judged_cols, "synthesis_s", "student_s"]
     print()
     print(markdown_table(rows, per_seed_cols))
     print()

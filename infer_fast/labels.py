@@ -121,25 +121,26 @@ def ensemble_for(dataset, device: torch.device, explicit: Sequence[str] = (), wh
 @torch.no_grad()
 def static_labels(
     teachers: TeacherEnsemble, ds: DistilledDataset, batch_size: int, device: torch.device, progress: bool = True,
-    evidence=None, natural: torch.Tensor | None = None,
+    evidence=None, natural: torch.Tensor | None = None, by_ufc: bool = True,
 ) -> torch.Tensor:
     """float32 [len(ds), C] on CPU: the ensemble's mean logits on every un-augmented ``ds.compose(i)``.
 
     ``evidence`` (a :class:`infer_fast.synth.evidence.EvidenceMeter`) also gets every teacher's logits of the same
     pass, each image in the group "natural" where the bool mask ``natural`` [len(ds)] is set, else "composed" (with the
-    teacher whose compensator made it, ``ds.ufc_teacher``)."""
+    teacher whose compensator made it, ``ds.ufc_teacher``, unless ``by_ufc`` is False: networks other than the set's
+    teachers, whose indices do not name compensators)."""
     n = len(ds)
     out = torch.empty(n, ds.num_classes, dtype=torch.float32)
-    ufc_teacher = ds.ufc_teacher if evidence is not None else None
+    ufc_teacher = ds.ufc_teacher if evidence is not None and by_ufc else None
     with tqdm(total=n, desc="static labels", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             idx = torch.arange(start, min(start + batch_size, n))
             each = teachers.each(ds.compose(idx, device))
             out[start:start + len(idx)] = teachers.mean(each).cpu()
             if evidence is not None:
-                src = ufc_teacher[idx]
+                src = None if ufc_teacher is None else ufc_teacher[idx]
                 for group, rows in (("natural", natural[idx]), ("composed", ~natural[idx])):
                     evidence.add(group, [z[rows.to(z.device)] for z in each], ds.hard_labels[idx][rows],
-                                 ufc_teacher=src[rows] if group == "composed" else None)
+                                 ufc_teacher=src[rows] if group == "composed" and src is not None else None)
             bar.update(len(idx))
     return out

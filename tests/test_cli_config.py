@@ -155,7 +155,7 @@ def _commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argpar
 
 def test_every_option_has_help_shows_its_default_and_every_command_takes_config():
     commands = _commands()
-    assert set(commands) == {"data check", "train-teacher", "distill", "evaluate", "export", "demo", "info"}
+    assert set(commands) == {"data check", "train-teacher", "distill", "evidence", "evaluate", "export", "demo", "info"}
     problems = []
     for name, p in commands.items():
         cls = p._defaults.get("config_class")
@@ -236,7 +236,7 @@ def test_plan_flags_are_generated_from_plan_settings():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bogus"], "infer-fast: error: COMMAND: expected one of data, distill, export"),
+    (["bogus"], "infer-fast: error: COMMAND: expected one of data, distill, evidence, export"),
     (["data", "check", "{tmp}/nope"], "infer-fast data check: error: dataset root"),
     (["data", "check", "ROOT", "--workers", "x"], "infer-fast data check: error: --workers: expected int, got 'x'"),
     (["train-teacher", "--data", "digits"], "infer-fast train-teacher: error: --arch, --out: expected a value"),

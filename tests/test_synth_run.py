@@ -116,6 +116,65 @@ def test_class_evidence_is_measured_from_the_labelling_pass(full_run, teachers):
     assert summary["evidence"] == ev, "evaluate copies the set's evidence beside its accuracy"
 
 
+def test_judges_measure_a_set_as_distill_does_and_mark_the_held_out_ones(full_run, teachers, tmp_path, capsys):
+    """`infer-fast evidence DIR --judges ...`: under the set's own teachers the figures are the ones distill recorded;
+    a judge that is not one of them (here teacher 1 stored again in fp16, another file) is marked held out and gives
+    its own network's figures; bad input is one line."""
+    from infer_fast import models
+    from infer_fast.cli import main
+    from infer_fast.synth.evidence import judge
+
+    ev = load_distilled(str(full_run)).manifest.evidence
+    own = judge(str(full_run), teachers, progress=False)
+    assert [j["held_out"] for j in own["judges"]] == [False, False] and "composed_by_ufc" not in own
+    for group in ("natural", "composed"):
+        assert own[group]["images"] == ev[group]["images"]
+        for got, want in zip([own[group]["ensemble"], *own[group]["teachers"]],
+                             [ev[group]["ensemble"], *ev[group]["teachers"]], strict=True):
+            assert got == pytest.approx(want, abs=1e-6)
+    assert own["teachers_evidence"] == {g: ev[g]["ensemble"] for g in ("natural", "composed")}
+    model, meta = models.load_teacher(teachers[1])
+    copy = str(tmp_path / "judge-fp16.safetensors")
+    models.save_teacher(model, meta, copy, dtype=torch.float16)
+    out = tmp_path / "judged.json"
+    assert main(["evidence", str(full_run), "--judges", copy, teachers[0], "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"judge {copy} (convnet, held out)" in text and f"judge {teachers[0]} (convnet, one of the set's" in text
+    held = json.loads(out.read_text())
+    assert [j["held_out"] for j in held["judges"]] == [True, False]
+    for group in ("natural", "composed"):  # the fp16 copy judges as teacher 1 did, to its storage's rounding
+        assert held[group]["teachers"][0]["true_prob"] == pytest.approx(ev[group]["teachers"][1]["true_prob"],
+                                                                        abs=5e-3)
+        assert held[group]["teachers"][1] == pytest.approx(ev[group]["teachers"][0], abs=1e-6)
+    assert main(["evidence", str(tmp_path), "--judges", copy]) == 2
+    assert main(["evidence", str(full_run), "--judges", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "DIR" in err[0] and "manifest.json" in err[0] and "missing.safetensors" in err[1]
+
+
+def test_bench_quality_judges_each_set_once_and_caches_by_judge_and_set(full_run, teachers, monkeypatch):
+    """bench_quality --judges: each set's judged evidence is measured once per (judges, set) and read back after."""
+    import bench_quality as bq
+
+    from infer_fast.synth import evidence
+
+    assert bq.judged_fields(str(full_run), [], "cpu") == dict.fromkeys(bq.JUDGED_KEYS)
+    first = bq.judged_fields(str(full_run), teachers[:1], "cpu")
+    want = evidence.judge(str(full_run), teachers[:1], progress=False)
+    assert first == {"evidence_judged_natural": want["natural"]["ensemble"]["true_prob"],
+                     "evidence_judged_composed": want["composed"]["ensemble"]["true_prob"]}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("judged again")
+
+    monkeypatch.setattr(evidence, "judge", refuse)
+    assert bq.judged_fields(str(full_run), teachers[:1], "cpu") == first  # from the cache beside the set
+    with pytest.raises(AssertionError, match="judged again"):  # other judges: another key
+        bq.judged_fields(str(full_run), teachers, "cpu")
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--workload", "tiny200", "--judges", str(full_run / "missing.safetensors")])
+
+
 def _header(path) -> int:
     with open(path, "rb") as f:
         return 8 + int.from_bytes(f.read(8), "little")
@@ -174,6 +233,11 @@ def test_baselines(method, teachers, tmp_path):
         assert len(rows) == 2 and all(r["ce_last"] < r["ce_first"] for r in rows), rows
         # every stored image is synthesised: measured against a fresh natural sample (min(ipc, 10) per class)
         assert ev["composed"]["images"] == 20 and ev["natural"]["images"] == 20 and "composed_minus_natural" in ev
+        from infer_fast.synth.evidence import judge
+
+        judged = judge(str(out), teachers, progress=False)  # the same fresh sample, seeded as the run was
+        for group in ("natural", "composed"):
+            assert judged[group]["ensemble"] == pytest.approx(ev[group]["ensemble"], abs=1e-6)
     else:
         assert ev["natural"]["images"] == 20 and "composed" not in ev and ev["losses"] is None
         # random = the sampled naturals themselves, and the teacher labels mostly agree with the classes

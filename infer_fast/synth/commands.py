@@ -1,11 +1,16 @@
 """CLI: `infer-fast distill` (flags 1:1 onto DistillConfig, plus --config FILE.yaml; `--plan-*` 1:1 onto
-PlanSettings)."""
+PlanSettings) and `infer-fast evidence` (1:1 onto EvidenceConfig)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from dataclasses import dataclass
 
 from infer_fast import config_cli
+from infer_fast.config_cli import option, require
+from infer_fast.ops.backend import BACKENDS
 from infer_fast.synth.config import DistillConfig
 from infer_fast.synth.plan import PlanSettings
 
@@ -53,3 +58,60 @@ def register(subparsers) -> None:
     g.add_argument("--plan", action="store_true", help="print and write the resource plan of this run instead of "
                    "running it")
     config_cli.add_arguments(g, PlanSettings, config_file=False)
+    config_cli.add_command(
+        subparsers, "evidence", EvidenceConfig, _evidence,
+        help="class evidence of a distilled set under judge networks (e.g. ones it was not distilled with)",
+        description="Measure how much of its class each image of a distilled set carries (top-1 and mean true-class "
+        "probability, naturals against composed images, un-augmented), under --judges: networks other than the "
+        "teachers its compensators were optimised against ask whether the evidence that distill records is a "
+        "property of the images or of those teachers. Prints one line per judge; --json FILE keeps the figures.")
+
+
+@dataclass
+class EvidenceConfig:
+    distilled: str = option(positional=True, metavar="DIR", help="distilled dataset folder (written by infer-fast "
+                            "distill)")
+    judges: list[str] = option(default_factory=list, metavar="FILE", required=True, help="classifier files to judge "
+                               "the images with (teachers the set was not distilled with, a student's "
+                               "student.safetensors, torchvision:NAME); each is marked held out unless it is one of "
+                               "the set's teachers")
+    teacher_classes: str | None = option(None, metavar="imagenet1k|FILE", help="declare the output classes of judge "
+                                         "files that do not state them (as distill --teacher-classes)")
+    data: str | None = option(None, metavar="ROOT|digits", help="where a set without stored naturals (sre2l) takes "
+                              "its reference naturals from (default: the source it was distilled from)")
+    batch_size: int = option(256, help="images per judge forward")
+    json: str | None = option(None, metavar="FILE", help="also write the figures to FILE (atomically)")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N")
+    backend: str = option("fused", choices=BACKENDS, help="compose the images with the fused op or the reference")
+
+    def validate(self) -> None:
+        require(os.path.isfile(os.path.join(self.distilled, "manifest.json")), "DIR",
+                "a distilled dataset folder (with manifest.json)", self.distilled)
+        require(self.batch_size >= 1, "--batch-size", ">= 1", self.batch_size)
+
+
+def _evidence(cfg: EvidenceConfig, args: argparse.Namespace) -> int:
+    from infer_fast.runtime import atomic_write_text
+    from infer_fast.synth.evidence import describe, judge
+
+    out = judge(cfg.distilled, cfg.judges, device=cfg.device, batch_size=cfg.batch_size,
+                declared=cfg.teacher_classes, data=cfg.data, backend=cfg.backend)
+    line, warning = describe(out, hint=None, judged_by="judge ensemble" if len(cfg.judges) > 1 else "judge")
+    print(f"evidence: {line}")
+    n = len(out["judges"])
+    nat = (out.get("natural") or {}).get("teachers") or [None] * n
+    comp = (out.get("composed") or {}).get("teachers") or [None] * n
+    for j, fn, fc in zip(out["judges"], nat, comp, strict=True):
+        role = "held out" if j["held_out"] else "one of the set's teachers"
+        parts = [f"{g} true-class p {f['true_prob']:.3f} (top-1 {f['top1']:.1%})"
+                 for g, f in (("natural", fn), ("composed", fc)) if f is not None]
+        print(f"evidence: judge {j['path']} ({j['arch']}, {role}): " + "; ".join(parts))
+    teach = out["teachers_evidence"]
+    if teach:
+        print("evidence: the set's own teachers (manifest): " + "; ".join(
+            f"{g} true-class p {f['true_prob']:.3f}" for g, f in teach.items()))
+    if warning:
+        print(f"evidence: {warning}")
+    if cfg.json:
+        atomic_write_text(cfg.json, json.dumps(out, indent=1) + "\n")
+    return 0

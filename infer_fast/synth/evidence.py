@@ -168,17 +168,18 @@ def _cause(evidence: dict, hint: str | None) -> str | None:
     return hint
 
 
-def describe(evidence: dict, hint: str | None = R_BN_HINT) -> tuple[str, str | None]:
+def describe(evidence: dict, hint: str | None = R_BN_HINT,
+             judged_by: str = "teacher ensemble") -> tuple[str, str | None]:
     """(one summary line, one warning line or None) for a distilled set's evidence figures; ``hint`` ends the
     warning (the method's likely cause: :attr:`~infer_fast.synth.methods.Method.evidence_hint`; the BN hint gives way
-    to what the figures show, :func:`_cause`)."""
+    to what the figures show, :func:`_cause`); ``judged_by`` names the networks in the line (:func:`judge`)."""
     parts = []
     for g in GROUPS:
         if g in evidence:
             e = evidence[g]["ensemble"]
             parts.append(f"{g} top-1 {e['top1']:.1%}, true-class p {e['true_prob']:.3f} ({evidence[g]['images']} "
                          "images)")
-    line = "class evidence (teacher ensemble, un-augmented): " + "; ".join(parts)
+    line = f"class evidence ({judged_by}, un-augmented): " + "; ".join(parts)
     losses = evidence.get("losses") or {}
     if "grad_ratio_bn_ce" in losses:
         line += (f"; initial gradients |r_bn dBN| / |dCE| {losses['grad_ratio_bn_ce']:.3g}, cosine "
@@ -191,7 +192,81 @@ def describe(evidence: dict, hint: str | None = R_BN_HINT) -> tuple[str, str | N
     warning = None
     if diff is not None and diff["true_prob"] < -WARN_MARGIN:
         hint = _cause(evidence, hint)
-        warning = (f"warning: the composed images carry less class evidence than their naturals (ensemble "
+        who = "ensemble" if judged_by == "teacher ensemble" else judged_by
+        warning = (f"warning: the composed images carry less class evidence than their naturals ({who} "
                    f"true-class probability {diff['true_prob']:+.3f}, top-1 {diff['top1']:+.1%})"
                    + (f"; {hint}" if hint else ""))
     return line, warning
+
+
+# natural images per class that a set without any (sre2l) is measured against, by distill and by judge
+EVIDENCE_NATURALS = 10
+
+
+def add_natural_sample(meter: EvidenceMeter, ensemble, source: str, per_class: int, seed: int, image_size: int,
+                       norm, batch_size: int, device: torch.device) -> int:
+    """Measure ``per_class`` fresh natural images of every class of ``source`` (seeded: ``data.sample_naturals``)
+    into ``meter``'s "natural" group: the reference of a set without stored naturals (sre2l). Returns the images."""
+    from infer_fast import data
+
+    sample = data.sample_naturals(source, per_class=per_class, seed=seed, image_size=image_size)
+    images = norm.normalise(sample.images.reshape(-1, 3, image_size, image_size))
+    targets = torch.arange(sample.images.shape[0]).repeat_interleave(per_class)
+    for lo in range(0, len(images), batch_size):
+        with torch.no_grad():
+            each = ensemble.each(images[lo:lo + batch_size].to(device))
+        meter.add("natural", each, targets[lo:lo + batch_size])
+    return len(images)
+
+
+def judge(directory: str, judges: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 256,
+          declared: str | None = None, data: str | None = None, backend: str = "fused",
+          progress: bool = True) -> dict:
+    """The class evidence of the distilled set in ``directory`` under ``judges``: classifier files (any that
+    ``load_teachers`` reads, e.g. teachers the set was not distilled with, or a student trained on naturals alone),
+    in the figures ``distill`` records under its own teachers (:meth:`EvidenceMeter.summary`, without the split by
+    compensator: a judge is not the teacher a compensator was optimised against).
+
+    The set's own evidence asks the networks its compensators were optimised against; a judge that took no part in
+    the optimisation asks whether that evidence is a property of the images or of those networks. Each judge is
+    marked ``held_out`` unless its file's sha256 is one of the set's teachers'. A set without stored naturals (sre2l)
+    is measured against :data:`EVIDENCE_NATURALS` fresh naturals per class of ``data`` (default: the source it was
+    distilled from), seeded as its distillation was.
+
+    Returns ``{"natural", "composed", "composed_minus_natural"}`` as in the manifest's ``evidence``, plus ``judges``
+    (path, arch, val_acc, fingerprint, held_out per judge), ``teachers_evidence`` (the set's own ensemble figures,
+    from its manifest, for comparison) and ``directory``."""
+    from infer_fast.distilled import load_distilled
+    from infer_fast.labels import TeacherEnsemble, static_labels
+    from infer_fast.models import load_teachers
+    from infer_fast.runtime import resolve_device
+    from infer_fast.synth import methods
+
+    if not judges:
+        raise ValueError("judge: at least one judge file is needed")
+    device = resolve_device(device)
+    ds = load_distilled(directory, backend=backend)
+    loaded = load_teachers(list(judges), ds.classes, device, declared)
+    ensemble = TeacherEnsemble(loaded, ds.mean, ds.std, ds.image_size).to(device)
+    meter = EvidenceMeter(len(ensemble.models))
+    natural = methods.get(ds.method).natural_mask(ds)
+    static_labels(ensemble, ds, batch_size, device, progress=progress, evidence=meter, natural=natural, by_ufc=False)
+    if not bool(natural.any()):
+        source = data or ds.data_source
+        if source is None:
+            from infer_fast.config_cli import ConfigError
+
+            raise ConfigError(f"--data: {directory} stores no natural images and names no data source to take "
+                              "reference naturals from; pass --data ROOT")
+        cfg = ds.manifest.config or {}
+        add_natural_sample(meter, ensemble, source, min(int(ds.manifest.ipc), EVIDENCE_NATURALS),
+                           int(cfg.get("seed", 0)), ds.image_size, ds.norm, batch_size, device)
+    out = meter.summary()
+    own = set(ds.teacher_fingerprints)
+    out["judges"] = [{"path": path, "arch": meta.arch, "val_acc": meta.val_acc, "fingerprint": meta.fingerprint,
+                      "held_out": meta.fingerprint not in own}
+                     for path, (_, meta) in zip(judges, loaded, strict=True)]
+    mine = ds.manifest.evidence or {}
+    out["teachers_evidence"] = {g: mine[g]["ensemble"] for g in GROUPS if g in mine}
+    out["directory"] = directory
+    return out

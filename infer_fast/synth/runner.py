@@ -49,14 +49,19 @@ from infer_fast.runtime import (
 from infer_fast.synth import methods
 from infer_fast.synth.budget import Storage
 from infer_fast.synth.config import DistillConfig, paper_defaults
-from infer_fast.synth.evidence import EvidenceMeter, describe, loss_summary
+from infer_fast.synth.evidence import (
+    EVIDENCE_NATURALS,
+    EvidenceMeter,
+    add_natural_sample,
+    describe,
+    loss_summary,
+)
 from infer_fast.synth.fold import SynthesisTeacher
 from infer_fast.synth.methods import Inputs, Method
 from infer_fast.synth.problem import Problem, make_batches
 from infer_fast.synth.ufc import PixelGeometry, SynthesisSettings, optimise_batch
 
 PROGRESS_DIR = "progress"
-EVIDENCE_NATURALS = 10  # natural images per class that a set without any is measured against (sre2l)
 # Fields that change the result (their `resume` metadata): the resume fingerprint covers exactly these.
 _RESULT_FIELDS = resume_fields(DistillConfig)
 
@@ -417,22 +422,14 @@ def _measure(setup: RunSetup, teachers: TeacherEnsemble, ds: DistilledDataset, d
     """The static labels of ``ds`` and, from the same pass, the class evidence of its images. A set without real
     images (sre2l) is measured against a fresh natural sample: ``EVIDENCE_NATURALS`` images per class (at most
     ipc), seeded like the run."""
-    from infer_fast import data
-
     cfg = setup.cfg
     meter = EvidenceMeter(len(teachers.models))
     natural = setup.method.natural_mask(ds)
     labels = static_labels(teachers, ds, cfg.label_batch, device, progress=progress, evidence=meter,
                            natural=natural)
     if not bool(natural.any()):
-        per_class = min(cfg.ipc, EVIDENCE_NATURALS)
-        sample = data.sample_naturals(cfg.source, per_class=per_class, seed=cfg.seed, image_size=setup.image_size)
-        images = setup.norm.normalise(sample.images.reshape(-1, 3, setup.image_size, setup.image_size))
-        targets = torch.arange(len(setup.classes)).repeat_interleave(per_class)
-        for lo in range(0, len(images), cfg.label_batch):
-            with torch.no_grad():
-                each = teachers.each(images[lo:lo + cfg.label_batch].to(device))
-            meter.add("natural", each, targets[lo:lo + cfg.label_batch])
+        add_natural_sample(meter, teachers, cfg.source, min(cfg.ipc, EVIDENCE_NATURALS), cfg.seed, setup.image_size,
+                           setup.norm, cfg.label_batch, device)
     return labels, meter
 
 
