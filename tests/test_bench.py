@@ -217,13 +217,49 @@ def test_bench_scripts_do_not_edit_sys_path():
 
 
 @pytest.mark.parametrize("script", ["bench_ops.py", "bench_quality.py", "bench_eval.py", "bench_teachers.py",
-                                    "plan_imagenet.py"])
+                                    "plan_imagenet.py", "plot_evidence.py"])
 def test_bench_scripts_run_from_the_project_root(script):
     """`python bench/x.py` finds its sibling modules (script folder) and the package (installed) on its own."""
     r = subprocess.run([sys.executable, os.path.join("bench", script), "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+def test_plot_evidence_puts_each_student_once_at_its_sets_evidence(tmp_path, capsys):
+    """plot_evidence: one point per student (a record in two files once), x from the teachers and from the judges
+    (the record's judged field, else the evidence file of its set), naturals where a set has no compositions."""
+    import plot_evidence
+
+    def rec(method, seed, top1, composed, labels="static", compute="1x", r_bn=0.0, **extra):
+        return {"method": method, "labels": labels, "compute": compute, "seed": seed, "top1": top1,
+                "evidence_natural": 0.35, "evidence_composed": composed, "settings": {"r_bn": r_bn},
+                "distilled": str(tmp_path / f"{method}-seed{seed}"), **extra}
+
+    a = [rec("infer", 0, 12.5, 0.36), rec("random", 0, 12.0, None), rec("infer", 0, 15.0, 0.36, compute="2x"),
+         rec("infer-swap", 0, 12.4, 0.26, evidence_judged_composed=0.27)]
+    b = [rec("infer", 0, 12.5, 0.36), rec("infer", 1, 6.2, 0.37, labels="hard", r_bn=1.0)]
+    files = []
+    for name, rows in (("a.json", a), ("b.json", b)):
+        files.append(str(tmp_path / name))
+        (tmp_path / name).write_text(json.dumps(rows))
+    judged = tmp_path / "judged.json"
+    judged.write_text(json.dumps({"directory": str(tmp_path / "infer-seed0"), "natural": {"ensemble": {
+        "true_prob": 0.37}}, "composed": {"ensemble": {"true_prob": 0.33}}}))
+    out = tmp_path / "ev.png"
+    pts = plot_evidence.main([*files, "--judged", str(judged), "--out", str(out)])
+    got = {(q["name"], q["labels"], q["seed"]): (q["top1"], q["teachers"], q["judged"], q["natural_only"])
+           for q in pts}
+    assert got == {("infer r_bn 0", "static", 0): (12.5, 0.36, 0.33, False),
+                   ("random", "static", 0): (12.0, 0.35, None, True),
+                   ("infer-swap r_bn 0", "static", 0): (12.4, 0.26, 0.27, False),
+                   ("infer r_bn 1", "hard", 1): (6.2, 0.37, None, False)}
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "4 students" in capsys.readouterr().out
+    assert [q["top1"] for q in plot_evidence.main([*files, "--compute", "2x", "--out", str(out)])] == [15.0]
+    with pytest.raises(SystemExit, match="no record with compute 'epochs'"):
+        plot_evidence.main([*files, "--compute", "epochs", "--out", str(out)])
+    with pytest.raises(SystemExit, match="not a readable JSON file"):
+        plot_evidence.main([str(tmp_path / "missing.json"), "--out", str(out)])
 
 
 def test_bench_teachers_scores_each_teacher_as_training_did_and_every_ensemble(teachers, tmp_path, capsys):
