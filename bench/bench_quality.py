@@ -316,7 +316,8 @@ def judged_fields(ddir: str, judges: list[str], device: str) -> dict:
     from infer_fast.synth.evidence import judge
 
     files = Manifest.read(ddir).files
-    key = _key({"judges": [sha256_file(j) for j in judges], "set": {f: v["sha256"] for f, v in files.items()}})
+    named = [sha256_file(j) if os.path.isfile(j) else j for j in judges]  # torchvision:NAME is its own key
+    key = _key({"judges": named, "set": {f: v["sha256"] for f, v in files.items()}})
     path = f"{ddir}.judged-{key}.json"
     if os.path.isfile(path):
         with open(path) as f:

@@ -128,12 +128,9 @@ def choose(rows: list[dict]) -> tuple[float, str]:
 
 
 def plot(rows: list[dict], reference: float | None, path: str, title: str, label: str = "infer/static") -> None:
-    import matplotlib
+    from infer_fast.train.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infer_fast.runtime import atomic_write_with
+    plt = pyplot()
 
     students = [r for r in rows if r.get("top1") is not None]
     # the student panel only where students were trained (an evidence-only sweep is one panel)
@@ -159,11 +156,7 @@ def plot(rows: list[dict], reference: float | None, path: str, title: str, label
         ax2.set(xlabel="r_bn", ylabel="student top-1 (%)", title=f"students at {students[0]['student_steps']} steps")
         ax2.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> list[dict]:

@@ -54,12 +54,9 @@ def points(records: list[dict], judged: list[dict], compute: str = "1x") -> list
 
 
 def plot(pts: list[dict], path: str, title: str) -> None:
-    import matplotlib
+    from infer_fast.train.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infer_fast.runtime import atomic_write_with
+    plt = pyplot()
 
     names = sorted({p["name"] for p in pts})
     colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
@@ -81,11 +78,7 @@ def plot(pts: list[dict], path: str, title: str) -> None:
     if legend:
         axes[1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from infer_fast.config_cli import add_command, check_choices, option, require
-from infer_fast.runtime import atomic_write_text, atomic_write_with, git_commit
+from infer_fast.runtime import atomic_write_text, git_commit
 from infer_fast.synth import methods as synth_methods
 from infer_fast.synth.methods import names as method_names
 from infer_fast.train.config import BACKENDS, LABEL_MODES, EvalConfig
 from infer_fast.train.loop import train_student
-from infer_fast.train.report import plot_curves
+from infer_fast.train.report import plot_curves, pyplot, save_figure
 
 METHODS = method_names(controls=False)
 
@@ -80,11 +80,9 @@ class DemoConfig:
 def save_grid(ds, path: str, per_class: int = 8, max_classes: int = 10) -> None:
     """Grid PNG: one row per class, ``per_class`` synthetic images spread over the class's indices (for INFER the
     first are the stored naturals, the later ones natural + UFC compositions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
+
+    plt = pyplot()
 
     picks = []
     for c in range(min(max_classes, len(ds.classes))):
@@ -97,11 +95,7 @@ def save_grid(ds, path: str, per_class: int = 8, max_classes: int = 10) -> None:
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(f"{ds.method}: {len(ds)} synthetic images (rows: classes)", fontsize=9)
-    fig.tight_layout()
-    try:
-        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _table(rows: list[dict]) -> str:

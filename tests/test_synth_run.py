@@ -173,6 +173,10 @@ def test_bench_quality_judges_each_set_once_and_caches_by_judge_and_set(full_run
         bq.judged_fields(str(full_run), teachers, "cpu")
     with pytest.raises(SystemExit):
         bq.parse_args(["--workload", "tiny200", "--judges", str(full_run / "missing.safetensors")])
+    # a judge by name (torchvision:NAME, no file to hash) keys the cache by its name
+    monkeypatch.setattr(evidence, "judge", lambda *a, **k: {"natural": {"ensemble": {"true_prob": 0.5}}})
+    assert bq.judged_fields(str(full_run), ["torchvision:resnet18"], "cpu") == {
+        "evidence_judged_natural": 0.5, "evidence_judged_composed": None}
 
 
 def _header(path) -> int:

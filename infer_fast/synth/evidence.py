@@ -204,9 +204,9 @@ EVIDENCE_NATURALS = 10
 
 
 def add_natural_sample(meter: EvidenceMeter, ensemble, source: str, per_class: int, seed: int, image_size: int,
-                       norm, batch_size: int, device: torch.device) -> int:
+                       norm, batch_size: int, device: torch.device) -> None:
     """Measure ``per_class`` fresh natural images of every class of ``source`` (seeded: ``data.sample_naturals``)
-    into ``meter``'s "natural" group: the reference of a set without stored naturals (sre2l). Returns the images."""
+    into ``meter``'s "natural" group: the reference of a set without stored naturals (sre2l)."""
     from infer_fast import data
 
     sample = data.sample_naturals(source, per_class=per_class, seed=seed, image_size=image_size)
@@ -216,7 +216,6 @@ def add_natural_sample(meter: EvidenceMeter, ensemble, source: str, per_class: i
         with torch.no_grad():
             each = ensemble.each(images[lo:lo + batch_size].to(device))
         meter.add("natural", each, targets[lo:lo + batch_size])
-    return len(images)
 
 
 def judge(directory: str, judges: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 256,

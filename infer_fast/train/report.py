@@ -47,14 +47,33 @@ def curve_styles(names: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1",
-                xlabel: str = "epoch") -> None:
-    """Accuracy curves as a PNG (matplotlib Agg, written atomically); x: epochs unless ``xlabel`` says otherwise."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: every figure here goes to a file, and these machines have no
+    display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str, dpi: float | None = None) -> None:
+    """Lay ``fig`` out tightly, write it to ``path`` as a PNG atomically (at ``dpi``, else the figure's own) and
+    close it, also when the write fails."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1",
+                xlabel: str = "epoch") -> None:
+    """Accuracy curves as a PNG (matplotlib Agg, written atomically); x: epochs unless ``xlabel`` says otherwise."""
+    plt = pyplot()
     many = len(curves) > 4  # the legend goes beside the axes, where it cannot hide the curves
     fig, ax = plt.subplots(figsize=(9 if many else 6, 4), dpi=110)
     for (name, pts), (colour, ls) in zip(curves.items(), curve_styles(list(curves)), strict=True):
@@ -67,11 +86,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(**({"fontsize": 8, "loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
-    fig.tight_layout()
-    try:
-        atomic_write_with(path, lambda buf: fig.savefig(buf, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def finish(run: StudentRun, history: list[dict], wall: float) -> dict[str, Any]:
