@@ -61,13 +61,11 @@ def pyplot():
 def save_figure(fig, path: str, dpi: float | None = None) -> None:
     """Lay ``fig`` out tightly, write it to ``path`` as a PNG atomically (at ``dpi``, else the figure's own) and
     close it, also when the write fails."""
-    import matplotlib.pyplot as plt
-
     try:
         fig.tight_layout()
         atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=dpi))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "student validation top-1",
