@@ -282,6 +282,51 @@ def test_bench_teachers_scores_each_teacher_as_training_did_and_every_ensemble(t
     assert "missing.safetensors" in capsys.readouterr().err
 
 
+def test_bench_teachers_logit_statistics_are_what_they_say():
+    import bench_teachers
+
+    logits = torch.tensor([[0.0, 0.0, 3.0], [2.0, 0.0, -2.0]])
+    sd, z = bench_teachers.logit_stats(logits, torch.tensor([2, 1]))
+    assert sd == pytest.approx((3 ** 0.5 + 2.0) / 2)  # centred rows (-1, -1, 2) and (2, 0, -2), unbiased sd
+    assert z == pytest.approx((2 / 3 ** 0.5 + 0.0) / 2)
+    each = [logits, logits + 5.0, -logits]  # a shift is the same ranking; a sign flip the opposite one
+    assert bench_teachers.agreement(each, (0, 1)) == pytest.approx(1.0)
+    assert bench_teachers.agreement(each, (0, 2)) == pytest.approx(-1.0)
+    assert bench_teachers.agreement(each, (0, 1, 2)) == pytest.approx(-1 / 3)
+
+
+def test_bench_teachers_on_a_distilled_set_scores_its_images(teachers, tmp_path, capsys):
+    import bench_teachers
+
+    from infer_fast.cli import main as cli
+    from infer_fast.distilled import load_distilled
+    from infer_fast.labels import load_ensemble
+
+    out = str(tmp_path / "set")
+    assert cli(["distill", "--data", "digits", "--method", "random", "--ipc", "2", "--image-size", "16",
+                "--teachers", *teachers, "--out", out, "--device", "cpu"]) == 0
+    js = tmp_path / "on.json"
+    # the first teacher twice: its pair must agree perfectly and score as it does alone
+    assert bench_teachers.main(["--on", out, "--threads", "1", teachers[0], *teachers, "--max-members", "2",
+                                "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())
+    ds = load_distilled(out)
+    assert {r["images"] for r in rows} == {len(ds)} and {r["mode"] for r in rows} == {"set"}
+    single, twin = rows[0], rows[3]
+    assert twin["members"] == [single["members"][0]] * 2
+    assert twin["agreement"] == pytest.approx(1.0, abs=1e-4) and twin["p50"] == single["p50"]
+    assert twin["true_class_prob"] == pytest.approx(single["true_class_prob"], abs=1e-4)
+    # the single figures are the teacher's own on the set's un-augmented images
+    ens = load_ensemble([teachers[0]], ds, torch.device("cpu"))
+    with torch.no_grad():
+        z = ens.each(ds.compose(torch.arange(len(ds)), torch.device("cpu")))[0]
+    assert single["p50"] == pytest.approx(100 * (z.argmax(1) == ds.hard_labels).float().mean().item(), abs=1e-6)
+    assert single["logit_sd"] == pytest.approx(bench_teachers.logit_stats(z, ds.hard_labels)[0], abs=1e-3)
+    assert -1 < rows[4]["agreement"] < 1 and "agreement" in capsys.readouterr().out
+    assert bench_teachers.main(["--on", str(tmp_path / "nothing"), teachers[0]]) == 2
+    assert "--on" in capsys.readouterr().err
+
+
 def test_synthesis_loss_agreement_judges_the_window_not_single_iterations():
     """Rounding-level drift (+-1.4 % per iteration, alternating) passes; a systematic 3 % offset and a wrong
     iteration 0 fail; the per-iteration and single-problem figures are reported."""
