@@ -292,6 +292,51 @@ def _cli(argv):
     return main(argv)  # the one exit path: an unusable root is one line and exit status 2
 
 
+def test_data_holdout_splits_the_valid_training_images_and_loaders_read_both_parts(folder, tmp_path, capsys):
+    root, bad = folder  # 4 valid training images per class, 4 bad ones in train/cat
+    out = str(tmp_path / "split")
+    assert _cli(["data", "holdout", root, "--per-class", "1", "--seed", "3", "--out", out]) == 0
+    assert "3 images held out" in capsys.readouterr().out
+    valid = {os.path.abspath(f) for f in scan_split(root, "train").files}
+    parts = {}
+    for part in ("train", "holdout"):
+        files = [os.path.join(out, part, c, n) for c in CLASSES for n in sorted(os.listdir(os.path.join(out, part, c)))]
+        parts[part] = {os.path.realpath(f) for f in files}
+        assert len(parts[part]) == len(files)
+    assert parts["train"] | parts["holdout"] == {os.path.realpath(f) for f in valid}
+    assert not parts["train"] & parts["holdout"] and len(parts["holdout"]) == 3
+    rep = json.loads(open(os.path.join(out, "holdout.json")).read())
+    assert rep["skipped"] == 4 and rep["train_images"] == 9 and {c: len(v) for c, v in rep["holdout"].items()} == {
+        c: 1 for c in CLASSES}
+    assert {os.path.realpath(f) for v in rep["holdout"].values() for f in v} == parts["holdout"]
+    # the two parts are datasets: distillation draws from train/, a student is scored on holdout/
+    assert scan_split(out, "train").counts == {c: 3 for c in CLASSES}
+    sample = sample_naturals(out, per_class=3, seed=0)
+    assert {os.path.realpath(f) for fs in sample.files for f in fs} == parts["train"]
+    x, y = next(iter(make_loader(os.path.join(out, "holdout"), "eval", batch_size=8, loader="torch", num_workers=0)))
+    assert x.shape[0] == 3 and sorted(y.tolist()) == [0, 1, 2]
+    # seeded: the same seed picks the same slice, another seed another one somewhere over a few tries
+    again = str(tmp_path / "again")
+    assert _cli(["data", "holdout", root, "--per-class", "1", "--seed", "3", "--out", again]) == 0
+    assert json.loads(open(os.path.join(again, "holdout.json")).read())["holdout"] == rep["holdout"]
+    picks = set()
+    for seed in range(4):
+        o = str(tmp_path / f"s{seed}")
+        assert _cli(["data", "holdout", root, "--per-class", "1", "--seed", str(seed), "--out", o]) == 0
+        picks.add(json.dumps(json.loads(open(os.path.join(o, "holdout.json")).read())["holdout"]))
+    assert len(picks) > 1
+    capsys.readouterr()
+    # bad input: one line, exit 2, nothing written
+    assert _cli(["data", "holdout", root, "--per-class", "4", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--per-class 4" in err and "keep at least one" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.lexists(tmp_path / "x") and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert _cli(["data", "holdout", root, "--out", out]) == 2
+    assert "--out: expected a new folder" in capsys.readouterr().err
+    assert _cli(["data", "holdout", root, "--per-class", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--per-class: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_data_check_cli(folder, tmp_path, capsys):
     root, bad = folder
     out = tmp_path / "report.json"

@@ -1,12 +1,14 @@
-"""``infer-fast data check ROOT``: validate every image of a dataset root, report, cache the good-file list."""
+"""``infer-fast data check ROOT``: validate every image of a dataset root, report, cache the good-file list.
+``infer-fast data holdout ROOT --per-class N --out OUT``: split a held-out slice off the training images."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from dataclasses import dataclass
 
-from infer_fast.config_cli import add_command, option
+from infer_fast.config_cli import add_command, option, require
 from infer_fast.data.folder import EVAL_SPLITS, TRAIN_SPLITS, DataError, resolve_split, scan_split
 from infer_fast.runtime import atomic_write_json
 
@@ -24,6 +26,20 @@ class CheckConfig:
     cache: bool = option(True, help="read and write the cached good-file list (--no-cache: neither)")
 
 
+@dataclass
+class HoldoutConfig:
+    root: str = option(positional=True, metavar="ROOT", help="dataset root holding train/ (ImageFolder layout)")
+    per_class: int = option(50, help="training images per class held out (seeded; every class keeps the rest)")
+    seed: int = option(0, help="seed of the per-class choice")
+    out: str | None = option(None, metavar="OUT", required=True,
+                      help="new folder: OUT/train (the rest) and OUT/holdout (the slice)")
+
+    def validate(self) -> None:
+        require(isinstance(self.per_class, int) and self.per_class >= 1, "--per-class", "an integer >= 1",
+                self.per_class)
+        require(not os.path.lexists(self.out), "--out", "a new folder (nothing is overwritten)", self.out)
+
+
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="dataset tools", description="Dataset tools.")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -34,10 +50,66 @@ def register(subparsers) -> None:
                     "(empty, truncated, not an image, undecodable), and cache the good-file list that the loaders "
                     "read (invalidated when the folder changes).",
     )
+    add_command(
+        sub, "holdout", HoldoutConfig, _run_holdout,
+        help="split a seeded held-out slice off a dataset's training images (to choose settings on)",
+        description="Create OUT/train/<class>/ (links to every valid training image but the slice) and "
+                    "OUT/holdout/<class>/ (links to --per-class seeded ones), plus OUT/holdout.json listing both. "
+                    "Distil and train with --data OUT and choose settings with evaluate --val OUT/holdout, so that "
+                    "the validation split stays for the tables. Written to a temporary folder, then renamed.",
+    )
 
 
 def _run_check(cfg: CheckConfig, args: argparse.Namespace) -> int:
     return check(cfg)  # a DataError (unusable root) ends in infer_fast.cli.main: one line, exit status 2
+
+
+def _run_holdout(cfg: HoldoutConfig, args: argparse.Namespace) -> int:
+    report = holdout(cfg.root, cfg.out, cfg.per_class, cfg.seed)
+    print(f"holdout: {report['holdout_images']} images held out ({cfg.per_class} per class, seed {cfg.seed}), "
+          f"{report['train_images']} left to train on, {report['skipped']} invalid skipped -> {cfg.out}")
+    return 0
+
+
+def holdout(root: str, out: str, per_class: int, seed: int = 0) -> dict:
+    """Split ``per_class`` seeded valid training images of every class of ``root`` off into ``out/holdout`` and
+    link the rest into ``out/train`` (symlinks to the absolute originals). Every class must keep at least one
+    training image. Written into a temporary sibling folder and renamed, so ``out`` is whole or absent.
+    Returns the report also written to ``out/holdout.json``."""
+    import torch
+
+    scan = scan_split(root, "train")
+    by_class: list[list[str]] = [[] for _ in scan.classes]
+    for f, lab in zip(scan.files, scan.labels, strict=True):
+        by_class[lab].append(os.path.abspath(f))
+    short = [(c, len(fs)) for c, fs in zip(scan.classes, by_class, strict=True) if len(fs) <= per_class]
+    if short:
+        raise DataError(f"--per-class {per_class}: class {short[0][0]!r} of {scan.split_dir} has {short[0][1]} valid "
+                        f"images; every class must keep at least one to train on ({len(short)} class(es) short)")
+    out = os.path.abspath(out)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    held: dict[str, list[str]] = {}
+    try:
+        for c, (cls, files) in enumerate(zip(scan.classes, by_class, strict=True)):
+            files = sorted(files)
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + c)
+            chosen = set(torch.randperm(len(files), generator=g)[:per_class].tolist())
+            held[cls] = [files[i] for i in sorted(chosen)]
+            for i, f in enumerate(files):
+                split = "holdout" if i in chosen else "train"
+                os.makedirs(os.path.join(tmp, split, cls), exist_ok=True)
+                os.symlink(f, os.path.join(tmp, split, cls, os.path.basename(f)))
+        report = {"root": os.path.abspath(root), "per_class": per_class, "seed": seed,
+                  "classes": len(scan.classes), "holdout_images": sum(map(len, held.values())),
+                  "train_images": len(scan.files) - sum(map(len, held.values())), "skipped": len(scan.bad),
+                  "holdout": held}
+        atomic_write_json(os.path.join(tmp, "holdout.json"), report)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
 
 
 def check(cfg: CheckConfig) -> int:
