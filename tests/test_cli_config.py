@@ -155,7 +155,8 @@ def _commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argpar
 
 def test_every_option_has_help_shows_its_default_and_every_command_takes_config():
     commands = _commands()
-    assert set(commands) == {"data check", "data holdout", "train-teacher", "distill", "evidence", "evaluate", "export", "demo", "info"}
+    assert set(commands) == {"data check", "data holdout", "train-teacher", "distill", "evidence", "evaluate",
+                             "export", "demo", "info"}
     problems = []
     for name, p in commands.items():
         cls = p._defaults.get("config_class")
