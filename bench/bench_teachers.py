@@ -37,11 +37,13 @@ from infer_fast.labels import TeacherEnsemble, load_ensemble
 from infer_fast.synth.evidence import EvidenceMeter
 
 
-def member_logits(ensemble: TeacherEnsemble, loader) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every member's float32 logits over the whole ``loader`` and the labels (one forward per teacher and image)."""
+def member_logits(ensemble: TeacherEnsemble, loader, desc: str = "teachers on val"
+                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every member's float32 logits over the whole ``loader`` (any iterable of ``(images, labels)`` batches) and
+    the labels (one forward per teacher and image)."""
     each: list[list[torch.Tensor]] = [[] for _ in ensemble.models]
     labels = []
-    for images, y in tqdm(loader, desc="teachers on val", unit="batch"):
+    for images, y in tqdm(loader, desc=desc, unit="batch"):
         for i, logits in enumerate(ensemble.each(images)):
             each[i].append(logits.cpu())
         labels.append(y.cpu())
@@ -63,15 +65,11 @@ def agreement(each: list[torch.Tensor], members: tuple[int, ...]) -> float:
     return float(torch.stack(pairs).mean())
 
 
-def set_logits(ensemble: TeacherEnsemble, ds, batch_size: int, device: torch.device
-               ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every member's float32 logits over a distilled set's un-augmented images, and their hard labels."""
-    each: list[list[torch.Tensor]] = [[] for _ in ensemble.models]
-    for start in tqdm(range(0, len(ds), batch_size), desc="teachers on the set", unit="batch"):
+def set_batches(ds, batch_size: int, device: torch.device):
+    """``(un-augmented images, hard labels)`` batches of a distilled set, naturals and compositions."""
+    for start in range(0, len(ds), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(ds)))
-        for i, logits in enumerate(ensemble.each(ds.compose(idx, device))):
-            each[i].append(logits.float().cpu())
-    return [torch.cat(e) for e in each], ds.hard_labels.cpu()
+        yield ds.compose(idx, device), ds.hard_labels[idx]
 
 
 def scores(each: list[torch.Tensor], labels: torch.Tensor, members: tuple[int, ...]) -> tuple[float, float]:
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_teachers: error: --on {args.on}: not a distilled set ({e})", file=sys.stderr)
             return 2
         ensemble = load_ensemble(args.teachers, ds, device)
-        each, labels = set_logits(ensemble, ds, args.batch_size, device)
+        each, labels = member_logits(ensemble, set_batches(ds, args.batch_size, device), "teachers on the set")
         split = os.path.basename(os.path.normpath(args.on))
     else:
         info = dataset_info(args.data, image_size=args.image_size)

@@ -76,7 +76,7 @@ def holdout(root: str, out: str, per_class: int, seed: int = 0) -> dict:
     link the rest into ``out/train`` (symlinks to the absolute originals). Every class must keep at least one
     training image. Written into a temporary sibling folder and renamed, so ``out`` is whole or absent.
     Returns the report also written to ``out/holdout.json``."""
-    import torch
+    from infer_fast.data.api import _pick  # the seeded per-class choice of sample_naturals
 
     scan = scan_split(root, "train")
     by_class: list[list[str]] = [[] for _ in scan.classes]
@@ -93,8 +93,7 @@ def holdout(root: str, out: str, per_class: int, seed: int = 0) -> dict:
     try:
         for c, (cls, files) in enumerate(zip(scan.classes, by_class, strict=True)):
             files = sorted(files)
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + c)
-            chosen = set(torch.randperm(len(files), generator=g)[:per_class].tolist())
+            chosen = set(_pick(len(files), per_class, seed, c, cls, scan.split_dir))
             held[cls] = [files[i] for i in sorted(chosen)]
             for i, f in enumerate(files):
                 split = "holdout" if i in chosen else "train"
