@@ -337,6 +337,45 @@ def test_data_holdout_splits_the_valid_training_images_and_loaders_read_both_par
     assert "--per-class: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
+def test_evaluate_counts_natural_images_that_are_files_of_the_validation_split(folder, tmp_path, capsys):
+    """A set distilled from ROOT/train and scored on a holdout slice of it is warned about, by real path (the
+    slice's links count as their targets), and the count goes into summary.json; the same set scored on the
+    data holdout's own train/holdout pair is not."""
+    from infer_fast.cli import main
+    from infer_fast.distilled import write_distilled
+
+    root, _ = folder
+    out = str(tmp_path / "split")
+    assert _cli(["data", "holdout", root, "--per-class", "1", "--seed", "0", "--out", out]) == 0
+    held = json.loads(open(os.path.join(out, "holdout.json")).read())["holdout"]
+    classes = scan_split(root, "train").classes
+    in_root = [[os.path.join(root, "train", c, os.path.basename(f)) for f in held[c]] for c in classes]
+    in_train = [[os.path.join(out, "train", c, sorted(os.listdir(os.path.join(out, "train", c)))[0])]
+                for c in classes]
+    g = torch.Generator().manual_seed(0)
+    for name, files, expected in (("leaky", in_root, 3), ("clean", in_train, 0)):
+        d = str(tmp_path / name)
+        manifest = {"method": "random", "classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 32,
+                    "small": True, "ipc": 1, "num_natural_sets": 1, "num_teachers": 1,
+                    "source": {"source": root, "natural_files": files}}
+        write_distilled(d, manifest, {"naturals": torch.randint(0, 256, (1, 3, 3, 32, 32), generator=g,
+                                                                dtype=torch.uint8),
+                                      "labels": torch.randn(3, 3, generator=g).half()})
+        run = str(tmp_path / f"eval-{name}")
+        capsys.readouterr()
+        assert main(["evaluate", d, "--val", os.path.join(out, "holdout"), "--student", "convnet", "--width",
+                     "0.125", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0",
+                     "--loader", "torch", "--out", run, "--no-progress"]) == 0
+        text = capsys.readouterr().out
+        overlap = json.load(open(os.path.join(run, "summary.json")))["val_overlap"]
+        assert overlap["naturals"] == 3 and overlap["in_val"] == expected
+        assert ("3 of the set's 3 natural images are files of the validation split" in text) == bool(expected)
+    # the digits' naturals are disjoint from their validation split by construction: not told
+    from infer_fast.data import natural_overlap
+
+    assert natural_overlap([["digits:4"]], "digits") is None and natural_overlap(None, out) is None
+
+
 def test_data_check_cli(folder, tmp_path, capsys):
     root, bad = folder
     out = tmp_path / "report.json"

@@ -12,6 +12,7 @@ from infer_fast.data.api import (
     dali_available,
     dataset_info,
     make_loader,
+    natural_overlap,
     sample_naturals,
 )
 from infer_fast.data.folder import DataError, SplitScan, scan_split
@@ -26,6 +27,7 @@ __all__ = [
     "dali_available",
     "dataset_info",
     "make_loader",
+    "natural_overlap",
     "sample_naturals",
     "scan_split",
 ]

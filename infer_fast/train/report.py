@@ -102,6 +102,8 @@ def finish(run: StudentRun, history: list[dict], wall: float) -> dict[str, Any]:
         "wall_time_s": wall, "out": out,
         # what distill measured of the set's images (class evidence, synthesis losses), beside the accuracy
         "evidence": getattr(getattr(run.dataset, "manifest", None), "evidence", None),
+        # the set's natural images that are files of the validation split (None: not told, e.g. the digits)
+        "val_overlap": run.val_overlap,
     }
     if rank == 0:
         atomic_save_safetensors(os.path.join(out, "student.safetensors"), unwrap(model).state_dict(),

@@ -34,6 +34,7 @@ class StudentRun:
     cfg_json: str  # what a resumed run must match
     start_epoch: int = 0
     step: int = 0
+    val_overlap: dict | None = None  # the set's natural images found in the validation split (rank 0)
 
     @property
     def method(self) -> str:
