@@ -185,8 +185,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--judges", nargs="+", default=[], metavar="PATH",
                    help="classifier files that also judge every set's class evidence (networks other than its "
                         "teachers: infer-fast evidence); records gain evidence_judged_natural / _composed")
+    p.add_argument("--val", metavar="PATH",
+                   help="the split the students are scored on (default: the data root's val/ or test/); to choose "
+                        "settings without the reported split: --data OUT --val OUT/holdout of `infer-fast data "
+                        "holdout`")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
+    if a.val is not None and not (os.path.isdir(a.val) or a.val == "digits"):
+        p.error(f"--val: {a.val!r} is not a folder (an evaluation split: ROOT/<class>/<image>, or a root with val/)")
     w = WORKLOADS[a.workload]
     base = dict(w["settings"])
     if a.quick:
@@ -359,6 +365,8 @@ def settings_of(a, tpaths: list[str], data_shape: tuple[bool, int] | None = None
         s["default_r_bn"] = measured
     # set only by some workloads; absent from the others' settings (and run-folder keys) when unset
     s.update({k: getattr(a, k) for k in ("image_size", "jitter", "student_recipe") if getattr(a, k) is not None})
+    if getattr(a, "val", None) is not None:  # scored on another split (a holdout slice): another folder
+        s["val"] = a.val if a.val == "digits" else os.path.abspath(a.val)
     s["teachers"] = [os.path.basename(p) for p in tpaths]
     return s
 
@@ -594,9 +602,10 @@ def main(argv=None) -> list[dict]:
                 print(f"bench_quality: reusing finished student run {run}", flush=True)
             else:
                 epochs = math.ceil(steps / math.ceil(len(ds) / batch)) if steps else a.epochs
-                cfg = EvalConfig(distilled=ddir, val=root, student=a.student, width=a.student_width, labels=labels,
-                                 epochs=a.epochs, steps=steps, eval_every=max(1, epochs // a.eval_points),
-                                 device=a.device, seed=seed, out=run, resume=os.path.isdir(run),
+                cfg = EvalConfig(distilled=ddir, val=a.val or root, student=a.student, width=a.student_width,
+                                 labels=labels, epochs=a.epochs, steps=steps,
+                                 eval_every=max(1, epochs // a.eval_points), device=a.device, seed=seed, out=run,
+                                 resume=os.path.isdir(run),
                                  **(a.student_recipe or {}))
                 summary = train_student(cfg, ds)
             with open(os.path.join(run, "metrics.jsonl")) as f:
@@ -613,6 +622,7 @@ def main(argv=None) -> list[dict]:
                 label_bytes=ds.manifest.label_bytes if labels == "static" else 0,
                 student_epochs=summary["epochs"], student_steps=summary.get("student_steps"),
                 **evidence_fields(ds.manifest.evidence), **judged_fields(ddir, a.judges, a.device),
+                val_overlap=(summary.get("val_overlap") or {}).get("in_val"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
                 ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
                 distilled=ddir,

@@ -196,3 +196,15 @@ def test_sweep_chooses_on_the_compositions_evidence_and_shares_the_default_cells
     rows[0]["top1"], rows[0]["student_steps"] = 30.0, 400
     bs.plot(rows, 28.0, str(tmp_path / "sweep.png"), "test")
     assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_val_scores_on_another_split_and_keys_its_own_run_folder(tmp_path):
+    """--val (a data holdout slice): the students' split, a settings key of its own; unset, the keys of the
+    run folders scored on the data root's split are unchanged."""
+    plain = bq.parse_args(["--workload", "tiny200"])
+    assert plain.val is None and "val" not in bq.settings_of(plain, [])
+    held = bq.parse_args(["--workload", "tiny200", "--val", str(tmp_path)])
+    s = bq.settings_of(held, [])
+    assert s["val"] == str(tmp_path) and bq._key(s) != bq._key(bq.settings_of(plain, []))
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--workload", "tiny200", "--val", str(tmp_path / "missing")])
