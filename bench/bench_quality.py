@@ -529,6 +529,16 @@ def verdict(agg: list[dict], rows: list[dict] | None = None) -> list[str]:
     return lines
 
 
+def overlap_warning(rows: list[dict]) -> str | None:
+    """One line naming the records whose student was scored on a split holding natural images of its set."""
+    leaky = [r for r in rows if r.get("val_overlap")]
+    if not leaky:
+        return None
+    which = ", ".join(f"{r['method']}/{r['labels']} seed {r['seed']} ({r['val_overlap']})" for r in leaky)
+    return (f"warning: {len(leaky)} student(s) were scored on a split that holds natural images of their set "
+            f"(val_overlap: {which}): not held-out accuracy")
+
+
 def student_jobs(a, infer_set, batch: int) -> list[tuple[str, str, int]]:
     """(method/labels, compute, steps) of every student of one seed. ``--match epochs``: every pair trains
     ``--epochs`` (steps 0). ``--match steps``: every pair trains the optimizer steps of infer/static (its set size
@@ -641,6 +651,8 @@ def main(argv=None) -> list[dict]:
     print(markdown_table(agg, agg_cols))
     for line in verdict(agg, rows):
         print("bench_quality: " + line)
+    if (line := overlap_warning(rows)) is not None:
+        print("bench_quality: " + line, flush=True)
     curves_png = os.path.join(run_dir, "curves.png")
     plot_curves(mean_curves(curves), curves_png, xlabel="optimizer step",
                 title=f"{a.workload} ipc {a.ipc}: student validation top-1 (mean of {len(a.seeds)} seed(s))")

@@ -208,3 +208,11 @@ def test_val_scores_on_another_split_and_keys_its_own_run_folder(tmp_path):
     assert s["val"] == str(tmp_path) and bq._key(s) != bq._key(bq.settings_of(plain, []))
     with pytest.raises(SystemExit):
         bq.parse_args(["--workload", "tiny200", "--val", str(tmp_path / "missing")])
+
+
+def test_overlap_warning_names_the_students_scored_on_their_own_naturals():
+    rows = [_row("infer", "static", 0, 12.0), {**_row("random", "static", 1, 11.0), "val_overlap": 190},
+            {**_row("infer", "static", 2, 12.0), "val_overlap": 0}]
+    line = bq.overlap_warning(rows)
+    assert line.startswith("warning: 1 student(s)") and "random/static seed 1 (190)" in line
+    assert bq.overlap_warning([r for r in rows if r["method"] == "infer"]) is None
