@@ -399,7 +399,26 @@ def ufc_report(ddir: str) -> dict | None:
     ufcs = load_file(path)["ufcs"]
     per = [[pinned_fraction(ufcs[k, m], std) for m in range(ufcs.shape[1])] for k in range(ufcs.shape[0])]
     flat = [v for row in per for v in row]
-    return {"file": path, "per_ufc": per, "mean": sum(flat) / len(flat), "max": max(flat), "min": min(flat)}
+    return {"file": path, "per_ufc": per, "mean": sum(flat) / len(flat), "max": max(flat), "min": min(flat),
+            **ufc_cosines(ufcs)}
+
+
+def _cos(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def ufc_cosines(ufcs) -> dict:
+    """How alike the compensators [K, M, 3, S, S] are: the mean cosine of u[k, m] with u[k', m] (one teacher, two
+    natural sets: what the swap control exchanges; ~0 when every set gets its own u, 1 when one u serves all) and
+    of u[k, m] with u[k, m'] (one set, two teachers); None where there is no pair."""
+    import torch
+
+    f = torch.nn.functional.normalize(ufcs.float().flatten(2), dim=2)  # [K, M, D]
+    k, m = f.shape[:2]
+    gram_sets = torch.einsum("kmd,jmd->mkj", f, f)  # per teacher, K x K
+    gram_teachers = torch.einsum("kmd,knd->kmn", f, f)  # per set, M x M
+    off = lambda g, n: float((g.sum() - g.diagonal(dim1=-2, dim2=-1).sum()) / (g.shape[0] * n * (n - 1)))
+    return {"cos_sets": off(gram_sets, k) if k > 1 else None, "cos_teachers": off(gram_teachers, m) if m > 1 else None}
 
 
 def _timed(path: str, fn) -> float:
@@ -598,7 +617,8 @@ def main(argv=None) -> list[dict]:
                 ufc_reports[rep["file"]] = rep
                 print(f"bench_quality: {rep['file']}: pinned fraction of u (|u| <= 1/255) mean "
                       f"{rep['mean']:.2%}, min {rep['min']:.2%}, max {rep['max']:.2%} over "
-                      f"{sum(len(r) for r in rep['per_ufc'])} UFCs", flush=True)
+                      f"{sum(len(r) for r in rep['per_ufc'])} UFCs; mean cosine across natural sets "
+                      f"{_cos(rep['cos_sets'])}, across teachers {_cos(rep['cos_teachers'])}", flush=True)
         for spec, compute, steps in student_jobs(a, load_distilled(distilled["infer"][0]) if "infer" in distilled
                                                  else None, batch):
             method, _, labels = spec.partition("/")
@@ -618,6 +638,7 @@ def main(argv=None) -> list[dict]:
                                  resume=os.path.isdir(run),
                                  **(a.student_recipe or {}))
                 summary = train_student(cfg, ds)
+            ufc = ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}
             with open(os.path.join(run, "metrics.jsonl")) as f:
                 curves.setdefault(f"{spec} {compute}", []).append(
                     {r["step"]: r["top1"] for r in map(json.loads, f) if "top1" in r})
@@ -634,7 +655,7 @@ def main(argv=None) -> list[dict]:
                 **evidence_fields(ds.manifest.evidence), **judged_fields(ddir, a.judges, a.device),
                 val_overlap=(summary.get("val_overlap") or {}).get("in_val"),
                 synthesis_time_s=distill_time, student_time_s=summary["wall_time_s"],
-                ufc_pinned_mean=(ufc_reports.get(os.path.join(ddir, "ufcs.safetensors")) or {}).get("mean"),
+                ufc_pinned_mean=ufc.get("mean"), ufc_cos_sets=ufc.get("cos_sets"),
                 distilled=ddir,
             ))
     judged_cols = list(JUDGED_KEYS) if a.judges else []

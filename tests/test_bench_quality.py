@@ -216,3 +216,18 @@ def test_overlap_warning_names_the_students_scored_on_their_own_naturals():
     line = bq.overlap_warning(rows)
     assert line.startswith("warning: 1 student(s)") and "random/static seed 1 (190)" in line
     assert bq.overlap_warning([r for r in rows if r["method"] == "infer"]) is None
+
+
+def test_ufc_cosines_tell_one_shared_compensator_from_one_per_set():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    own = torch.randn(4, 2, 3, 16, 16, generator=g)  # every (set, teacher) its own u: near-orthogonal
+    c = bq.ufc_cosines(own)
+    assert abs(c["cos_sets"]) < 0.1 and abs(c["cos_teachers"]) < 0.1
+    shared = own[:1].expand(4, 2, 3, 16, 16) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(4, 1, 1, 1, 1)
+    c = bq.ufc_cosines(shared)  # one u per teacher, scaled per set: across sets 1, across teachers as drawn
+    assert c["cos_sets"] == pytest.approx(1.0, abs=1e-5) and abs(c["cos_teachers"]) < 0.1
+    flipped = torch.stack([own[:, 0], -own[:, 0]], dim=1)
+    assert bq.ufc_cosines(flipped)["cos_teachers"] == pytest.approx(-1.0, abs=1e-5)
+    assert bq.ufc_cosines(own[:1, :1]) == {"cos_sets": None, "cos_teachers": None}
