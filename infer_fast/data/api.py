@@ -118,14 +118,16 @@ def sample_naturals(source: str, per_class: int, seed: int, image_size: int | No
 def natural_overlap(natural_files: list[list[str]] | None, val_source: str) -> dict | None:
     """How many of a distilled set's natural images (its manifest's ``source.natural_files``) are files of the
     evaluation split of ``val_source``, compared by real path (the links of ``data holdout`` count as their
-    targets). None when it cannot be told: no file list (sre2l, older sets), or the digits (their naturals come
-    from the fixed training split, disjoint from its validation split by construction)."""
+    targets) among files of the same name, so that disjoint splits (ImageNet's train and val name their files
+    differently) cost no file-system call. None when it cannot be told: no file list (sre2l, older sets), or the
+    digits (their naturals come from the fixed training split, disjoint from its validation split by construction)."""
     paths = [f for fs in natural_files or [] for f in fs if isinstance(f, str) and not f.startswith("digits:")]
     if not paths or is_digits(val_source):
         return None
     scan = scan_split(val_source, "eval", require_all_classes=False, progress=False)
-    val = {os.path.realpath(f) for f in scan.files}
-    hits = [f for f in paths if os.path.realpath(f) in val]
+    names = {os.path.basename(f) for f in paths}
+    val = {os.path.realpath(f) for f in scan.files if os.path.basename(f) in names}
+    hits = [f for f in paths if val and os.path.realpath(f) in val]
     return {"naturals": len(paths), "in_val": len(hits), "val": scan.split_dir, "examples": hits[:3]}
 
 
