@@ -589,6 +589,15 @@ def main(argv=None) -> list[dict]:
     device = a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"  # as the stages do
     w = WORKLOADS[a.workload]
     root = data_root(a)
+    if (a.val or root) != "digits":  # the students' split, checked before hours of synthesis, not after
+        from infer_fast.data import DataError
+        from infer_fast.data.folder import resolve_split
+
+        try:
+            resolve_split(a.val or root, "eval")
+        except DataError as e:
+            raise SystemExit(f"bench_quality: {'--val' if a.val else '--data'}: {e} (a data holdout OUT: pass "
+                             "--val OUT/holdout)") from None
     t0 = time.perf_counter()
     tpaths = teachers(a, root)
     teacher_time = time.perf_counter() - t0

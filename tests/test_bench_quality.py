@@ -231,3 +231,14 @@ def test_ufc_cosines_tell_one_shared_compensator_from_one_per_set():
     flipped = torch.stack([own[:, 0], -own[:, 0]], dim=1)
     assert bq.ufc_cosines(flipped)["cos_teachers"] == pytest.approx(-1.0, abs=1e-5)
     assert bq.ufc_cosines(own[:1, :1]) == {"cos_sets": None, "cos_teachers": None}
+
+
+def test_a_root_without_an_evaluation_split_is_refused_before_any_work(tmp_path):
+    (tmp_path / "out" / "train" / "a").mkdir(parents=True)  # a data holdout OUT: train/ and holdout/, no val/
+    (tmp_path / "out" / "holdout" / "a").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"--data: .*no val/test split folder.*--val OUT/holdout"):
+        bq.main(["--workload", "tiny200", "--data", str(tmp_path / "out"), "--cache", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"--val: .*no val/test split folder"):
+        bq.main(["--workload", "tiny200", "--data", str(tmp_path / "out"), "--val", str(tmp_path / "out"),
+                 "--cache", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
