@@ -191,7 +191,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "holdout`")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    if a.val is not None and not (os.path.isdir(a.val) or a.val == "digits"):
+    if a.val is not None and not os.path.isdir(a.val):
         p.error(f"--val: {a.val!r} is not a folder (an evaluation split: ROOT/<class>/<image>, or a root with val/)")
     w = WORKLOADS[a.workload]
     base = dict(w["settings"])
@@ -219,6 +219,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.ipc < 1 or a.iterations < 1 or a.epochs < 1 or a.eval_points < 1:
         p.error("--ipc, --iterations, --epochs and --eval-points must be >= 1")
     return a
+
+
+def check_eval_split(path: str, flag: str) -> None:
+    """Refuse, in one line naming ``flag``, a folder the students cannot be scored on (no val/ or test/ split,
+    nor a plain ROOT/<class>/<image> tree)."""
+    from infer_fast.data import DataError
+    from infer_fast.data.folder import resolve_split
+
+    try:
+        resolve_split(path, "eval")
+    except DataError as e:
+        raise SystemExit(f"bench_quality: {flag}: {e} (a data holdout OUT: pass --val OUT/holdout)") from None
 
 
 def _cache_dir(a) -> str:
@@ -365,8 +377,8 @@ def settings_of(a, tpaths: list[str], data_shape: tuple[bool, int] | None = None
         s["default_r_bn"] = measured
     # set only by some workloads; absent from the others' settings (and run-folder keys) when unset
     s.update({k: getattr(a, k) for k in ("image_size", "jitter", "student_recipe") if getattr(a, k) is not None})
-    if getattr(a, "val", None) is not None:  # scored on another split (a holdout slice): another folder
-        s["val"] = a.val if a.val == "digits" else os.path.abspath(a.val)
+    if a.val is not None:  # scored on another split (a holdout slice): another folder
+        s["val"] = os.path.abspath(a.val)
     s["teachers"] = [os.path.basename(p) for p in tpaths]
     return s
 
@@ -414,11 +426,14 @@ def ufc_cosines(ufcs) -> dict:
     import torch
 
     f = torch.nn.functional.normalize(ufcs.float().flatten(2), dim=2)  # [K, M, D]
-    k, m = f.shape[:2]
     gram_sets = torch.einsum("kmd,jmd->mkj", f, f)  # per teacher, K x K
     gram_teachers = torch.einsum("kmd,knd->kmn", f, f)  # per set, M x M
-    off = lambda g, n: float((g.sum() - g.diagonal(dim1=-2, dim2=-1).sum()) / (g.shape[0] * n * (n - 1)))
-    return {"cos_sets": off(gram_sets, k) if k > 1 else None, "cos_teachers": off(gram_teachers, m) if m > 1 else None}
+
+    def off_diagonal_mean(g: torch.Tensor) -> float | None:  # [B, n, n] -> the mean of the n(n-1) pairs, over B
+        n = g.shape[-1]
+        return None if n < 2 else float((g.sum() - g.diagonal(dim1=-2, dim2=-1).sum()) / (g.shape[0] * n * (n - 1)))
+
+    return {"cos_sets": off_diagonal_mean(gram_sets), "cos_teachers": off_diagonal_mean(gram_teachers)}
 
 
 def _timed(path: str, fn) -> float:
@@ -589,15 +604,7 @@ def main(argv=None) -> list[dict]:
     device = a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"  # as the stages do
     w = WORKLOADS[a.workload]
     root = data_root(a)
-    if (a.val or root) != "digits":  # the students' split, checked before hours of synthesis, not after
-        from infer_fast.data import DataError
-        from infer_fast.data.folder import resolve_split
-
-        try:
-            resolve_split(a.val or root, "eval")
-        except DataError as e:
-            raise SystemExit(f"bench_quality: {'--val' if a.val else '--data'}: {e} (a data holdout OUT: pass "
-                             "--val OUT/holdout)") from None
+    check_eval_split(a.val or root, "--val" if a.val else "--data")  # before hours of synthesis, not after
     t0 = time.perf_counter()
     tpaths = teachers(a, root)
     teacher_time = time.perf_counter() - t0

@@ -75,6 +75,14 @@ class NaturalSample:
     files: list[list[str]]  # per class, the files picked ("digits:<index>" for the digits)
 
 
+def files_by_class(scan: SplitScan) -> list[list[str]]:
+    """A scan's valid files grouped by class index (absolute paths, the scan's order within a class)."""
+    by_class: list[list[str]] = [[] for _ in scan.classes]
+    for f, lab in zip(scan.files, scan.labels, strict=True):
+        by_class[lab].append(f)
+    return by_class
+
+
 def _pick(n_avail: int, per_class: int, seed: int, c: int, name: str, where: str) -> list[int]:
     if per_class > n_avail:
         raise DataError(f"sample_naturals: class {name!r} has {n_avail} valid images in {where}, "
@@ -102,9 +110,7 @@ def sample_naturals(source: str, per_class: int, seed: int, image_size: int | No
     info = dataset_info(source, image_size)
     scan = scan_split(source, split)
     s = info.image_size
-    by_class: list[list[str]] = [[] for _ in scan.classes]
-    for f, lab in zip(scan.files, scan.labels, strict=True):
-        by_class[lab].append(f)
+    by_class = files_by_class(scan)
     files = [[fs[i] for i in _pick(len(fs), per_class, seed, c, scan.classes[c], scan.split_dir)]
              for c, fs in enumerate(by_class)]
     tf = v2.Compose([ResizeCenterCrop(s, s), v2.PILToTensor()])

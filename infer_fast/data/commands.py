@@ -76,12 +76,10 @@ def holdout(root: str, out: str, per_class: int, seed: int = 0) -> dict:
     link the rest into ``out/train`` (symlinks to the absolute originals). Every class must keep at least one
     training image. Written into a temporary sibling folder and renamed, so ``out`` is whole or absent.
     Returns the report also written to ``out/holdout.json``."""
-    from infer_fast.data.api import _pick  # the seeded per-class choice of sample_naturals
+    from infer_fast.data.api import _pick, files_by_class  # the seeded per-class choice of sample_naturals
 
     scan = scan_split(root, "train")
-    by_class: list[list[str]] = [[] for _ in scan.classes]
-    for f, lab in zip(scan.files, scan.labels, strict=True):
-        by_class[lab].append(os.path.abspath(f))
+    by_class = files_by_class(scan)
     short = [(c, len(fs)) for c, fs in zip(scan.classes, by_class, strict=True) if len(fs) <= per_class]
     if short:
         raise DataError(f"--per-class {per_class}: class {short[0][0]!r} of {scan.split_dir} has {short[0][1]} valid "

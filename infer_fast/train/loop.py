@@ -213,7 +213,7 @@ def _setup(cfg: EvalConfig, dataset, model: nn.Module | None, val_loader: Iterab
     model = _student(cfg, dataset, model, ctx)
     overlap = None
     if val_loader is None:
-        from infer_fast.data import make_loader, natural_overlap
+        from infer_fast.data import make_loader
 
         # class order and geometry from the distilled set's manifest, never from the folder alone
         val_loader = make_loader(cfg.val, "eval", batch_size=cfg.eval_batch_size, loader=cfg.loader,
@@ -221,14 +221,7 @@ def _setup(cfg: EvalConfig, dataset, model: nn.Module | None, val_loader: Iterab
                                  device=device, mean=tuple(dataset.mean), std=tuple(dataset.std),
                                  classes=list(dataset.classes), small=bool(dataset.small),
                                  memory_budget=int(cfg.val_memory_gb * 2**30))
-        if ctx.rank == 0:
-            source = getattr(getattr(dataset, "manifest", None), "source", None) or {}
-            overlap = natural_overlap(source.get("natural_files"), cfg.val)
-            if overlap and overlap["in_val"]:
-                print(f"evaluate: warning: {overlap['in_val']} of the set's {overlap['naturals']} natural images are "
-                      f"files of the validation split {overlap['val']} (e.g. {overlap['examples'][0]}): its accuracy "
-                      "is not on held-out images (distil with --data OUT of `infer-fast data holdout` and score on "
-                      "OUT/holdout)", flush=True)
+        overlap = _val_overlap(dataset, cfg.val) if ctx.rank == 0 else None
     local_batch = max(1, math.ceil(cfg.batch_size / world))
     per_rank = math.ceil(len(dataset) / world)
     steps_per_epoch = math.ceil(per_rank / local_batch)
@@ -241,6 +234,21 @@ def _setup(cfg: EvalConfig, dataset, model: nn.Module | None, val_loader: Iterab
         loss_fn=get_op("mixed_soft_xent", cfg.backend), epochs=epochs, local_batch=local_batch, per_rank=per_rank,
         total_steps=cfg.steps or steps_per_epoch * epochs, eval_every=cfg.eval_every or max(1, epochs // 25),
         cfg_json=json.dumps(asdict(cfg), sort_keys=True), val_overlap=overlap)
+
+
+def _val_overlap(dataset, val: str) -> dict | None:
+    """The set's natural images that are files of the split ``val`` (data.natural_overlap); one warning line when
+    there are any."""
+    from infer_fast.data import natural_overlap
+
+    source = getattr(getattr(dataset, "manifest", None), "source", None) or {}
+    overlap = natural_overlap(source.get("natural_files"), val)
+    if overlap and overlap["in_val"]:
+        print(f"evaluate: warning: {overlap['in_val']} of the set's {overlap['naturals']} natural images are files of "
+              f"the validation split {overlap['val']} (e.g. {overlap['examples'][0]}): its accuracy is not on "
+              "held-out images (distil with --data OUT of `infer-fast data holdout` and score on OUT/holdout)",
+              flush=True)
+    return overlap
 
 
 def _student(cfg: EvalConfig, dataset, model: nn.Module | None, ctx: DistContext) -> nn.Module:
