@@ -7,9 +7,9 @@ true-class probability of the set's composed images (of its naturals where it ha
 student's final top-1. The left panel takes x from the set's teachers (the record's ``evidence_composed``), the right
 one from judges that took no part in the synthesis: the record's ``evidence_judged_composed`` (``bench_quality
 --judges``) or an ``infer-fast evidence --json`` file whose ``directory`` is the record's set (``--judged``). Colour
-is the method (with its r_bn), the marker the student's labels; records of another ``compute`` than ``--compute``
-(default 1x, the equal-steps point) are left out, and a record found in several files counts once. Prints one
-line per point; the PNG is written atomically.
+is the method (with its r_bn, and its synthesis iterations T where the records mix several), the marker the
+student's labels; records of another ``compute`` than ``--compute`` (default 1x, the equal-steps point) are left
+out, and a record found in several files counts once. Prints one line per point; the PNG is written atomically.
 """
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ def _read(path: str):
         raise SystemExit(f"plot_evidence: {path}: not a readable JSON file ({exc})") from None
 
 
+def _r_bn(record: dict):
+    """The r_bn a record's set was made with: the flag's, else the measured default bench_quality recorded for its
+    method (a content control's is INFER's, whose compensators it transforms); None where the paper's applied."""
+    settings = record.get("settings") or {}
+    if settings.get("r_bn") is not None:
+        return settings["r_bn"]
+    measured = settings.get("default_r_bn") or {}
+    method = record["method"]
+    return measured.get(method, measured.get("infer") if method.startswith("infer") else None)
+
+
 def points(records: list[dict], judged: list[dict], compute: str = "1x") -> list[dict]:
     """One dict per record of ``compute`` with a top-1: ``name`` (method, r_bn where set), ``labels``, ``seed``,
     ``top1``, ``teachers`` and ``judged`` (x of each panel; None where not measured)."""
@@ -37,31 +48,40 @@ def points(records: list[dict], judged: list[dict], compute: str = "1x") -> list
     # one point per student: the same record in several files (a resumed benchmark's JSON) counts once, the last
     unique = {(r.get("distilled"), r.get("method"), r.get("labels"), r.get("compute"), r.get("seed")): r
               for r in records}
+    kept = [r for r in unique.values() if r.get("top1") is not None and r.get("compute", "1x") == compute]
+    # the synthesis's iteration count joins the name only where the records mix several (T = 100 and 1000 sets)
+    many_t = len({(r.get("settings") or {}).get("iterations") for r in kept if r["method"] != "random"}) > 1
     out = []
-    for r in unique.values():
-        if r.get("top1") is None or r.get("compute", "1x") != compute:
-            continue
+    for r in kept:
         j = by_dir.get(os.path.realpath(r.get("distilled") or ""))
         group = "composed" if r.get("evidence_composed") is not None else "natural"
         x_judged = r.get(f"evidence_judged_{group}")
         if x_judged is None and j is not None and j.get(group):
             x_judged = j[group]["ensemble"]["true_prob"]
-        r_bn = (r.get("settings") or {}).get("r_bn")
+        r_bn = _r_bn(r)
         name = r["method"] + (f" r_bn {r_bn:g}" if r_bn is not None and r["method"] != "random" else "")
+        iterations = (r.get("settings") or {}).get("iterations")
+        if many_t and iterations is not None and r["method"] != "random":
+            name += f" T {iterations}"
         out.append({"name": name, "labels": r.get("labels", "static"), "seed": r.get("seed"), "top1": r["top1"],
                     "teachers": r.get(f"evidence_{group}"), "judged": x_judged, "natural_only": group == "natural"})
     return out
 
 
-def plot(pts: list[dict], path: str, title: str) -> None:
+def plot(pts: list[dict], path: str, title: str) -> list[str]:
+    """Writes the figure: a panel per evidence source that some point has (no empty judges' panel); returns their
+    keys."""
     from infer_fast.train.report import pyplot, save_figure
 
     plt = pyplot()
 
     names = sorted({p["name"] for p in pts})
     colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, key, label in ((axes[0], "teachers", "the set's teachers"), (axes[1], "judged", "held-out judges")):
+    sources = (("teachers", "the set's teachers"), ("judged", "held-out judges"))
+    panels = [(key, label) for key, label in sources if any(p[key] is not None for p in pts)] or list(sources[:1])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True, squeeze=False)
+    axes = list(axes[0])
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for n in names:
             for labels, marker in MARKERS.items():
                 sel = [p for p in pts if p["name"] == n and p["labels"] == labels and p[key] is not None]
@@ -76,9 +96,10 @@ def plot(pts: list[dict], path: str, title: str) -> None:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(text, handle)
     if legend:
-        axes[1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        axes[-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
     save_figure(fig, path, dpi=110)
+    return [key for key, _ in panels]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -98,8 +119,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ev = " / ".join("-" if q[k] is None else f"{q[k]:.3f}" for k in ("teachers", "judged"))
         print(f"plot_evidence: {q['name']} / {q['labels']} seed {q['seed']}: top-1 {q['top1']:.2f} %, evidence "
               f"(teachers / judged) {ev}" + (" (naturals)" if q["natural_only"] else ""))
-    plot(pts, a.out, a.title)
-    print(f"plot_evidence: {len(pts)} students -> {a.out}")
+    panels = plot(pts, a.out, a.title)
+    print(f"plot_evidence: {len(pts)} students (evidence of {' and '.join(panels)}) -> {a.out}")
     return pts
 
 

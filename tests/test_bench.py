@@ -254,8 +254,18 @@ def test_plot_evidence_puts_each_student_once_at_its_sets_evidence(tmp_path, cap
                    ("random", "static", 0): (12.0, 0.35, None, True),
                    ("infer-swap r_bn 0", "static", 0): (12.4, 0.26, 0.27, False),
                    ("infer r_bn 1", "hard", 1): (6.2, 0.37, None, False)}
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "4 students" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "4 students (evidence of teachers and judged)" in capsys.readouterr().out
     assert [q["top1"] for q in plot_evidence.main([*files, "--compute", "2x", "--out", str(out)])] == [15.0]
+    # sets of two synthesis lengths: T joins their names (not random's), so T = 100 and 1000 are told apart
+    (tmp_path / "c.json").write_text(json.dumps([
+        rec("infer", 0, 12.5, 0.36, settings={"r_bn": 0.0, "iterations": 100}),
+        {**rec("infer-swap", 0, 12.9, 0.2, settings={"r_bn": None, "default_r_bn": {"infer": 0.0},
+                                                     "iterations": 1000}), "distilled": "t1000"},
+        rec("random", 0, 12.0, None, settings={"r_bn": None, "iterations": 1000})]))
+    assert sorted(q["name"] for q in plot_evidence.main([str(tmp_path / "c.json"), "--out", str(out)])) == [
+        "infer r_bn 0 T 100", "infer-swap r_bn 0 T 1000", "random"]
+    assert "3 students (evidence of teachers) ->" in capsys.readouterr().out  # no judge: no empty panel
     with pytest.raises(SystemExit, match="no record with compute 'epochs'"):
         plot_evidence.main([*files, "--compute", "epochs", "--out", str(out)])
     with pytest.raises(SystemExit, match="not a readable JSON file"):
