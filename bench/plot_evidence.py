@@ -30,15 +30,22 @@ def _read(path: str):
         raise SystemExit(f"plot_evidence: {path}: not a readable JSON file ({exc})") from None
 
 
-def _r_bn(record: dict):
-    """The r_bn a record's set was made with: the flag's, else the measured default bench_quality recorded for its
-    method (a content control's is INFER's, whose compensators it transforms); None where the paper's applied."""
-    settings = record.get("settings") or {}
+def _r_bn(method: str, settings: dict):
+    """The r_bn a record's set was made with: the flag's, else the measured default bench_quality recorded (for the
+    method, or INFER's for the content controls that take its settings: the registry's ``measured_r_bn``); None
+    where the paper's applied."""
     if settings.get("r_bn") is not None:
         return settings["r_bn"]
     measured = settings.get("default_r_bn") or {}
-    method = record["method"]
-    return measured.get(method, measured.get("infer") if method.startswith("infer") else None)
+    if method in measured:
+        return measured[method]
+    from infer_fast.synth import methods
+
+    try:
+        takes_measured = methods.get(method).measured_r_bn
+    except ValueError:  # a method this version does not know: the paper's value is all that can be said
+        return None
+    return measured.get("infer") if takes_measured else None
 
 
 def points(records: list[dict], judged: list[dict], compute: str = "1x") -> list[dict]:
@@ -53,16 +60,16 @@ def points(records: list[dict], judged: list[dict], compute: str = "1x") -> list
     many_t = len({(r.get("settings") or {}).get("iterations") for r in kept if r["method"] != "random"}) > 1
     out = []
     for r in kept:
+        settings, synthesised = r.get("settings") or {}, r["method"] != "random"
         j = by_dir.get(os.path.realpath(r.get("distilled") or ""))
         group = "composed" if r.get("evidence_composed") is not None else "natural"
         x_judged = r.get(f"evidence_judged_{group}")
         if x_judged is None and j is not None and j.get(group):
             x_judged = j[group]["ensemble"]["true_prob"]
-        r_bn = _r_bn(r)
-        name = r["method"] + (f" r_bn {r_bn:g}" if r_bn is not None and r["method"] != "random" else "")
-        iterations = (r.get("settings") or {}).get("iterations")
-        if many_t and iterations is not None and r["method"] != "random":
-            name += f" T {iterations}"
+        r_bn = _r_bn(r["method"], settings)
+        name = r["method"] + (f" r_bn {r_bn:g}" if r_bn is not None and synthesised else "")
+        if many_t and settings.get("iterations") is not None and synthesised:
+            name += f" T {settings['iterations']}"
         out.append({"name": name, "labels": r.get("labels", "static"), "seed": r.get("seed"), "top1": r["top1"],
                     "teachers": r.get(f"evidence_{group}"), "judged": x_judged, "natural_only": group == "natural"})
     return out
